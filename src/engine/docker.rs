@@ -1,0 +1,793 @@
+//! The real engine: the Docker Engine API over HTTP/1.1 (ureq), on a unix
+//! socket or plain TCP.
+//!
+//! Nothing is asked of the engine until the first call, so the daemon starts
+//! while the engine is down. The API version is negotiated on the first call
+//! that reaches the engine and again after the engine was unreachable, since
+//! it may have come back as another version.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use ureq::config::Config;
+use ureq::http::{Method, Request, Response, Uri};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
+};
+use ureq::{Agent, AsSendBody, Body};
+
+use super::stream::{Frames, JsonLines, Source};
+use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Result, Stream};
+
+/// The newest API version we speak; a newer engine is spoken to in this one.
+const OUR_NEWEST: (u32, u32) = (1, 45);
+/// The oldest API version whose JSON shapes we rely on.
+const OUR_OLDEST: (u32, u32) = (1, 40);
+
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+const DEFAULT_TCP_PORT: u16 = 2375;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Commands run by exec may legitimately take minutes.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+/// Added to a stop/restart grace period for the engine's own work.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+/// Reading a whole (non-follow) log is paced by the caller.
+const LOG_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+const MAX_JSON_BODY: u64 = 64 << 20;
+const MAX_ERROR_BODY: u64 = 64 << 10;
+const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+/// A Docker Engine reached over `unix://` or `tcp://`.
+pub struct Docker {
+    host: String,
+    target: Target,
+    agent: Agent,
+    /// The negotiated API version (`"1.41"`); `None` until the engine answers
+    /// and again after it became unreachable.
+    api: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Unix(PathBuf),
+    /// `http://host:port`.
+    Tcp(String),
+}
+
+impl Target {
+    fn base(&self) -> &str {
+        match self {
+            // The host part is only for the Host header; the connector
+            // ignores it.
+            Target::Unix(_) => "http://docker",
+            Target::Tcp(base) => base,
+        }
+    }
+}
+
+impl Docker {
+    /// `host` is a DOCKER_HOST value; `None` means `$DOCKER_HOST`, else the
+    /// default unix socket. Fails only for a host we cannot speak to at all,
+    /// never because the engine is down.
+    pub fn connect(host: Option<&str>) -> Result<Docker> {
+        let host = match host {
+            Some(h) => h.to_string(),
+            None => std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+        };
+        let target = parse_host(&host)?;
+        Ok(Docker {
+            agent: new_agent(&target, Some(CALL_TIMEOUT)),
+            host,
+            target,
+            api: Mutex::new(None),
+        })
+    }
+
+    fn api_version(&self) -> Result<String> {
+        if let Some(v) = self.api.lock().unwrap().clone() {
+            return Ok(v);
+        }
+        Ok(self.negotiate()?.0)
+    }
+
+    /// `GET /version` (unversioned) and the API version both sides speak.
+    fn negotiate(&self) -> Result<(String, Value)> {
+        let resp = self.send_to(&self.agent, Method::GET, "/version", None, Some(CALL_TIMEOUT))?;
+        let version = self.read_json(resp)?;
+        let server = version["ApiVersion"]
+            .as_str()
+            .ok_or_else(|| EngineError::Server("engine did not report an API version".into()))?;
+        let api = pick_version(server)?;
+        *self.api.lock().unwrap() = Some(api.clone());
+        Ok((api, version))
+    }
+
+    /// A versioned call on the shared agent.
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Response<Body>> {
+        let api = self.api_version()?;
+        let path = format!("/v{api}{path}");
+        self.send_to(&self.agent, method, &path, body, Some(timeout))
+    }
+
+    fn call_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let resp = self.send(method, path, body, CALL_TIMEOUT)?;
+        self.read_json(resp)
+    }
+
+    fn call_empty(&self, method: Method, path: &str, body: Option<&Value>, t: Duration) -> Result<()> {
+        self.send(method, path, body, t).map(drop)
+    }
+
+    /// Sends a request and turns a non-success status into an error. 304
+    /// counts as success: it is start/stop's "already started/stopped".
+    fn send_to(
+        &self,
+        agent: &Agent,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Body>> {
+        let uri = format!("{}{path}", self.target.base());
+        let req = Request::builder().method(method).uri(uri);
+        let sent = match body {
+            Some(body) => {
+                let bytes = serde_json::to_vec(body).expect("a Value always serializes");
+                let req = req.header("Content-Type", "application/json").body(bytes);
+                run(agent, req, timeout)
+            }
+            None => run(agent, req.body(()), timeout),
+        };
+        let mut resp = sent.map_err(|e| self.fail(e))?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) || status == 304 {
+            return Ok(resp);
+        }
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ERROR_BODY)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| text.trim().to_string());
+        let message = if message.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            message
+        };
+        Err(match status {
+            404 => EngineError::NotFound(message),
+            409 => EngineError::Conflict(message),
+            400..=499 => EngineError::BadRequest(message),
+            500..=599 => EngineError::Server(message),
+            // Redirects are not followed: the engine only sends one when the
+            // path was rewritten (`..` in an id), i.e. for a bad id.
+            _ => EngineError::BadRequest(format!("unexpected HTTP {status} for {path}")),
+        })
+    }
+
+    fn read_json(&self, resp: Response<Body>) -> Result<Value> {
+        let bytes = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_JSON_BODY)
+            .read_to_vec()
+            .map_err(|e| self.fail(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| EngineError::Server(format!("engine sent invalid JSON: {e}")))
+    }
+
+    /// Maps a transport error, forgetting the API version if the engine is
+    /// gone.
+    fn fail(&self, e: ureq::Error) -> EngineError {
+        let err = match e {
+            ureq::Error::Timeout(t) => EngineError::Timeout(format!("{} ({t})", self.host)),
+            ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
+                EngineError::Timeout(format!("{}: {e}", self.host))
+            }
+            ureq::Error::Io(e) => EngineError::Unreachable(format!("{}: {e}", self.host)),
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                EngineError::Unreachable(format!("{}: {e}", self.host))
+            }
+            ureq::Error::BadUri(_) | ureq::Error::Http(_) => EngineError::BadRequest(e.to_string()),
+            e => EngineError::Server(e.to_string()),
+        };
+        if matches!(err, EngineError::Unreachable(_)) {
+            *self.api.lock().unwrap() = None;
+        }
+        err
+    }
+
+    /// A GET whose body is handed out as a `Stream`, on its own agent so it
+    /// neither holds up other calls nor outlives a `cancel`.
+    fn stream(&self, path: &str, timeout: Option<Duration>) -> Result<Stream> {
+        let api = self.api_version()?;
+        let agent = new_agent(&self.target, timeout);
+        let resp = self.send_to(&agent, Method::GET, &format!("/v{api}{path}"), None, timeout)?;
+        Ok(Stream {
+            body: Box::new(resp.into_body().into_reader()),
+            cancel: Canceller::new(move || agent.clone().shutdown()),
+        })
+    }
+
+    /// `ExitCode` of a finished exec. The engine may close the output stream
+    /// a moment before it records the exit code.
+    fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        let path = format!("/exec/{}/json", segment(exec_id)?);
+        for _ in 0..40 {
+            let inspect = self.call_json(Method::GET, &path, None)?;
+            if let (Some(code), false) = (inspect["ExitCode"].as_i64(), inspect["Running"] == true)
+            {
+                return Ok(code);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(EngineError::Server(format!(
+            "exec {exec_id} finished its output but reports no exit code"
+        )))
+    }
+}
+
+impl Engine for Docker {
+    fn info(&self) -> Result<Value> {
+        let (api, version) = self.negotiate()?;
+        let info = self.call_json(Method::GET, "/info", None)?;
+        Ok(json!({
+            "docker_version": version["Version"],
+            "api_version": api,
+            "os": version["Os"],
+            "arch": version["Arch"],
+            "containers": info["Containers"],
+            "images": info["Images"],
+            "server_version": info["ServerVersion"],
+        }))
+    }
+
+    fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
+        let q = query(&[("all", flag(all))]);
+        list(self.call_json(Method::GET, &format!("/containers/json{q}"), None)?)
+    }
+
+    fn inspect_container(&self, id: &str) -> Result<Value> {
+        let path = format!("/containers/{}/json", container(id)?);
+        self.call_json(Method::GET, &path, None)
+    }
+
+    fn create_container(&self, name: Option<&str>, body: &Value) -> Result<String> {
+        let q = match name {
+            Some(n) => query(&[("name", n)]),
+            None => String::new(),
+        };
+        let created = self.call_json(Method::POST, &format!("/containers/create{q}"), Some(body))?;
+        if let Some(warnings) = created["Warnings"].as_array().filter(|w| !w.is_empty()) {
+            log::warn!("engine warnings creating container: {warnings:?}");
+        }
+        created["Id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| EngineError::Server("container create returned no Id".into()))
+    }
+
+    fn start_container(&self, id: &str) -> Result<()> {
+        let path = format!("/containers/{}/start", container(id)?);
+        self.call_empty(Method::POST, &path, None, CALL_TIMEOUT)
+    }
+
+    fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+        let path = format!("/containers/{}/stop{}", container(id)?, grace(timeout_s));
+        self.call_empty(Method::POST, &path, None, grace_deadline(timeout_s))
+    }
+
+    fn restart_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+        let path = format!("/containers/{}/restart{}", container(id)?, grace(timeout_s));
+        self.call_empty(Method::POST, &path, None, grace_deadline(timeout_s))
+    }
+
+    fn remove_container(&self, id: &str, force: bool) -> Result<()> {
+        let q = query(&[("force", flag(force)), ("v", "0")]);
+        let path = format!("/containers/{}{q}", container(id)?);
+        self.call_empty(Method::DELETE, &path, None, CALL_TIMEOUT)
+    }
+
+    fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
+        let tail = opts.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let mut q = vec![
+            ("stdout", "1".to_string()),
+            ("stderr", "1".to_string()),
+            ("tail", tail),
+            ("timestamps", flag(opts.timestamps).to_string()),
+            ("follow", flag(opts.follow).to_string()),
+        ];
+        if let Some(since) = opts.since {
+            q.push(("since", unix_time(since)));
+        }
+        let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let path = format!("/containers/{}/logs{}", container(id)?, query(&q));
+        self.stream(&path, (!opts.follow).then_some(LOG_READ_TIMEOUT))
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        workdir: Option<&str>,
+    ) -> Result<ExecOutput> {
+        let mut create = json!({
+            "AttachStdin": false,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "Tty": false,
+            "Cmd": cmd,
+            "Env": env,
+        });
+        if let Some(dir) = workdir {
+            create["WorkingDir"] = json!(dir);
+        }
+        let path = format!("/containers/{}/exec", container(id)?);
+        let created = self.call_json(Method::POST, &path, Some(&create))?;
+        let exec_id = created["Id"]
+            .as_str()
+            .ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+
+        let start = json!({ "Detach": false, "Tty": false });
+        let path = format!("/exec/{}/start", segment(exec_id)?);
+        let resp = self.send(Method::POST, &path, Some(&start), EXEC_TIMEOUT)?;
+        let mut body = resp.into_body().into_reader();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut truncated = false;
+        let mut frames = Frames::new(false);
+        let mut buf = vec![0; 32 << 10];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            frames.push(&buf[..n], &mut |source, data, _| {
+                let sink = match source {
+                    Source::Stdout => &mut stdout,
+                    Source::Stderr => &mut stderr,
+                };
+                let room = MAX_EXEC_OUTPUT - sink.len();
+                truncated |= data.len() > room;
+                sink.extend_from_slice(&data[..data.len().min(room)]);
+            });
+        }
+        if truncated {
+            log::warn!("exec output over {MAX_EXEC_OUTPUT} bytes per stream was dropped");
+        }
+        Ok(ExecOutput {
+            exit_code: self.exec_exit_code(exec_id)?,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    fn pull_image(&self, image: &str) -> Result<Vec<String>> {
+        let (from, tag) = split_reference(image)?;
+        let path = format!("/images/create{}", query(&[("fromImage", from), ("tag", tag)]));
+        let resp = self.send(Method::POST, &path, None, PULL_TIMEOUT)?;
+        let mut body = resp.into_body().into_reader();
+        let mut lines = JsonLines::new();
+        let mut statuses = Vec::new();
+        let mut error = None;
+        let mut collect = |v: Value| {
+            let message = v["errorDetail"]["message"].as_str().or(v["error"].as_str());
+            if let Some(m) = message {
+                error.get_or_insert_with(|| m.to_string());
+            } else if let Some(s) = v["status"].as_str() {
+                statuses.push(s.to_string());
+            }
+        };
+        let mut buf = vec![0; 16 << 10];
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => lines.push(&buf[..n], &mut collect),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+        lines.finish(&mut collect);
+        match error {
+            Some(m) if is_not_found(&m) => Err(EngineError::NotFound(m)),
+            Some(m) => Err(EngineError::Server(m)),
+            None => Ok(statuses),
+        }
+    }
+
+    fn list_images(&self) -> Result<Vec<Value>> {
+        list(self.call_json(Method::GET, "/images/json", None)?)
+    }
+
+    fn events(&self, since: Option<f64>) -> Result<Stream> {
+        let since = since.map(unix_time);
+        let mut q = vec![("filters", r#"{"type":["container"]}"#)];
+        if let Some(s) = &since {
+            q.push(("since", s));
+        }
+        self.stream(&format!("/events{}", query(&q)), None)
+    }
+
+    fn host(&self) -> Option<String> {
+        Some(self.host.clone())
+    }
+}
+
+fn run(
+    agent: &Agent,
+    req: std::result::Result<Request<impl AsSendBody>, ureq::http::Error>,
+    timeout: Option<Duration>,
+) -> std::result::Result<Response<Body>, ureq::Error> {
+    let req = agent
+        .configure_request(req.map_err(ureq::Error::Http)?)
+        .timeout_global(timeout)
+        .build();
+    agent.run(req)
+}
+
+fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .user_agent(concat!("dcd/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        // Bounds the headers even for streams without an overall deadline.
+        .timeout_recv_response(Some(CALL_TIMEOUT))
+        .timeout_global(timeout)
+        .build();
+    match target {
+        Target::Unix(path) => Agent::with_parts(config, UnixConnector(path.clone()), NoDns),
+        Target::Tcp(_) => Agent::new_with_config(config),
+    }
+}
+
+fn parse_host(host: &str) -> Result<Target> {
+    let unsupported = || {
+        EngineError::Unreachable(format!(
+            "unsupported docker host {host:?} (use unix:///path or tcp://host:port)"
+        ))
+    };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(unsupported());
+        }
+        return Ok(Target::Unix(PathBuf::from(path)));
+    }
+    let authority = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+        .ok_or_else(unsupported)?
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(unsupported());
+    }
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let base = if has_port {
+        format!("http://{authority}")
+    } else {
+        format!("http://{authority}:{DEFAULT_TCP_PORT}")
+    };
+    base.parse::<Uri>().map_err(|_| unsupported())?;
+    Ok(Target::Tcp(base))
+}
+
+fn pick_version(server: &str) -> Result<String> {
+    let parsed = server
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+    let theirs = parsed.ok_or_else(|| {
+        EngineError::Server(format!("engine reported an unreadable API version {server:?}"))
+    })?;
+    if theirs < OUR_OLDEST {
+        return Err(EngineError::TooOld(format!(
+            "engine speaks API {server}, dcd needs at least {}.{}",
+            OUR_OLDEST.0, OUR_OLDEST.1
+        )));
+    }
+    let (major, minor) = theirs.min(OUR_NEWEST);
+    Ok(format!("{major}.{minor}"))
+}
+
+/// Percent-encodes all but RFC 3986 unreserved characters, so a value can
+/// neither end its path segment or query value nor start another.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An encoded path segment. `.` and `..` survive encoding (the server
+/// decodes `%2E` too), so they are refused here.
+fn segment(s: &str) -> Result<String> {
+    if s.is_empty() || s == "." || s == ".." {
+        return Err(EngineError::BadRequest(format!("invalid id {s:?}")));
+    }
+    Ok(encode(s))
+}
+
+/// A container id or name as a path segment. The list API spells names with
+/// a leading '/', which the engine accepts elsewhere too.
+fn container(id: &str) -> Result<String> {
+    segment(id.strip_prefix('/').unwrap_or(id))
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    let mut q = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        q.push(if i == 0 { '?' } else { '&' });
+        q.push_str(k);
+        q.push('=');
+        q.push_str(&encode(v));
+    }
+    q
+}
+
+fn flag(b: bool) -> &'static str {
+    if b {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// Unix seconds as the engine parses them (`seconds.nanoseconds`).
+fn unix_time(t: f64) -> String {
+    format!("{:.9}", t.max(0.0))
+}
+
+fn grace(timeout_s: i64) -> String {
+    query(&[("t", &timeout_s.to_string())])
+}
+
+fn grace_deadline(timeout_s: i64) -> Duration {
+    Duration::from_secs(timeout_s.max(0) as u64) + STOP_SLACK
+}
+
+fn list(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(EngineError::Server(format!(
+            "engine sent {other} where a list was expected"
+        ))),
+    }
+}
+
+/// Splits an image reference into the `fromImage` and `tag` of a pull. The
+/// tag is what follows the last ':' after the last '/' (before that it is a
+/// registry port); a digest wins over a tag. An empty tag would make the
+/// engine pull every tag, so the default is `latest`.
+fn split_reference(image: &str) -> Result<(&str, &str)> {
+    let bad = || EngineError::BadRequest(format!("invalid image reference {image:?}"));
+    let (name, tag) = match image.split_once('@') {
+        Some((name, digest)) => (split_tag(name).0, digest),
+        None => match split_tag(image) {
+            (name, Some(tag)) => (name, tag),
+            (name, None) => (name, "latest"),
+        },
+    };
+    if name.is_empty() || tag.is_empty() || image.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((name, tag))
+}
+
+fn split_tag(name: &str) -> (&str, Option<&str>) {
+    match name.rfind(':') {
+        Some(i) if !name[i + 1..].contains('/') => (&name[..i], Some(&name[i + 1..])),
+        _ => (name, None),
+    }
+}
+
+/// Whether an error inside a pull stream means the image does not exist.
+fn is_not_found(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["not found", "manifest unknown", "does not exist"]
+        .iter()
+        .any(|s| m.contains(s))
+}
+
+/// Resolves every URI to a placeholder address: the unix connector ignores it.
+#[derive(Debug)]
+struct NoDns;
+
+impl Resolver for NoDns {
+    fn resolve(
+        &self,
+        _: &Uri,
+        _: &Config,
+        _: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Ok(addrs)
+    }
+}
+
+#[derive(Debug)]
+struct UnixConnector(PathBuf);
+
+impl Connector for UnixConnector {
+    type Out = UnixTransport;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _: Option<()>,
+    ) -> std::result::Result<Option<UnixTransport>, ureq::Error> {
+        let sock = Arc::new(Sock(UnixStream::connect(&self.0)?));
+        // Lets `Agent::shutdown` (a stream's cancel) wake a blocked read.
+        (details.register_shutdown)(Arc::downgrade(&sock) as Weak<dyn ShutdownHandle>)?;
+        let buffers = LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        );
+        Ok(Some(UnixTransport { sock, buffers }))
+    }
+}
+
+#[derive(Debug)]
+struct Sock(UnixStream);
+
+impl ShutdownHandle for Sock {
+    fn shutdown(&self) {
+        // Fails only if already shut down or closed.
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+#[derive(Debug)]
+struct UnixTransport {
+    sock: Arc<Sock>,
+    buffers: LazyBuffers,
+}
+
+impl Transport for UnixTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(
+        &mut self,
+        amount: usize,
+        timeout: NextTimeout,
+    ) -> std::result::Result<(), ureq::Error> {
+        let timeout = timeout.for_write();
+        self.sock.0.set_write_timeout(io_timeout(timeout)?)?;
+        let output = &self.buffers.output()[..amount];
+        (&self.sock.0)
+            .write_all(output)
+            .map_err(|e| io_error(e, timeout))
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> std::result::Result<bool, ureq::Error> {
+        let timeout = timeout.for_read();
+        self.sock.0.set_read_timeout(io_timeout(timeout)?)?;
+        let input = self.buffers.input_append_buf();
+        let n = loop {
+            match (&self.sock.0).read(input) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| io_error(e, timeout))?,
+            }
+        };
+        self.buffers.input_appended(n);
+        Ok(n > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // A pooled connection is reusable only if the engine has neither
+        // closed it nor sent anything unasked.
+        let s = &self.sock.0;
+        if s.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let idle = matches!((&*s).read(&mut [0]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        idle && s.set_nonblocking(false).is_ok()
+    }
+}
+
+/// The socket timeout for the next I/O; none left is a timeout error.
+fn io_timeout(t: NextTimeout) -> std::result::Result<Option<Duration>, ureq::Error> {
+    if t.after.is_zero() {
+        return Err(ureq::Error::Timeout(t.reason));
+    }
+    Ok(t.not_zero().map(|d| *d))
+}
+
+fn io_error(e: io::Error, t: NextTimeout) -> ureq::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ureq::Error::Timeout(t.reason),
+        _ => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_image_and_tag() {
+        fn ok(r: &str) -> (&str, &str) {
+            split_reference(r).unwrap()
+        }
+        assert_eq!(ok("alpine"), ("alpine", "latest"));
+        assert_eq!(ok("alpine:3.19"), ("alpine", "3.19"));
+        assert_eq!(ok("host:5000/repo"), ("host:5000/repo", "latest"));
+        assert_eq!(ok("host:5000/a/b:v1"), ("host:5000/a/b", "v1"));
+        assert_eq!(ok("repo@sha256:abc"), ("repo", "sha256:abc"));
+        assert_eq!(ok("h:1/repo:t@sha256:abc"), ("h:1/repo", "sha256:abc"));
+        for bad in ["", "repo:", ":tag", "repo@", "a b"] {
+            assert!(split_reference(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_parse() {
+        assert!(matches!(parse_host("unix:///var/run/docker.sock"),
+            Ok(Target::Unix(p)) if p == PathBuf::from("/var/run/docker.sock")));
+        let tcp = |h: &str| match parse_host(h) {
+            Ok(Target::Tcp(base)) => base,
+            other => panic!("{h}: {other:?}"),
+        };
+        assert_eq!(tcp("tcp://127.0.0.1:2375"), "http://127.0.0.1:2375");
+        assert_eq!(tcp("tcp://docker"), "http://docker:2375");
+        assert_eq!(tcp("tcp://[::1]"), "http://[::1]:2375");
+        assert_eq!(tcp("tcp://[::1]:1234/"), "http://[::1]:1234");
+        for bad in ["", "unix://", "ssh://host", "tcp://", "tcp://a/b", "/var/run/docker.sock"] {
+            assert!(parse_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn versions_negotiate_down_and_refuse_old() {
+        assert_eq!(pick_version("1.41").unwrap(), "1.41");
+        assert_eq!(pick_version("1.51").unwrap(), "1.45");
+        assert_eq!(pick_version("2.0").unwrap(), "1.45");
+        assert!(matches!(pick_version("1.39"), Err(EngineError::TooOld(_))));
+        assert!(matches!(pick_version("x"), Err(EngineError::Server(_))));
+    }
+
+    #[test]
+    fn values_cannot_escape_their_segment() {
+        assert_eq!(encode("a/../b?c=d&e#f %"), "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25");
+        assert_eq!(container("/web-1").unwrap(), "web-1");
+        for bad in ["", ".", "..", "/.."] {
+            assert!(container(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(query(&[("a", "1 2"), ("b", "{\"x\":[]}")]), "?a=1%202&b=%7B%22x%22%3A%5B%5D%7D");
+    }
+}

@@ -1,0 +1,258 @@
+//! An in-memory engine for `--sim`: containers with Engine-API-shaped inspect
+//! data, logs that print a few lines, exec that echoes, and an events stream,
+//! so every RPC and both events work with no Docker on the machine.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Mutex;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use serde_json::{json, Value};
+
+use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Result, Stream};
+
+#[derive(Default)]
+struct World {
+    containers: BTreeMap<String, Value>,
+    images: Vec<String>,
+    subscribers: Vec<Sender<Vec<u8>>>,
+}
+
+#[derive(Default)]
+pub struct Sim {
+    world: Mutex<World>,
+}
+
+impl Sim {
+    pub fn new() -> Self {
+        let sim = Sim::default();
+        sim.world().images.push("sim/hello:latest".into());
+        sim
+    }
+
+    fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl World {
+    /// Find by full id, id prefix or name, as the engine does.
+    fn find(&self, key: &str) -> Result<String> {
+        if key.is_empty() {
+            return Err(EngineError::NotFound("container name or id is empty".into()));
+        }
+        let name = format!("/{key}");
+        self.containers
+            .iter()
+            .find(|(id, c)| id.starts_with(key) || c["Name"] == name.as_str())
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| EngineError::NotFound(format!("No such container: {key}")))
+    }
+
+    fn set_state(&mut self, id: &str, state: &str, action: &str) {
+        let c = self.containers.get_mut(id).expect("id from find");
+        c["State"]["Status"] = json!(state);
+        c["State"]["Running"] = json!(state == "running");
+        let ev = json!({"Type": "container", "Action": action, "timeNano": now_nano(),
+            "Actor": {"ID": id, "Attributes": {"name": c["Name"].as_str().unwrap_or("/").trim_start_matches('/'),
+                                                 "image": c["Config"]["Image"]}}});
+        self.publish(ev);
+    }
+
+    fn publish(&mut self, ev: Value) {
+        let mut line = ev.to_string().into_bytes();
+        line.push(b'\n');
+        self.subscribers.retain(|s| s.send(line.clone()).is_ok());
+    }
+}
+
+fn now_nano() -> i64 {
+    (crate::time::now_epoch() * 1e9) as i64
+}
+
+/// A blocking reader over chunks from a channel. An empty chunk, or every
+/// sender gone, is the end of the stream.
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    /// Keeps a follow open until cancelled, as a quiet container does.
+    _open: Option<Sender<Vec<u8>>>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            match self.rx.recv() {
+                Ok(chunk) => self.pending = chunk,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+/// A stream fed through the returned sender; cancelling it queues the end.
+fn channel_stream(keep_open: bool) -> (Sender<Vec<u8>>, Stream) {
+    let (tx, rx) = unbounded::<Vec<u8>>();
+    let end = tx.clone();
+    let stream = Stream {
+        body: Box::new(ChannelReader { rx, pending: Vec::new(), _open: keep_open.then(|| tx.clone()) }),
+        cancel: Canceller::new(move || {
+            let _ = end.send(Vec::new());
+        }),
+    };
+    (tx, stream)
+}
+
+/// One multiplexed frame (stdout) of the Engine's log format.
+fn frame(text: &str) -> Vec<u8> {
+    let mut f = vec![1, 0, 0, 0];
+    f.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+impl Engine for Sim {
+    fn info(&self) -> Result<Value> {
+        let w = self.world();
+        Ok(json!({"docker_version": "sim-0.1.0", "api_version": "1.45", "os": "simulated",
+                  "arch": "arm64", "containers": w.containers.len(), "images": w.images.len()}))
+    }
+
+    fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
+        let w = self.world();
+        Ok(w.containers
+            .iter()
+            .filter(|(_, c)| all || c["State"]["Status"] == "running")
+            .map(|(id, c)| {
+                json!({"Id": id, "Names": [c["Name"]], "Image": c["Config"]["Image"],
+                       "State": c["State"]["Status"], "Labels": c["Config"]["Labels"]})
+            })
+            .collect())
+    }
+
+    fn inspect_container(&self, id: &str) -> Result<Value> {
+        let w = self.world();
+        let id = w.find(id)?;
+        Ok(w.containers[&id].clone())
+    }
+
+    fn create_container(&self, name: Option<&str>, body: &Value) -> Result<String> {
+        let mut w = self.world();
+        let id = format!("{}{}", crate::rpc::random_hex(32), crate::rpc::random_hex(32));
+        let name = name.map(String::from).unwrap_or_else(|| format!("dcd-{}", &id[..12]));
+        if w.containers.values().any(|c| c["Name"] == format!("/{name}").as_str()) {
+            return Err(EngineError::Conflict(format!("the container name \"/{name}\" is already in use")));
+        }
+        let image = body["Image"].as_str().unwrap_or_default();
+        if image.is_empty() {
+            return Err(EngineError::BadRequest("image is required".into()));
+        }
+        let created = crate::time::now_rfc3339().replace('Z', "+00:00");
+        w.containers.insert(
+            id.clone(),
+            json!({"Id": id, "Name": format!("/{name}"), "Created": created,
+                   "Config": {"Image": image, "Labels": body["Labels"], "Tty": false, "Cmd": body["Cmd"]},
+                   "State": {"Status": "created", "Running": false, "ExitCode": 0},
+                   "HostConfig": body["HostConfig"], "NetworkSettings": {"Ports": {}}}),
+        );
+        w.set_state(&id, "created", "create");
+        Ok(id)
+    }
+
+    fn start_container(&self, id: &str) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        if w.containers[&id]["State"]["Status"] != "running" {
+            w.set_state(&id, "running", "start");
+        }
+        Ok(())
+    }
+
+    fn stop_container(&self, id: &str, _timeout_s: i64) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        if w.containers[&id]["State"]["Status"] == "running" {
+            w.set_state(&id, "exited", "die");
+        }
+        Ok(())
+    }
+
+    fn restart_container(&self, id: &str, _timeout_s: i64) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        w.set_state(&id, "running", "restart");
+        Ok(())
+    }
+
+    fn remove_container(&self, id: &str, force: bool) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        if w.containers[&id]["State"]["Status"] == "running" && !force {
+            return Err(EngineError::Conflict(format!(
+                "cannot remove container {}: container is running: stop the container before removing or force remove",
+                &id[..12]
+            )));
+        }
+        w.set_state(&id, "removing", "destroy");
+        w.containers.remove(&id);
+        Ok(())
+    }
+
+    fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
+        let name = {
+            let w = self.world();
+            let id = w.find(id)?;
+            w.containers[&id]["Name"].as_str().unwrap_or_default().trim_start_matches('/').to_string()
+        };
+        let (tx, stream) = channel_stream(opts.follow);
+        let lines = 3u64.min(opts.tail.unwrap_or(3));
+        let ts = crate::time::now_rfc3339();
+        for i in 0..lines {
+            let text = format!("simulated log line {} from {name}\n", i + 1);
+            let _ = tx.send(frame(&if opts.timestamps { format!("{ts} {text}") } else { text }));
+        }
+        Ok(stream)
+    }
+
+    fn exec(&self, id: &str, cmd: &[String], _env: &[String], _workdir: Option<&str>) -> Result<ExecOutput> {
+        let w = self.world();
+        let id = w.find(id)?;
+        if w.containers[&id]["State"]["Status"] != "running" {
+            return Err(EngineError::Conflict(format!("container {} is not running", &id[..12])));
+        }
+        let exit_code = if cmd.first().map(String::as_str) == Some("false") { 1 } else { 0 };
+        Ok(ExecOutput { exit_code, stdout: format!("simulated: {}\n", cmd.join(" ")), stderr: String::new() })
+    }
+
+    fn pull_image(&self, image: &str) -> Result<Vec<String>> {
+        let mut w = self.world();
+        let full = if image.rsplit('/').next().is_some_and(|l| l.contains(':')) { image.to_string() } else { format!("{image}:latest") };
+        if !w.images.contains(&full) {
+            w.images.push(full.clone());
+        }
+        Ok(vec![format!("Pulling from {image}"), format!("Status: Downloaded newer image for {full}")])
+    }
+
+    fn list_images(&self) -> Result<Vec<Value>> {
+        let w = self.world();
+        Ok(w.images
+            .iter()
+            .enumerate()
+            .map(|(i, tag)| json!({"Id": format!("sha256:{:064x}", i + 1), "RepoTags": [tag], "Size": 1_048_576, "Created": 1_767_225_600}))
+            .collect())
+    }
+
+    fn events(&self, _since: Option<f64>) -> Result<Stream> {
+        let (tx, stream) = channel_stream(false);
+        self.world().subscribers.push(tx);
+        Ok(stream)
+    }
+
+    fn host(&self) -> Option<String> {
+        None
+    }
+}

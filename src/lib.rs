@@ -1,0 +1,14 @@
+//! dcd: the Docker host for the Device Connect mesh.
+//!
+//! The binary (`main.rs`) wires threads together; everything it wires lives
+//! here, one module per concern, so integration tests can drive the pieces.
+
+pub mod compose;
+pub mod config;
+pub mod driver;
+pub mod engine;
+pub mod logs;
+pub mod mesh;
+pub mod rpc;
+pub mod state;
+pub mod time;

@@ -1,0 +1,152 @@
+//! Wires the threads together: engine client, state thread, driver, request
+//! workers and the mesh transport; then waits for SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+use dcd::config::{self, Config, Flags};
+use dcd::driver::{Driver, Events};
+use dcd::engine::{docker::Docker, sim::Sim, Engine};
+use dcd::mesh::{self, Inbound, Publish};
+use dcd::rpc;
+use dcd::state::State;
+
+/// Orderly shutdown gets this long before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+fn main() {
+    let flags: Flags = argh::from_env();
+    init_logging();
+    let cfg = match config::resolve(&flags, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dcd: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(cfg) {
+        eprintln!("dcd: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let level = std::env::var("DCD_LOG_LEVEL").unwrap_or_else(|_| "info".into()).to_ascii_lowercase();
+    let default = match level.as_str() {
+        "warning" => "warn",
+        "critical" | "fatal" => "error",
+        other => other,
+    };
+    // zenoh logs through `tracing` and is not bridged; keep our own crate's level.
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("RUST_LOG", format!("dcd={default}"))).init();
+}
+
+fn run(cfg: Config) -> Result<(), String> {
+    let signals = block_signals();
+    let engine: Arc<dyn Engine> = if cfg.simulate {
+        Arc::new(Sim::new())
+    } else {
+        if cfg.in_container && cfg.docker_host.is_none() && !std::path::Path::new("/var/run/docker.sock").exists() {
+            return Err("no /var/run/docker.sock in this container: mount it, or set DCD_SIM=1".into());
+        }
+        Arc::new(Docker::connect(cfg.docker_host.as_deref()).map_err(|e| e.to_string())?)
+    };
+    let device_id = cfg.mesh.device_id.clone();
+    log::info!(
+        "dcd {} as {device_id} in tenant {} ({:?}, {}), engine {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.mesh.tenant,
+        cfg.mesh.backend,
+        if cfg.mesh.d2d { "d2d" } else { "infra" },
+        engine.host().unwrap_or_else(|| "simulated".into())
+    );
+
+    let (events_tx, events_rx) = bounded(1024);
+    let events = Events::new(events_tx);
+    let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone());
+    let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events));
+
+    let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
+    let (publish_tx, publish_rx) = bounded::<Publish>(256);
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let describe: mesh::Describe = {
+        let (driver, id) = (driver.clone(), device_id.clone());
+        Arc::new(move || rpc::registration(&driver, &id))
+    };
+    let transport = mesh::spawn(cfg.mesh, describe, inbound_tx, events_rx, publish_rx, stop_rx)
+        .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
+    let workers: Vec<_> = (0..cfg.workers)
+        .map(|i| {
+            let (driver, rx, publish, id) = (driver.clone(), inbound_rx.clone(), publish_tx.clone(), device_id.clone());
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || work(&driver, &id, &rx, &publish))
+                .map_err(|e| format!("cannot start a worker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    drop((inbound_rx, publish_tx));
+
+    let sig = wait_signal(&signals);
+    log::info!("signal {sig}: shutting down");
+    std::thread::spawn(move || {
+        let sig = wait_signal(&signals);
+        log::warn!("second signal {sig}: exiting now");
+        std::process::exit(130);
+    });
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        log::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}: exiting");
+        std::process::exit(1);
+    });
+    // The transport departs and closes; its inbound sender goes with it, so
+    // the workers finish what they hold and stop.
+    drop(stop_tx);
+    let _ = transport.join();
+    driver.shutdown();
+    for w in workers {
+        let _ = w.join();
+    }
+    state.shutdown();
+    Ok(())
+}
+
+/// A worker: run requests and broadcasts until the transport goes away.
+fn work(driver: &Driver, device_id: &str, rx: &Receiver<Inbound>, publish: &Sender<Publish>) {
+    for msg in rx {
+        match msg {
+            Inbound::Request { payload, reply } => {
+                if let Some(bytes) = rpc::handle(driver, device_id, &payload, reply.max_payload) {
+                    reply.send(bytes);
+                }
+            }
+            Inbound::Broadcast { payload } => {
+                if let Some((topic, payload)) = rpc::broadcast(driver, device_id, &payload) {
+                    let _ = publish.send(Publish { topic, payload });
+                }
+            }
+        }
+    }
+}
+
+/// Block SIGTERM and SIGINT in every thread (spawned threads inherit the
+/// mask), so they are only ever taken by `sigwait`.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set calls on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` was initialised by `block_signals`.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

@@ -1,0 +1,203 @@
+//! JSON-RPC on the mesh (spec §2.3, §4.3): turns a request payload into a
+//! reply payload, and a broadcast envelope into an `async_reply`. This is the
+//! one place where driver errors become JSON-RPC error codes and messages.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::driver::{Driver, Error};
+
+/// Requests larger than this are dropped unread (spec: bad input is dropped).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Deeper JSON than this is dropped before it reaches serde's recursion.
+const MAX_DEPTH: usize = 64;
+/// How far ahead a broadcast may schedule itself with `fire_at`.
+const MAX_FIRE_DELAY: Duration = Duration::from_secs(60);
+
+/// The registration params of this device (spec §3.6), also the body of a
+/// `requestRegistration` result and the base of presence.
+pub fn registration(driver: &Driver, device_id: &str) -> Value {
+    json!({
+        "device_id": device_id,
+        "device_ttl": 15,
+        "capabilities": driver.capabilities(),
+        "identity": driver.identity(device_id),
+        "status": driver.status(),
+    })
+}
+
+/// Handle one request. `None` means "send nothing" (malformed JSON, no `id`,
+/// a batch), as the Python device does. `max_payload` is the largest reply
+/// the transport can carry; a bigger result becomes a -32000 error reply.
+pub fn handle(driver: &Driver, device_id: &str, payload: &[u8], max_payload: Option<usize>) -> Option<Vec<u8>> {
+    if payload.len() > MAX_REQUEST_BYTES || too_deep(payload) {
+        log::warn!("dropped a request of {} bytes: too large or too deeply nested", payload.len());
+        return None;
+    }
+    let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(payload) else {
+        return None;
+    };
+    let id = req.remove("id")?;
+    let method = match req.get("method") {
+        Some(Value::String(m)) => m.clone(),
+        None | Some(Value::Null) => "None".to_string(),
+        Some(other) => other.to_string(),
+    };
+    let outcome = if method == "requestRegistration" {
+        Ok(registration(driver, device_id))
+    } else {
+        match req.remove("params") {
+            None => call(driver, &method, Map::new()),
+            Some(Value::Object(p)) => call(driver, &method, p),
+            Some(_) => Err(Error::Params("params must be an object of named arguments".into())),
+        }
+    };
+    let reply = match outcome {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => error_reply(&id, &method, &e),
+    };
+    let bytes = serde_json::to_vec(&reply).ok()?;
+    match max_payload {
+        Some(max) if bytes.len() > max => {
+            let e = Error::Params(format!("reply of {} bytes exceeds the server's max_payload of {max} bytes", bytes.len()));
+            serde_json::to_vec(&error_reply(&id, &method, &e)).ok()
+        }
+        _ => Some(bytes),
+    }
+}
+
+/// Strip the reserved params and run the driver. The caller from `_dc_meta`
+/// is kept for the log only.
+fn call(driver: &Driver, method: &str, mut params: Map<String, Value>) -> Result<Value, Error> {
+    let meta = params.remove("_dc_meta");
+    let direct = params.remove("source_device");
+    let caller = meta
+        .as_ref()
+        .and_then(|m| m.get("source_device"))
+        .or(direct.as_ref())
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    log::debug!("rpc {method} from {caller}");
+    let r = driver.call(method, params);
+    if let Err(e) = &r {
+        log::info!("rpc {method} from {caller} failed: {e}");
+    }
+    r
+}
+
+fn error_reply(id: &Value, method: &str, e: &Error) -> Value {
+    let (code, message) = match e {
+        Error::UnknownMethod => (-32601, format!("Unknown method: {method}")),
+        other => (-32000, format!("Error invoking {method}: {other}")),
+    };
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// Handle a broadcast envelope (spec §4.3). Returns the `async_reply` topic
+/// (relative to the device) and payload, or `None` when this device must stay
+/// silent (not targeted, a `where` predicate, too late, malformed).
+pub fn broadcast(driver: &Driver, device_id: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
+    if payload.len() > MAX_REQUEST_BYTES || too_deep(payload) {
+        return None;
+    }
+    let Ok(Value::Object(env)) = serde_json::from_slice::<Value>(payload) else {
+        return None;
+    };
+    let cid = env.get("correlation_id")?.as_str()?;
+    let function = env.get("function")?.as_str()?;
+    if !cid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return None;
+    }
+    if let Some(Value::Array(targets)) = env.get("targets") {
+        if !targets.is_empty() && !targets.iter().any(|t| t == device_id) {
+            return None;
+        }
+    }
+    if env.get("where").is_some_and(|w| !w.is_null()) {
+        // No CEL engine here: fail closed, as a Python device without [predicate] does.
+        log::info!("broadcast {cid}: `where` predicates are not supported; not answering");
+        return None;
+    }
+    if let Some(fire_at) = env.get("fire_at").and_then(Value::as_f64) {
+        let wait = fire_at - crate::time::now_epoch();
+        let on_late = env.get("on_late").and_then(Value::as_str).unwrap_or("skip");
+        if wait < 0.0 && on_late == "skip" {
+            return None;
+        }
+        if wait > MAX_FIRE_DELAY.as_secs_f64() {
+            log::info!("broadcast {cid}: fire_at is {wait:.0}s ahead, more than we hold; not answering");
+            return None;
+        }
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+    let params = match env.get("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => return None,
+    };
+    let fired = crate::time::now_epoch();
+    let mut reply = json!({"correlation_id": cid, "device_id": device_id, "actually_fired_at": fired});
+    match call(driver, function, params) {
+        Ok(result) => {
+            reply["success"] = json!(true);
+            reply["result"] = result;
+        }
+        Err(e) => {
+            let message = match e {
+                Error::UnknownMethod => format!("unknown function: {function}"),
+                other => other.to_string(),
+            };
+            reply["success"] = json!(false);
+            reply["error"] = json!({"code": "invoke_failed", "message": message});
+        }
+    }
+    Some((format!("event.async_reply.{cid}"), serde_json::to_vec(&reply).ok()?))
+}
+
+/// True when the JSON nests deeper than `MAX_DEPTH` (a cheap byte scan that
+/// ignores brackets inside strings).
+fn too_deep(payload: &[u8]) -> bool {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &b in payload {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `n` random lowercase hex characters (event ids, trace ids, temp names).
+/// Seeded from the kernel's randomness through std's hasher keys.
+pub fn random_hex(n: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(n + 16);
+    let mut counter = 0u64;
+    while out.len() < n {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(counter);
+        counter += 1;
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out.truncate(n);
+    out
+}
