@@ -8,6 +8,7 @@ use argh::FromArgs;
 use serde_json::Value;
 
 use crate::mesh::{Backend, MeshConfig, Tls};
+use crate::policy::Policy;
 
 /// dcd: the Docker host for the Device Connect mesh.
 ///
@@ -64,6 +65,12 @@ pub struct Flags {
     /// worker threads for requests (env DCD_WORKERS; default 4)
     #[argh(option)]
     pub workers: Option<usize>,
+    /// policy file, JSON (env DCD_POLICY; default: deny every host escape)
+    #[argh(option)]
+    pub policy: Option<String>,
+    /// serve only the functions that change nothing (env DCD_READ_ONLY)
+    #[argh(switch)]
+    pub read_only: bool,
 }
 
 /// The resolved configuration.
@@ -75,6 +82,7 @@ pub struct Config {
     pub workers: usize,
     /// Running inside the container image: refuse to start without the socket.
     pub in_container: bool,
+    pub policy: Policy,
     pub mesh: MeshConfig,
 }
 
@@ -219,7 +227,13 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
         Some(b) => b,
         None => env("DCD_ZENOH_MULTICAST").map_or(true, |v| truthy(Some(v))),
     };
+    let mut policy = match flags.policy.clone().or_else(|| env("DCD_POLICY")) {
+        Some(path) => Policy::load(Path::new(&path))?,
+        None => Policy::default(),
+    };
+    policy.read_only |= flags.read_only || truthy(env("DCD_READ_ONLY"));
     Ok(Config {
+        policy,
         simulate: flags.sim || truthy(first(env, &["DCD_SIM", "DCD_SIMULATE"])),
         docker_host: flags.docker_host.clone().or_else(|| env("DOCKER_HOST")),
         state_poll_hz,

@@ -18,6 +18,7 @@ use crate::compose::{Compose, ComposeSpec};
 use crate::engine::stream::Demux;
 use crate::engine::{Engine, EngineError, LogOptions};
 use crate::logs::Follows;
+use crate::policy::{ExecRule, Kind, Policy};
 use crate::state::StateHandle;
 
 pub const MANAGED_LABEL: &str = "deviceconnect.dev/managed";
@@ -41,6 +42,8 @@ pub enum Error {
     Engine(EngineError),
     /// The compose CLI failed or is missing.
     Compose(String),
+    /// The operator's policy refuses the call.
+    Policy(String),
 }
 
 impl fmt::Display for Error {
@@ -50,6 +53,7 @@ impl fmt::Display for Error {
             Error::Params(m) => write!(f, "invalid params: {m}"),
             Error::Engine(e) => e.fmt(f),
             Error::Compose(m) => write!(f, "compose: {m}"),
+            Error::Policy(m) => write!(f, "policy: {m}"),
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct Driver {
     state: StateHandle,
     follows: Follows,
     compose: Compose,
+    policy: Policy,
     info: Mutex<Option<(Instant, Value)>>,
 }
 
@@ -116,8 +121,10 @@ impl Driver {
         state_poll_hz: f64,
         state: StateHandle,
         events: Events,
+        policy: Policy,
     ) -> Self {
         Driver {
+            policy,
             follows: Follows::new(engine.clone(), events),
             compose: Compose::new(simulate),
             engine,
@@ -132,6 +139,13 @@ impl Driver {
     /// already removed).
     pub fn call(&self, method: &str, params: Map<String, Value>) -> Result<Value> {
         let f = FUNCTIONS.iter().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
+        if !self.policy.serves(f.kind, self.simulate) {
+            return Err(Error::Policy(format!("{method} is disabled on this host ({})", match f.kind {
+                Kind::Exec => "allow with \"exec\": \"allow\"",
+                Kind::Compose => "allow with \"compose\": true",
+                _ => "read_only is set",
+            })));
+        }
         (f.call)(self, params)
     }
 
@@ -139,6 +153,7 @@ impl Driver {
     pub fn capabilities(&self) -> Value {
         let functions: Vec<Value> = FUNCTIONS
             .iter()
+            .filter(|f| self.policy.serves(f.kind, self.simulate))
             .map(|f| {
                 json!({"name": f.name, "description": f.description,
                        "parameters": (f.schema)(), "labels": null, "tags": []})
@@ -201,6 +216,17 @@ impl Driver {
         };
         *cache = Some((Instant::now(), v.clone()));
         v
+    }
+
+    /// Refuse to touch a container the policy keeps us away from: with
+    /// `owned_only`, any container without our managed label; for exec with
+    /// `exec: managed`, likewise.
+    fn guard(&self, id: &str, kind: Kind) -> Result<()> {
+        let managed_only = self.policy.owned_only || (kind == Kind::Exec && self.policy.exec == ExecRule::Managed);
+        if managed_only && self.engine.inspect_container(id)?["Config"]["Labels"][MANAGED_LABEL] != "true" {
+            return Err(Error::Policy(format!("container {id} is not managed by dcd (owned_only)")));
+        }
+        Ok(())
     }
 
     fn summary_of(&self, id: &str) -> Result<Value> {
@@ -293,6 +319,7 @@ fn events_advertised() -> Value {
 
 struct Function {
     name: &'static str,
+    kind: Kind,
     description: &'static str,
     schema: fn() -> Value,
     call: fn(&Driver, Map<String, Value>) -> Result<Value>,
@@ -343,6 +370,7 @@ fn ten() -> i64 {
 const FUNCTIONS: &[Function] = &[
     Function {
         name: "get_status",
+        kind: Kind::Read,
         description: "Return driver and Docker Engine connectivity status.",
         schema: no_params,
         call: |d, p| {
@@ -362,6 +390,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "ping_docker",
+        kind: Kind::Read,
         description: "Ping the Docker Engine and refresh cached engine metadata.",
         schema: no_params,
         call: |d, p| {
@@ -378,6 +407,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "list_containers",
+        kind: Kind::Read,
         description: "List containers on this Docker host.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -398,6 +428,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "get_container",
+        kind: Kind::Read,
         description: "Inspect a single container by ID or name.",
         schema: id_only_schema,
         call: |d, p| {
@@ -407,6 +438,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "provision_container",
+        kind: Kind::Mutate,
         description: "Create (provision) a container from a JSON specification.",
         schema: || {
             json!({"type": "object", "properties": {"spec": spec_schema()}, "required": ["spec"]})
@@ -419,6 +451,7 @@ const FUNCTIONS: &[Function] = &[
             }
             let a: A = args(p)?;
             let body = a.spec.create_body()?;
+            d.policy.check_create(&body).map_err(Error::Policy)?;
             let id = d.engine.create_container(a.spec.name.as_deref(), &body)?;
             d.state.observed(&summary(&d.engine.inspect_container(&id)?));
             d.engine.start_container(&id)?;
@@ -429,36 +462,43 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "start_container",
+        kind: Kind::Mutate,
         description: "Start a stopped container.",
         schema: id_only_schema,
         call: |d, p| {
             let a: IdArgs = args(p)?;
+            d.guard(&a.container_id, Kind::Mutate)?;
             d.engine.start_container(&a.container_id)?;
             Ok(json!({"status": "success", "container": d.summary_of(&a.container_id)?}))
         },
     },
     Function {
         name: "stop_container",
+        kind: Kind::Mutate,
         description: "Stop a running container.",
         schema: id_and_timeout_schema,
         call: |d, p| {
             let a: IdTimeoutArgs = args(p)?;
+            d.guard(&a.container_id, Kind::Mutate)?;
             d.engine.stop_container(&a.container_id, a.timeout_s)?;
             Ok(json!({"status": "success", "container": d.summary_of(&a.container_id)?}))
         },
     },
     Function {
         name: "restart_container",
+        kind: Kind::Mutate,
         description: "Restart a container.",
         schema: id_and_timeout_schema,
         call: |d, p| {
             let a: IdTimeoutArgs = args(p)?;
+            d.guard(&a.container_id, Kind::Mutate)?;
             d.engine.restart_container(&a.container_id, a.timeout_s)?;
             Ok(json!({"status": "success", "container": d.summary_of(&a.container_id)?}))
         },
     },
     Function {
         name: "remove_container",
+        kind: Kind::Mutate,
         description: "Remove a container.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -476,12 +516,14 @@ const FUNCTIONS: &[Function] = &[
                 force: bool,
             }
             let a: A = args(p)?;
+            d.guard(&a.container_id, Kind::Mutate)?;
             d.engine.remove_container(&a.container_id, a.force)?;
             Ok(json!({"status": "success", "container_id": a.container_id, "force": a.force}))
         },
     },
     Function {
         name: "container_logs",
+        kind: Kind::Read,
         description: "Fetch container logs, or start streaming via ``container_log_line`` events.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -510,6 +552,7 @@ const FUNCTIONS: &[Function] = &[
                 100
             }
             let a: A = args(p)?;
+            d.guard(&a.container_id, Kind::Read)?;
             let since = match a.since.as_deref() {
                 None | Some("") => None,
                 Some(s) => Some(crate::time::parse_rfc3339(s).ok_or_else(|| {
@@ -536,6 +579,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "stop_container_logs",
+        kind: Kind::Read,
         description: "Stop a log follow stream started by ``container_logs(..., follow=true)``.",
         schema: id_only_schema,
         call: |d, p| {
@@ -546,6 +590,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "exec_in_container",
+        kind: Kind::Exec,
         description: "Run a command inside a running container.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -573,6 +618,7 @@ const FUNCTIONS: &[Function] = &[
             if a.command.is_empty() {
                 return Err(Error::Params("command must not be empty".into()));
             }
+            d.guard(&a.container_id, Kind::Exec)?;
             let env: Vec<String> =
                 a.environment.unwrap_or_default().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
             let out = d.engine.exec(&a.container_id, &a.command, &env, a.workdir.as_deref())?;
@@ -586,6 +632,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "pull_image",
+        kind: Kind::Mutate,
         description: "Pull an image from a registry.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -607,6 +654,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "list_images",
+        kind: Kind::Read,
         description: "List images available on this host.",
         schema: no_params,
         call: |d, p| {
@@ -629,6 +677,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "compose_up",
+        kind: Kind::Compose,
         description: "Start services with docker compose up.",
         schema: || {
             json!({"type": "object", "properties": {"spec": crate::compose::spec_schema()},
@@ -651,6 +700,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "compose_down",
+        kind: Kind::Compose,
         description: "Stop and remove compose project resources.",
         schema: || {
             json!({"type": "object", "properties": {
@@ -678,6 +728,7 @@ const FUNCTIONS: &[Function] = &[
     },
     Function {
         name: "list_managed_containers",
+        kind: Kind::Read,
         description: "List containers labeled as managed by this driver.",
         schema: no_params,
         call: |d, p| {

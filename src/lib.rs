@@ -9,6 +9,7 @@ pub mod driver;
 pub mod engine;
 pub mod logs;
 pub mod mesh;
+pub mod policy;
 pub mod rpc;
 pub mod state;
 pub mod time;

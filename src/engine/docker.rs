@@ -105,7 +105,13 @@ impl Docker {
 
     /// `GET /version` (unversioned) and the API version both sides speak.
     fn negotiate(&self) -> Result<(String, Value)> {
-        let resp = self.send_to(&self.agent, Method::GET, "/version", None, Some(CALL_TIMEOUT))?;
+        let resp = self.send_to(
+            &self.agent,
+            Method::GET,
+            "/version",
+            None,
+            Some(CALL_TIMEOUT),
+        )?;
         let version = self.read_json(resp)?;
         let server = version["ApiVersion"]
             .as_str()
@@ -133,7 +139,13 @@ impl Docker {
         self.read_json(resp)
     }
 
-    fn call_empty(&self, method: Method, path: &str, body: Option<&Value>, t: Duration) -> Result<()> {
+    fn call_empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        t: Duration,
+    ) -> Result<()> {
         self.send(method, path, body, t).map(drop)
     }
 
@@ -148,6 +160,7 @@ impl Docker {
         timeout: Option<Duration>,
     ) -> Result<Response<Body>> {
         let uri = format!("{}{path}", self.target.base());
+        let get = method == Method::GET;
         let req = Request::builder().method(method).uri(uri);
         let sent = match body {
             Some(body) => {
@@ -155,7 +168,10 @@ impl Docker {
                 let req = req.header("Content-Type", "application/json").body(bytes);
                 run(agent, req, timeout)
             }
-            None => run(agent, req.body(()), timeout),
+            None if get => run(agent, req.body(()), timeout),
+            // Without a body ureq sends a POST chunked, which the engine
+            // takes for a (long removed) start body: send an empty one.
+            None => run(agent, req.body(&[][..]), timeout),
         };
         let mut resp = sent.map_err(|e| self.fail(e))?;
         let status = resp.status().as_u16();
@@ -226,7 +242,13 @@ impl Docker {
     fn stream(&self, path: &str, timeout: Option<Duration>) -> Result<Stream> {
         let api = self.api_version()?;
         let agent = new_agent(&self.target, timeout);
-        let resp = self.send_to(&agent, Method::GET, &format!("/v{api}{path}"), None, timeout)?;
+        let resp = self.send_to(
+            &agent,
+            Method::GET,
+            &format!("/v{api}{path}"),
+            None,
+            timeout,
+        )?;
         Ok(Stream {
             body: Box::new(resp.into_body().into_reader()),
             cancel: Canceller::new(move || agent.clone().shutdown()),
@@ -281,7 +303,8 @@ impl Engine for Docker {
             Some(n) => query(&[("name", n)]),
             None => String::new(),
         };
-        let created = self.call_json(Method::POST, &format!("/containers/create{q}"), Some(body))?;
+        let created =
+            self.call_json(Method::POST, &format!("/containers/create{q}"), Some(body))?;
         if let Some(warnings) = created["Warnings"].as_array().filter(|w| !w.is_empty()) {
             log::warn!("engine warnings creating container: {warnings:?}");
         }
@@ -313,7 +336,9 @@ impl Engine for Docker {
     }
 
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
-        let tail = opts.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
+        let tail = opts
+            .tail
+            .map_or_else(|| "all".to_string(), |n| n.to_string());
         let mut q = vec![
             ("stdout", "1".to_string()),
             ("stderr", "1".to_string()),
@@ -390,7 +415,10 @@ impl Engine for Docker {
 
     fn pull_image(&self, image: &str) -> Result<Vec<String>> {
         let (from, tag) = split_reference(image)?;
-        let path = format!("/images/create{}", query(&[("fromImage", from), ("tag", tag)]));
+        let path = format!(
+            "/images/create{}",
+            query(&[("fromImage", from), ("tag", tag)])
+        );
         let resp = self.send(Method::POST, &path, None, PULL_TIMEOUT)?;
         let mut body = resp.into_body().into_reader();
         let mut lines = JsonLines::new();
@@ -458,9 +486,10 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
         .max_redirects(0)
         .user_agent(concat!("dcd/", env!("CARGO_PKG_VERSION")))
         .timeout_connect(Some(CONNECT_TIMEOUT))
-        // Bounds the headers even for streams without an overall deadline.
-        .timeout_recv_response(Some(CALL_TIMEOUT))
         .timeout_global(timeout)
+        // A stream without an overall deadline still gets its headers
+        // promptly (the engine sends them before any log line or event).
+        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT))
         .build();
     match target {
         Target::Unix(path) => Agent::with_parts(config, UnixConnector(path.clone()), NoDns),
@@ -505,7 +534,9 @@ fn pick_version(server: &str) -> Result<String> {
         .split_once('.')
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
     let theirs = parsed.ok_or_else(|| {
-        EngineError::Server(format!("engine reported an unreadable API version {server:?}"))
+        EngineError::Server(format!(
+            "engine reported an unreadable API version {server:?}"
+        ))
     })?;
     if theirs < OUR_OLDEST {
         return Err(EngineError::TooOld(format!(
@@ -738,6 +769,7 @@ fn io_error(e: io::Error, t: NextTimeout) -> ureq::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn references_split_into_image_and_tag() {
@@ -758,7 +790,7 @@ mod tests {
     #[test]
     fn hosts_parse() {
         assert!(matches!(parse_host("unix:///var/run/docker.sock"),
-            Ok(Target::Unix(p)) if p == PathBuf::from("/var/run/docker.sock")));
+            Ok(Target::Unix(p)) if p == Path::new("/var/run/docker.sock")));
         let tcp = |h: &str| match parse_host(h) {
             Ok(Target::Tcp(base)) => base,
             other => panic!("{h}: {other:?}"),
@@ -767,7 +799,14 @@ mod tests {
         assert_eq!(tcp("tcp://docker"), "http://docker:2375");
         assert_eq!(tcp("tcp://[::1]"), "http://[::1]:2375");
         assert_eq!(tcp("tcp://[::1]:1234/"), "http://[::1]:1234");
-        for bad in ["", "unix://", "ssh://host", "tcp://", "tcp://a/b", "/var/run/docker.sock"] {
+        for bad in [
+            "",
+            "unix://",
+            "ssh://host",
+            "tcp://",
+            "tcp://a/b",
+            "/var/run/docker.sock",
+        ] {
             assert!(parse_host(bad).is_err(), "{bad:?}");
         }
     }
@@ -783,11 +822,17 @@ mod tests {
 
     #[test]
     fn values_cannot_escape_their_segment() {
-        assert_eq!(encode("a/../b?c=d&e#f %"), "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25");
+        assert_eq!(
+            encode("a/../b?c=d&e#f %"),
+            "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25"
+        );
         assert_eq!(container("/web-1").unwrap(), "web-1");
         for bad in ["", ".", "..", "/.."] {
             assert!(container(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(query(&[("a", "1 2"), ("b", "{\"x\":[]}")]), "?a=1%202&b=%7B%22x%22%3A%5B%5D%7D");
+        assert_eq!(
+            query(&[("a", "1 2"), ("b", "{\"x\":[]}")]),
+            "?a=1%202&b=%7B%22x%22%3A%5B%5D%7D"
+        );
     }
 }

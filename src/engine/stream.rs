@@ -99,12 +99,12 @@ impl Frames {
                     // 3 is the engine's own error message about the stream.
                     2 | 3 => Source::Stderr,
                     _ => {
-                        self.into_raw(data, out);
+                        self.switch_to_raw(data, out);
                         return;
                     }
                 };
                 if h[1..4] != [0, 0, 0] {
-                    self.into_raw(data, out);
+                    self.switch_to_raw(data, out);
                     return;
                 }
                 self.remaining = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
@@ -112,7 +112,11 @@ impl Frames {
                 continue;
             }
             let n = data.len().min(self.remaining as usize);
-            let at = if self.start { At::FrameStart } else { At::InFrame };
+            let at = if self.start {
+                At::FrameStart
+            } else {
+                At::InFrame
+            };
             out(self.source, &data[..n], at);
             self.start = false;
             self.remaining -= n as u32;
@@ -120,7 +124,7 @@ impl Frames {
         }
     }
 
-    fn into_raw(&mut self, rest: &[u8], out: &mut dyn FnMut(Source, &[u8], At)) {
+    fn switch_to_raw(&mut self, rest: &[u8], out: &mut dyn FnMut(Source, &[u8], At)) {
         log::debug!("stream is not multiplexed; reading it as raw bytes");
         self.raw = true;
         out(Source::Stdout, &self.header, At::Raw);
@@ -163,7 +167,9 @@ impl Demux {
         Demux {
             frames: Frames::new(tty),
             timestamps,
-            ts: (tty && timestamps).then(Vec::new),
+            // Frames each start their own timestamp; this first one is for
+            // a raw stream (TTY, or one that turns out not to be framed).
+            ts: timestamps.then(Vec::new),
             out: Partial::default(),
             err: Partial::default(),
         }
@@ -191,7 +197,10 @@ impl Demux {
 
     /// Emits what is left of unterminated lines, at the end of the stream.
     pub fn finish(&mut self, out: &mut dyn FnMut(Line)) {
-        for (source, line) in [(Source::Stdout, &mut self.out), (Source::Stderr, &mut self.err)] {
+        for (source, line) in [
+            (Source::Stdout, &mut self.out),
+            (Source::Stderr, &mut self.err),
+        ] {
             if line.open || !line.buf.is_empty() {
                 emit(source, line, out);
                 line.open = false;
@@ -541,12 +550,27 @@ mod tests {
             got,
             vec![line(Stdout, None, "plain text"), line(Stdout, None, "more")]
         );
+        let got = lines(
+            false,
+            true,
+            &[b"2024-01-02T03:04:05Z a b\n2024-01-02T03:04:06Z c\n"],
+        );
+        assert_eq!(
+            got,
+            vec![
+                line(Stdout, Some("2024-01-02T03:04:05Z"), "a b"),
+                line(Stdout, Some("2024-01-02T03:04:06Z"), "c"),
+            ]
+        );
         let mut buf = frame(2, b"framed\n");
         buf.extend_from_slice(b"not a header\n");
         let got = lines(false, false, &[&buf]);
         assert_eq!(
             got,
-            vec![line(Stderr, None, "framed"), line(Stdout, None, "not a header")]
+            vec![
+                line(Stderr, None, "framed"),
+                line(Stdout, None, "not a header")
+            ]
         );
     }
 

@@ -4,9 +4,17 @@
 //! rest of the daemon sees only the types below and never knows which
 //! backend is in use.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::{json, Map, Value};
+
+use crate::driver::Event;
+use crate::rpc::random_hex;
+use crate::time::{now_epoch, now_rfc3339};
 
 /// Which messaging backend carries the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,4 +99,445 @@ impl Responder {
 pub struct Publish {
     pub topic: String,
     pub payload: Vec<u8>,
+}
+
+impl Responder {
+    /// For messages nobody waits on (a NATS publish without a reply inbox, a
+    /// Zenoh `put` on `cmd`): the request still runs, its reply goes nowhere.
+    fn discard() -> Self {
+        Responder::new(None, |_| {})
+    }
+}
+
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "zenoh")]
+mod zenoh;
+
+/// Start the transport thread ("mesh"). It owns the session, serves until
+/// `stop` disconnects, then departs (D2D), flushes and closes within about
+/// a second. Fails only on configuration the backend cannot use at all.
+pub fn spawn(
+    cfg: MeshConfig,
+    describe: Describe,
+    inbound: Sender<Inbound>,
+    events: Receiver<Event>,
+    publish: Receiver<Publish>,
+    stop: Receiver<()>,
+) -> io::Result<JoinHandle<()>> {
+    let links = Links { events, publish, stop };
+    let core = Core::new(&cfg, describe, inbound);
+    match cfg.backend {
+        #[cfg(feature = "nats")]
+        Backend::Nats => {
+            let run = nats::prepare(&cfg)?;
+            std::thread::Builder::new().name("mesh".into()).spawn(move || run(core, links))
+        }
+        #[cfg(feature = "zenoh")]
+        Backend::Zenoh => {
+            let run = zenoh::prepare(&cfg)?;
+            std::thread::Builder::new().name("mesh".into()).spawn(move || run(core, links))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("this dcd was built without the {other:?} backend"),
+        )),
+    }
+}
+
+/// NATS subject to Zenoh key (spec §1.5).
+fn zenoh_key(subject: &str) -> String {
+    if subject.contains('/') {
+        return subject.to_string();
+    }
+    let key = subject.replace('.', "/").replace("/>/", "/**/");
+    match key.strip_suffix("/>") {
+        Some(head) => format!("{head}/**"),
+        None => key,
+    }
+}
+
+const SUBJECT_ROOT: &str = "device-connect";
+const BURST_INTERVAL: Duration = Duration::from_millis(500);
+const BURST_LENGTH: Duration = Duration::from_secs(10);
+const STEADY_INTERVAL: Duration = Duration::from_secs(5);
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+const PRUNE_INTERVAL: Duration = Duration::from_secs(15);
+/// How long the registry gets to answer `registerDevice` (spec §2.5).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Registration starts after a random delay below this, so a fleet that
+/// boots together does not hit the registry at once.
+const REGISTER_JITTER: Duration = Duration::from_secs(2);
+const REGISTER_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Events and worker publishes held while the session is down; the oldest
+/// go first when it overflows (as the Python device does).
+const QUEUE_LIMIT: usize = 10_000;
+/// Timers further out than this are not worth waking for.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// What a subscription carries; the backend tags each message with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    Cmd,
+    Broadcast,
+    Presence,
+    Probe,
+}
+
+/// Something the backend must put on the wire.
+#[derive(Debug, PartialEq)]
+enum Out {
+    Publish { subject: String, payload: Vec<u8> },
+    /// A `registerDevice` request; the backend reports the reply (or why
+    /// there is none) through `Core::on_registered(id, …)`.
+    Register { subject: String, payload: Vec<u8>, id: String },
+}
+
+/// The channels from the rest of the daemon, and the one place that knows
+/// a closed channel means "stop listening", not "stop the transport".
+struct Links {
+    events: Receiver<Event>,
+    publish: Receiver<Publish>,
+    stop: Receiver<()>,
+}
+
+enum Step<T> {
+    Event(Event),
+    Publish(Publish),
+    Other(T),
+    Stop,
+    Idle,
+}
+
+impl Links {
+    /// Wait up to `timeout` for the next thing to do. `other` is the
+    /// backend's own channel; it must outlive the loop.
+    fn next<T>(&mut self, other: &Receiver<T>, timeout: Duration) -> Step<T> {
+        crossbeam_channel::select! {
+            recv(self.stop) -> _ => Step::Stop,
+            recv(self.events) -> m => match m {
+                Ok(ev) => Step::Event(ev),
+                Err(_) => {
+                    self.events = crossbeam_channel::never();
+                    Step::Idle
+                }
+            },
+            recv(self.publish) -> m => match m {
+                Ok(p) => Step::Publish(p),
+                Err(_) => {
+                    self.publish = crossbeam_channel::never();
+                    Step::Idle
+                }
+            },
+            recv(other) -> m => m.map_or(Step::Stop, Step::Other),
+            default(timeout) => Step::Idle,
+        }
+    }
+}
+
+/// D2D presence state (spec §3.5): the announce schedule and the peer table
+/// that restarts the burst when a new device shows up.
+struct Presence {
+    next: Instant,
+    burst_until: Instant,
+    next_prune: Instant,
+    peers: HashMap<String, Instant>,
+}
+
+/// Infra registration (spec §3.6).
+#[derive(Debug, PartialEq)]
+enum Registration {
+    Pending { at: Instant, backoff: Duration },
+    InFlight { id: String, backoff: Duration },
+    Registered,
+}
+
+/// The protocol, free of any transport: what to publish when, what incoming
+/// messages mean, and the registration state machine. A backend feeds it
+/// messages and connection changes, and puts `due()` on the wire.
+struct Core {
+    device_id: String,
+    tenant: String,
+    describe: Describe,
+    inbound: Sender<Inbound>,
+    heartbeat_every: Duration,
+    connected: bool,
+    next_heartbeat: Instant,
+    /// Some in D2D mode.
+    presence: Option<Presence>,
+    /// Some in infra mode once the first connection is up.
+    registration: Option<Registration>,
+    d2d: bool,
+    queue: VecDeque<(String, Vec<u8>)>,
+    dropped: u64,
+}
+
+impl Core {
+    fn new(cfg: &MeshConfig, describe: Describe, inbound: Sender<Inbound>) -> Self {
+        let now = Instant::now();
+        Core {
+            device_id: cfg.device_id.clone(),
+            tenant: cfg.tenant.clone(),
+            describe,
+            inbound,
+            heartbeat_every: (cfg.ttl / 3).max(Duration::from_secs(1)),
+            connected: false,
+            next_heartbeat: now,
+            presence: None,
+            registration: None,
+            d2d: cfg.d2d,
+            queue: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// `device-connect.<tenant>.<tail>`
+    fn subject(&self, tail: &str) -> String {
+        format!("{SUBJECT_ROOT}.{}.{tail}", self.tenant)
+    }
+
+    /// `device-connect.<tenant>.<device_id>.<tail>`
+    fn own(&self, tail: &str) -> String {
+        self.subject(&format!("{}.{tail}", self.device_id))
+    }
+
+    fn subscriptions(&self) -> Vec<(Sub, String)> {
+        let mut subs = vec![(Sub::Cmd, self.own("cmd")), (Sub::Broadcast, self.subject("broadcast"))];
+        if self.d2d {
+            subs.push((Sub::Presence, self.subject("*.presence")));
+            subs.push((Sub::Probe, self.subject("discovery.probe")));
+        }
+        subs
+    }
+
+    /// The session is up (first time or after a drop): heartbeats resume, a
+    /// D2D device starts a presence burst, an infra device registers again.
+    fn connected(&mut self, now: Instant) {
+        if self.connected {
+            return;
+        }
+        self.connected = true;
+        self.next_heartbeat = now;
+        if self.d2d {
+            let peers = self.presence.take().map(|p| p.peers).unwrap_or_default();
+            self.presence = Some(Presence {
+                next: now,
+                burst_until: now + BURST_LENGTH,
+                next_prune: now + PRUNE_INTERVAL,
+                peers,
+            });
+        } else {
+            self.registration =
+                Some(Registration::Pending { at: now + jitter(REGISTER_JITTER), backoff: REGISTER_BACKOFF_FIRST });
+        }
+    }
+
+    fn disconnected(&mut self) {
+        self.connected = false;
+    }
+
+    /// One incoming message. `reply` is how to answer a request, if anyone
+    /// waits for the answer.
+    fn on_message(&mut self, sub: Sub, payload: Vec<u8>, reply: Option<Responder>, now: Instant) -> Vec<Out> {
+        let inbound = match sub {
+            Sub::Cmd => Inbound::Request { payload, reply: reply.unwrap_or_else(Responder::discard) },
+            Sub::Broadcast => Inbound::Broadcast { payload },
+            Sub::Presence => {
+                self.on_presence(&payload, now);
+                return Vec::new();
+            }
+            Sub::Probe => return self.presence_now().into_iter().collect(),
+        };
+        match self.inbound.try_send(inbound) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => log::warn!("all workers busy and their queue full: dropped a {sub:?} message"),
+            Err(TrySendError::Disconnected(_)) => log::debug!("workers gone: dropped a {sub:?} message"),
+        }
+        Vec::new()
+    }
+
+    fn on_presence(&mut self, payload: &[u8], now: Instant) {
+        let Some(presence) = self.presence.as_mut() else { return };
+        let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(payload) else { return };
+        let Some(id) = msg.get("device_id").and_then(Value::as_str).filter(|id| !id.is_empty()) else { return };
+        if id == self.device_id {
+            return;
+        }
+        if msg.get("departing").and_then(Value::as_bool) == Some(true) {
+            if presence.peers.remove(id).is_some() {
+                log::debug!("peer {id} departed");
+            }
+            return;
+        }
+        if presence.peers.insert(id.to_string(), now).is_none() {
+            log::debug!("new peer {id}: presence burst");
+            presence.burst_until = now + BURST_LENGTH;
+            presence.next = presence.next.min(now + BURST_INTERVAL);
+        }
+    }
+
+    /// A probe wants presence at once; the regular schedule is unaffected.
+    fn presence_now(&self) -> Option<Out> {
+        (self.presence.is_some() && self.connected)
+            .then(|| Out::Publish { subject: self.own("presence"), payload: self.presence_payload() })
+    }
+
+    fn presence_payload(&self) -> Vec<u8> {
+        let mut msg = match (self.describe)() {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        msg.remove("device_ttl");
+        msg.insert("ts".into(), json!(now_epoch()));
+        msg.insert("d2d".into(), json!(true));
+        Value::Object(msg).to_string().into_bytes()
+    }
+
+    /// The answer to a `registerDevice` request, or why there is none.
+    fn on_registered(&mut self, id: &str, reply: Result<Vec<u8>, String>, now: Instant) {
+        let backoff = match &self.registration {
+            Some(Registration::InFlight { id: current, backoff }) if current == id => *backoff,
+            _ => return, // an attempt from before a reconnect
+        };
+        match reply.and_then(|body| registration_id(&body)) {
+            Ok(uuid) => {
+                log::info!("registered with the registry: {uuid}");
+                self.registration = Some(Registration::Registered);
+            }
+            Err(why) => {
+                log::warn!("registration failed ({why}); retrying in {}s", backoff.as_secs());
+                self.registration = Some(Registration::Pending {
+                    at: now + backoff,
+                    backoff: (backoff * 2).min(REGISTER_BACKOFF_MAX),
+                });
+            }
+        }
+    }
+
+    /// Wrap a driver event in its JSON-RPC notification (spec §4.1) and queue it.
+    fn push_event(&mut self, ev: Event) {
+        let mut params = match ev.params {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        params.insert("event_id".into(), json!(random_hex(8)));
+        params.insert("ts".into(), json!(now_rfc3339()));
+        params.insert("_trace_id".into(), json!(random_hex(16)));
+        let body = json!({"jsonrpc": "2.0", "method": ev.name, "params": params});
+        let token = ev.name.split_once('/').map_or(ev.name, |(_, tail)| tail);
+        self.enqueue(self.own(&format!("event.{token}")), body.to_string().into_bytes());
+    }
+
+    fn push_publish(&mut self, p: Publish) {
+        self.enqueue(self.own(&p.topic), p.payload);
+    }
+
+    fn enqueue(&mut self, subject: String, payload: Vec<u8>) {
+        if self.queue.len() >= QUEUE_LIMIT {
+            self.queue.pop_front();
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::warn!("mesh down and outgoing queue full: {} messages dropped so far", self.dropped);
+            }
+        }
+        self.queue.push_back((subject, payload));
+    }
+
+    /// Everything due at `now`: queued events, heartbeat, presence, a
+    /// registration attempt. Nothing while the session is down.
+    fn due(&mut self, now: Instant) -> Vec<Out> {
+        if !self.connected {
+            return Vec::new();
+        }
+        let mut out: Vec<Out> =
+            self.queue.drain(..).map(|(subject, payload)| Out::Publish { subject, payload }).collect();
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.heartbeat_every;
+            let body = json!({"device_id": self.device_id, "ts": now_epoch()});
+            out.push(Out::Publish { subject: self.own("heartbeat"), payload: body.to_string().into_bytes() });
+        }
+        if let Some(p) = self.presence.as_mut() {
+            if now >= p.next_prune {
+                p.next_prune = now + PRUNE_INTERVAL;
+                p.peers.retain(|id, seen| {
+                    let alive = now.duration_since(*seen) <= PEER_TIMEOUT;
+                    if !alive {
+                        log::debug!("peer {id} timed out");
+                    }
+                    alive
+                });
+            }
+            if now >= p.next {
+                p.next = now + if now < p.burst_until { BURST_INTERVAL } else { STEADY_INTERVAL };
+                out.extend(self.presence_now());
+            }
+        }
+        if let Some(Registration::Pending { at, backoff }) = self.registration {
+            if now >= at {
+                let id = format!("{}-{}", self.device_id, (now_epoch() * 1000.0) as u64);
+                let body = json!({"jsonrpc": "2.0", "id": id, "method": "registerDevice", "params": (self.describe)()});
+                out.push(Out::Register {
+                    subject: self.subject("registry"),
+                    payload: body.to_string().into_bytes(),
+                    id: id.clone(),
+                });
+                self.registration = Some(Registration::InFlight { id, backoff });
+            }
+        }
+        out
+    }
+
+    /// When `due` next has something to do (far away while disconnected).
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut next = now + IDLE_WAIT;
+        if !self.connected {
+            return next;
+        }
+        if !self.queue.is_empty() {
+            return now;
+        }
+        next = next.min(self.next_heartbeat);
+        if let Some(p) = &self.presence {
+            next = next.min(p.next).min(p.next_prune);
+        }
+        if let Some(Registration::Pending { at, .. }) = &self.registration {
+            next = next.min(*at);
+        }
+        next
+    }
+
+    /// The farewell of a D2D device (spec §3.5).
+    fn departure(&self) -> Option<Out> {
+        (self.d2d && self.connected).then(|| {
+            let body = json!({"device_id": self.device_id, "tenant": self.tenant, "departing": true, "ts": now_epoch()});
+            Out::Publish { subject: self.own("presence"), payload: body.to_string().into_bytes() }
+        })
+    }
+}
+
+/// The `device_registration_id` of a successful `registerDevice` reply.
+fn registration_id(body: &[u8]) -> Result<String, String> {
+    let reply: Value = serde_json::from_slice(body).map_err(|e| format!("unreadable reply: {e}"))?;
+    if let Some(err) = reply.get("error") {
+        return Err(format!("registry error: {err}"));
+    }
+    match reply.pointer("/result/device_registration_id").and_then(Value::as_str) {
+        Some(id) if is_uuid(id) => Ok(id.to_string()),
+        _ => Err("reply without a valid device_registration_id".into()),
+    }
+}
+
+/// 8-4-4-4-12 hex digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A random duration in `[0, max)`.
+fn jitter(max: Duration) -> Duration {
+    let r = u32::from_str_radix(&random_hex(8), 16).unwrap_or(0);
+    max.mul_f64(f64::from(r) / (f64::from(u32::MAX) + 1.0))
 }

@@ -1,0 +1,270 @@
+//! What callers on the mesh may do to this host. Whoever reaches the device
+//! can otherwise mount `/` into a privileged container and own the board, so
+//! everything that widens a container's reach is denied unless the operator
+//! allows it, field by field. The check reads the Engine API create body we
+//! are about to send, not the spec it came from, so no spec field can slip
+//! past it.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Host paths never bind-mounted unless listed exactly in `bind_prefixes`,
+/// even when a listed prefix covers them.
+const SENSITIVE: &[&str] = &["/", "/etc", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run", "/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker", "/root"];
+
+/// `security_opt` values that weaken confinement.
+const WEAKENING: &[&str] = &["seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined", "label=disable", "label:disable", "systempaths=unconfined", "no-new-privileges=false", "no-new-privileges:false"];
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecRule {
+    #[default]
+    Allow,
+    /// Only in containers carrying our managed label.
+    Managed,
+    Deny,
+}
+
+/// The operator's policy (`--policy FILE`, JSON). Every field is optional;
+/// what is absent keeps the safe default.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Serve only the functions that change nothing.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Act only on containers carrying `deviceconnect.dev/managed=true`.
+    #[serde(default)]
+    pub owned_only: bool,
+    #[serde(default)]
+    pub exec: ExecRule,
+    /// compose_up/compose_down. A compose file can ask for anything, and it
+    /// is not checked field by field, so this is off on a real engine unless
+    /// allowed (`None` = on only in --sim).
+    #[serde(default)]
+    pub compose: Option<bool>,
+    #[serde(default)]
+    pub privileged: bool,
+    /// Capabilities `cap_add` may name.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Host path prefixes bind mounts may come from.
+    #[serde(default)]
+    pub bind_prefixes: Vec<String>,
+    /// Host network, PID, IPC, UTS, user and cgroup namespaces.
+    #[serde(default)]
+    pub host_namespaces: bool,
+    /// Host devices that may be passed in; a trailing `*` matches any suffix.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// `security_opt` entries that weaken confinement.
+    #[serde(default)]
+    pub weaken_security: bool,
+    /// Image reference prefixes allowed (`127.0.0.1:5000/`, `library/alpine`);
+    /// empty allows every image.
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+/// How a function touches the host, for `read_only`, `exec` and `compose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Mutate,
+    Exec,
+    Compose,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("policy {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("policy {}: {e}", path.display()))
+    }
+
+    /// Whether a function of this kind is served (and advertised) at all.
+    pub fn serves(&self, kind: Kind, simulate: bool) -> bool {
+        match kind {
+            Kind::Read => true,
+            _ if self.read_only => false,
+            Kind::Mutate => true,
+            Kind::Exec => self.exec != ExecRule::Deny,
+            Kind::Compose => self.compose.unwrap_or(simulate),
+        }
+    }
+
+    /// Refuse a container create body that reaches beyond what is allowed.
+    pub fn check_create(&self, body: &Value) -> Result<(), String> {
+        let image = body["Image"].as_str().unwrap_or_default();
+        if !self.images.is_empty() && !self.images.iter().any(|p| image.starts_with(p.as_str())) {
+            return Err(format!("image {image} is not allowed (allow with \"images\": [\"<prefix>\"])"));
+        }
+        let host = &body["HostConfig"];
+        if host["Privileged"] == true && !self.privileged {
+            return Err("privileged containers are not allowed (allow with \"privileged\": true)".into());
+        }
+        for cap in strings(&host["CapAdd"]) {
+            let bare = cap.trim_start_matches("CAP_").to_ascii_uppercase();
+            if !self.cap_add.iter().any(|a| a.trim_start_matches("CAP_").eq_ignore_ascii_case(&bare)) {
+                return Err(format!("cap_add {cap} is not allowed (allow with \"cap_add\": [\"{bare}\"])"));
+            }
+        }
+        for bind in strings(&host["Binds"]) {
+            let source = bind.split(':').next().unwrap_or_default();
+            if source.starts_with('/') {
+                self.check_bind(source)?;
+            }
+        }
+        for m in host["Mounts"].as_array().into_iter().flatten() {
+            if m["Type"] == "bind" || m["Type"].is_null() {
+                self.check_bind(m["Source"].as_str().unwrap_or_default())?;
+            }
+        }
+        if !self.host_namespaces {
+            for (field, name) in [("NetworkMode", "network"), ("PidMode", "pid"), ("IpcMode", "ipc"), ("UTSMode", "uts"), ("UsernsMode", "userns"), ("CgroupnsMode", "cgroupns")] {
+                let mode = host[field].as_str().unwrap_or_default();
+                if mode == "host" || mode.starts_with("container:") {
+                    return Err(format!("{name} mode {mode} is not allowed (allow with \"host_namespaces\": true)"));
+                }
+            }
+        }
+        for d in host["Devices"].as_array().into_iter().flatten() {
+            let path = d["PathOnHost"].as_str().unwrap_or_default();
+            if !self.devices.iter().any(|p| glob_match(p, path)) {
+                return Err(format!("device {path} is not allowed (allow with \"devices\": [\"{path}\"])"));
+            }
+        }
+        if !strings(&host["DeviceCgroupRules"]).is_empty() && self.devices.is_empty() {
+            return Err("device cgroup rules are not allowed (allow devices first)".into());
+        }
+        if !self.weaken_security {
+            for opt in strings(&host["SecurityOpt"]) {
+                let o = opt.to_ascii_lowercase().replace(' ', "");
+                if WEAKENING.iter().any(|w| o == *w) || o.starts_with("seccomp=") && o != "seccomp=default" {
+                    return Err(format!("security_opt {opt} is not allowed (allow with \"weaken_security\": true)"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_bind(&self, source: &str) -> Result<(), String> {
+        let path = resolve(source);
+        let covers = |prefix: &String| {
+            let prefix = resolve(prefix);
+            path.starts_with(&prefix)
+                // Listing "/" or "/var" must not open /etc or the engine's socket:
+                // a prefix covers a sensitive path only from inside it.
+                && SENSITIVE.iter().map(Path::new).filter(|s| path.starts_with(s)).all(|s| prefix.starts_with(s))
+        };
+        if self.bind_prefixes.iter().any(covers) {
+            return Ok(());
+        }
+        let shown = path.display();
+        Err(format!("bind mount of {shown} is not allowed (allow with \"bind_prefixes\": [\"{shown}\"])"))
+    }
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// The path a bind source really names: `..` folded, symlinks followed when
+/// the path exists on this host.
+fn resolve(source: &str) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(source) {
+        return p;
+    }
+    let mut out = PathBuf::from("/");
+    for c in Path::new(source).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn glob_match(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(host: Value) -> Value {
+        json!({"Image": "img", "HostConfig": host})
+    }
+
+    #[test]
+    fn default_refuses_every_escape() {
+        let p = Policy::default();
+        for (host, want) in [
+            (json!({"Privileged": true}), "privileged"),
+            (json!({"CapAdd": ["SYS_ADMIN"]}), "cap_add SYS_ADMIN"),
+            (json!({"Binds": ["/:/host"]}), "bind mount of /"),
+            (json!({"Binds": ["/etc:/x:ro"]}), "bind mount of /etc"),
+            (json!({"Binds": ["/srv/../etc:/x"]}), "bind mount of /etc"),
+            (json!({"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}), "docker.sock"),
+            (json!({"Binds": ["/home/pi:/x"]}), "bind mount of /home/pi"),
+            (json!({"Binds": ["/var/lib/docker/volumes:/v"]}), "bind mount of /var/lib/docker"),
+            (json!({"Mounts": [{"Type": "bind", "Source": "/proc", "Target": "/p"}]}), "bind mount of /proc"),
+            (json!({"NetworkMode": "host"}), "network mode host"),
+            (json!({"PidMode": "host"}), "pid mode host"),
+            (json!({"IpcMode": "host"}), "ipc"),
+            (json!({"UTSMode": "host"}), "uts"),
+            (json!({"UsernsMode": "host"}), "userns"),
+            (json!({"CgroupnsMode": "host"}), "cgroupns"),
+            (json!({"Devices": [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}]}), "device /dev/mem"),
+            (json!({"SecurityOpt": ["seccomp=unconfined"]}), "security_opt"),
+            (json!({"SecurityOpt": ["apparmor:unconfined"]}), "security_opt"),
+        ] {
+            let e = p.check_create(&body(host.clone())).unwrap_err();
+            assert!(e.contains(want) && e.contains("allow with"), "{host}: {e}");
+        }
+    }
+
+    #[test]
+    fn default_allows_plain_containers_and_named_volumes() {
+        let p = Policy::default();
+        let ok = body(json!({"Binds": ["data:/data:rw"], "NetworkMode": "bridge", "CapAdd": [], "SecurityOpt": ["no-new-privileges"]}));
+        assert_eq!(p.check_create(&ok), Ok(()));
+    }
+
+    #[test]
+    fn allowances_are_field_by_field() {
+        let p: Policy = serde_json::from_value(json!({"bind_prefixes": ["/srv/data"], "cap_add": ["NET_ADMIN"],
+            "devices": ["/dev/i2c-*"], "images": ["127.0.0.1:5000/"]}))
+        .unwrap();
+        let allowed = json!({"Image": "127.0.0.1:5000/app", "HostConfig": {"Binds": ["/srv/data/a:/a"], "CapAdd": ["CAP_NET_ADMIN"],
+            "Devices": [{"PathOnHost": "/dev/i2c-1"}]}});
+        assert_eq!(p.check_create(&allowed), Ok(()));
+        assert!(p.check_create(&json!({"Image": "evil/app"})).unwrap_err().contains("image evil/app"));
+        assert!(p.check_create(&body(json!({"Binds": ["/srv/database:/a"]}))).is_err(), "prefix is by path component");
+        assert!(p.check_create(&body(json!({"Binds": ["/srv/data/../../etc:/a"]}))).is_err());
+        let root: Policy = serde_json::from_value(json!({"bind_prefixes": ["/"]})).unwrap();
+        assert!(root.check_create(&body(json!({"Binds": ["/etc:/e"]}))).is_err(), "a / prefix does not cover /etc");
+        assert_eq!(root.check_create(&body(json!({"Binds": ["/:/host"]}))), Ok(()), "listed exactly");
+    }
+
+    #[test]
+    fn kinds_follow_read_only_exec_and_compose() {
+        let p = Policy::default();
+        assert!(p.serves(Kind::Mutate, false) && p.serves(Kind::Exec, false));
+        assert!(!p.serves(Kind::Compose, false) && p.serves(Kind::Compose, true));
+        let ro = Policy { read_only: true, ..Policy::default() };
+        assert!(ro.serves(Kind::Read, false) && !ro.serves(Kind::Mutate, false) && !ro.serves(Kind::Exec, false));
+        let no_exec = Policy { exec: ExecRule::Deny, ..Policy::default() };
+        assert!(!no_exec.serves(Kind::Exec, false));
+        assert!(serde_json::from_str::<Policy>(r#"{"priviledged": true}"#).is_err(), "typos are refused");
+    }
+}
