@@ -45,6 +45,15 @@ fn yes() -> bool {
     true
 }
 
+impl ComposeSpec {
+    pub fn check(&self) -> Result<(), Error> {
+        if self.compose_yaml.is_none() && self.project_dir.is_none() {
+            return Err(Error::Params("compose_up requires project_dir or compose_yaml".into()));
+        }
+        Ok(())
+    }
+}
+
 pub fn spec_schema() -> Value {
     let opt_str = json!({"type": ["string", "null"], "default": null});
     let flag = |d: bool| json!({"type": "boolean", "default": d});
@@ -76,10 +85,10 @@ impl Compose {
     }
 
     pub fn up(&self, spec: &ComposeSpec) -> Result<Output, Error> {
+        spec.check()?;
         let dir = match (&spec.compose_yaml, &spec.project_dir) {
             (Some(yaml), _) => write_temp_project(yaml)?,
-            (None, Some(dir)) => PathBuf::from(dir),
-            (None, None) => return Err(Error::Params("compose_up requires project_dir or compose_yaml".into())),
+            (None, dir) => PathBuf::from(dir.as_deref().unwrap_or_default()),
         };
         let mut args: Vec<String> = Vec::new();
         if spec.compose_yaml.is_none() {

@@ -742,6 +742,7 @@ impl Driver {
     /// The simulator has no compose CLI: it invents one `compose-<service>`
     /// container per service, as the Python simulator does.
     fn sim_compose_up(&self, spec: &ComposeSpec) -> Result<Value> {
+        spec.check()?;
         let services = spec.services.clone().unwrap_or_else(|| vec!["app".into()]);
         let project_dir = spec.project_dir.clone().unwrap_or_else(|| "/sim/compose".into());
         for svc in &services {

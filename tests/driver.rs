@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use dcd::driver::{Driver, Error, Event, Events};
 use dcd::engine::{sim::Sim, Engine};

@@ -5,7 +5,8 @@
 #
 # What it ensures:
 #   * Debian packages: curl, file, ca-certificates, busybox-static, docker-compose, nats-server,
-#     docker-registry, qemu-user-static, gcc-aarch64-linux-gnu, iproute2, systemd (for
+#     docker-registry, qemu-user-static, gcc-aarch64-linux-gnu, iproute2, musl-tools (musl-gcc for
+#     the x86_64 musl build in tests/deploy.sh), systemd (for
 #     systemd-analyze), python3-venv (only if `python3 -m venv` does not work), docker.io (only if
 #     no Docker Engine answers on /var/run/docker.sock);
 #   * a running Docker Engine (starts `dockerd` in the background when none answers);
@@ -79,7 +80,7 @@ if ! command -v curl >/dev/null; then apt_install curl ca-certificates; fi
 
 missing=()
 for p in ca-certificates file busybox-static docker-compose nats-server docker-registry \
-         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu iproute2; do
+         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu iproute2 musl-tools; do
     pkg_installed "$p" || missing+=("$p")
 done
 command -v systemd-analyze >/dev/null || missing+=(systemd)

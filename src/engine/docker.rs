@@ -597,8 +597,11 @@ fn flag(b: bool) -> &'static str {
 }
 
 /// Unix seconds as the engine parses them (`seconds.nanoseconds`).
+/// Whole microseconds, rounded down: an f64 epoch is only good to about
+/// 0.2 µs, and rounding up would exclude the very line `since` names.
 fn unix_time(t: f64) -> String {
-    format!("{:.9}", t.max(0.0))
+    let micros = (t.max(0.0) * 1e6).floor() as i64;
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 fn grace(timeout_s: i64) -> String {

@@ -215,6 +215,9 @@ impl Engine for Sim {
             let text = format!("simulated log line {} from {name}\n", i + 1);
             let _ = tx.send(frame(&if opts.timestamps { format!("{ts} {text}") } else { text }));
         }
+        if !opts.follow {
+            let _ = tx.send(Vec::new());
+        }
         Ok(stream)
     }
 

@@ -139,10 +139,9 @@ impl Frames {
 /// whole again by the time it is decoded.
 #[derive(Debug, Default)]
 struct Partial {
+    /// Never empty while a line is open (the last frame did not end it).
     buf: Vec<u8>,
     ts: Option<String>,
-    /// Text of this line has been seen (the last frame did not end it).
-    open: bool,
 }
 
 /// Turns a log stream (multiplexed or TTY) into lines, one per '\n'.
@@ -201,9 +200,8 @@ impl Demux {
             (Source::Stdout, &mut self.out),
             (Source::Stderr, &mut self.err),
         ] {
-            if line.open || !line.buf.is_empty() {
+            if !line.buf.is_empty() {
                 emit(source, line, out);
-                line.open = false;
                 line.ts = None;
             }
         }
@@ -228,7 +226,7 @@ fn text(
                     data = &data[i + 1..];
                     let stamp = String::from_utf8_lossy(acc).into_owned();
                     *ts = None;
-                    if !line.open {
+                    if line.buf.is_empty() {
                         line.ts = Some(stamp);
                     }
                 }
@@ -251,7 +249,6 @@ fn text(
                     line.buf.pop();
                 }
                 emit(source, line, out);
-                line.open = false;
                 line.ts = None;
                 data = &data[i + 1..];
                 if ts_per_line {
@@ -266,9 +263,9 @@ fn text(
     }
 }
 
-/// Appends text to the line, emitting a piece whenever it reaches `MAX_LINE`.
+/// Appends text to the line, emitting a piece whenever it would exceed
+/// `MAX_LINE`; the rest (never empty) continues the line.
 fn append(source: Source, mut data: &[u8], line: &mut Partial, out: &mut dyn FnMut(Line)) {
-    line.open = true;
     while line.buf.len() + data.len() > MAX_LINE {
         let n = MAX_LINE - line.buf.len();
         line.buf.extend_from_slice(&data[..n]);

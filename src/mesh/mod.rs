@@ -109,6 +109,9 @@ impl Responder {
     }
 }
 
+#[cfg(not(any(feature = "nats", feature = "zenoh")))]
+compile_error!("dcd needs at least one messaging backend: enable the `nats` or `zenoh` feature");
+
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "zenoh")]
@@ -131,22 +134,29 @@ pub fn spawn(
         #[cfg(feature = "nats")]
         Backend::Nats => {
             let run = nats::prepare(&cfg)?;
-            std::thread::Builder::new().name("mesh".into()).spawn(move || run(core, links))
+            thread(move || run(core, links))
         }
         #[cfg(feature = "zenoh")]
         Backend::Zenoh => {
             let run = zenoh::prepare(&cfg)?;
-            std::thread::Builder::new().name("mesh".into()).spawn(move || run(core, links))
+            thread(move || run(core, links))
         }
         #[allow(unreachable_patterns)]
-        other => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("this dcd was built without the {other:?} backend"),
-        )),
+        other => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, format!("this dcd was built without the {other:?} backend")))
+        }
     }
 }
 
+fn thread(run: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("mesh".into()).spawn(move || {
+        run();
+        log::debug!("mesh closed");
+    })
+}
+
 /// NATS subject to Zenoh key (spec §1.5).
+#[cfg(any(feature = "zenoh", test))]
 fn zenoh_key(subject: &str) -> String {
     if subject.contains('/') {
         return subject.to_string();
@@ -189,10 +199,17 @@ enum Sub {
 /// Something the backend must put on the wire.
 #[derive(Debug, PartialEq)]
 enum Out {
-    Publish { subject: String, payload: Vec<u8> },
+    Publish {
+        subject: String,
+        payload: Vec<u8>,
+    },
     /// A `registerDevice` request; the backend reports the reply (or why
     /// there is none) through `Core::on_registered(id, …)`.
-    Register { subject: String, payload: Vec<u8>, id: String },
+    Register {
+        subject: String,
+        payload: Vec<u8>,
+        id: String,
+    },
 }
 
 /// The channels from the rest of the daemon, and the one place that knows
@@ -322,12 +339,8 @@ impl Core {
         self.next_heartbeat = now;
         if self.d2d {
             let peers = self.presence.take().map(|p| p.peers).unwrap_or_default();
-            self.presence = Some(Presence {
-                next: now,
-                burst_until: now + BURST_LENGTH,
-                next_prune: now + PRUNE_INTERVAL,
-                peers,
-            });
+            self.presence =
+                Some(Presence { next: now, burst_until: now + BURST_LENGTH, next_prune: now + PRUNE_INTERVAL, peers });
         } else {
             self.registration =
                 Some(Registration::Pending { at: now + jitter(REGISTER_JITTER), backoff: REGISTER_BACKOFF_FIRST });
@@ -352,16 +365,26 @@ impl Core {
         };
         match self.inbound.try_send(inbound) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => log::warn!("all workers busy and their queue full: dropped a {sub:?} message"),
-            Err(TrySendError::Disconnected(_)) => log::debug!("workers gone: dropped a {sub:?} message"),
+            Err(TrySendError::Full(_)) => {
+                log::warn!("all workers busy and their queue full: dropped a {sub:?} message")
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                log::debug!("workers gone: dropped a {sub:?} message")
+            }
         }
         Vec::new()
     }
 
     fn on_presence(&mut self, payload: &[u8], now: Instant) {
-        let Some(presence) = self.presence.as_mut() else { return };
-        let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(payload) else { return };
-        let Some(id) = msg.get("device_id").and_then(Value::as_str).filter(|id| !id.is_empty()) else { return };
+        let Some(presence) = self.presence.as_mut() else {
+            return;
+        };
+        let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        let Some(id) = msg.get("device_id").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
+            return;
+        };
         if id == self.device_id {
             return;
         }
@@ -408,10 +431,8 @@ impl Core {
             }
             Err(why) => {
                 log::warn!("registration failed ({why}); retrying in {}s", backoff.as_secs());
-                self.registration = Some(Registration::Pending {
-                    at: now + backoff,
-                    backoff: (backoff * 2).min(REGISTER_BACKOFF_MAX),
-                });
+                self.registration =
+                    Some(Registration::Pending { at: now + backoff, backoff: (backoff * 2).min(REGISTER_BACKOFF_MAX) });
             }
         }
     }
@@ -511,7 +532,8 @@ impl Core {
     /// The farewell of a D2D device (spec §3.5).
     fn departure(&self) -> Option<Out> {
         (self.d2d && self.connected).then(|| {
-            let body = json!({"device_id": self.device_id, "tenant": self.tenant, "departing": true, "ts": now_epoch()});
+            let body =
+                json!({"device_id": self.device_id, "tenant": self.tenant, "departing": true, "ts": now_epoch()});
             Out::Publish { subject: self.own("presence"), payload: body.to_string().into_bytes() }
         })
     }
@@ -540,4 +562,316 @@ fn is_uuid(s: &str) -> bool {
 fn jitter(max: Duration) -> Duration {
     let r = u32::from_str_radix(&random_hex(8), 16).unwrap_or(0);
     max.mul_f64(f64::from(r) / (f64::from(u32::MAX) + 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(d2d: bool) -> MeshConfig {
+        MeshConfig {
+            backend: Backend::Nats,
+            device_id: "dev-1".into(),
+            tenant: "t".into(),
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            d2d,
+            zenoh_listen: Vec::new(),
+            zenoh_multicast: false,
+            zenoh_gossip_multihop: false,
+            nats_jwt: None,
+            nats_seed: None,
+            tls: Tls::default(),
+            tls_skip_hostname: true,
+            ttl: Duration::from_secs(15),
+        }
+    }
+
+    fn core(d2d: bool) -> (Core, Receiver<Inbound>) {
+        let describe: Describe = std::sync::Arc::new(
+            || json!({"device_id": "dev-1", "device_ttl": 15, "capabilities": {}, "identity": {}, "status": {"ts": now_rfc3339()}}),
+        );
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        (Core::new(&cfg(d2d), describe, tx), rx)
+    }
+
+    fn subjects(out: &[Out]) -> Vec<&str> {
+        out.iter()
+            .map(|o| match o {
+                Out::Publish { subject, .. } | Out::Register { subject, .. } => subject.as_str(),
+            })
+            .collect()
+    }
+
+    fn body(out: &Out) -> Value {
+        match out {
+            Out::Publish { payload, .. } | Out::Register { payload, .. } => serde_json::from_slice(payload).unwrap(),
+        }
+    }
+
+    /// Step through `secs` seconds in 10 ms ticks; the times (from `t0`) of
+    /// each presence publish.
+    fn presence_times(core: &mut Core, t0: Instant, from: f64, secs: f64) -> Vec<f64> {
+        let (start, end) = ((from * 100.0).round() as u64, ((from + secs) * 100.0).round() as u64);
+        let mut times = Vec::new();
+        for tick in start..end {
+            let out = core.due(t0 + Duration::from_millis(tick * 10));
+            let n = subjects(&out).iter().filter(|s| **s == "device-connect.t.dev-1.presence").count();
+            times.extend(std::iter::repeat_n(tick as f64 / 100.0, n));
+        }
+        times
+    }
+
+    #[test]
+    fn zenoh_keys() {
+        assert_eq!(zenoh_key("device-connect.t.dev.cmd"), "device-connect/t/dev/cmd");
+        assert_eq!(zenoh_key("device-connect.t.*.presence"), "device-connect/t/*/presence");
+        assert_eq!(zenoh_key("device-connect.t.*.event.>"), "device-connect/t/*/event/**");
+        assert_eq!(zenoh_key("a.>.b"), "a/**/b");
+        assert_eq!(zenoh_key("already/a/key"), "already/a/key");
+    }
+
+    #[test]
+    fn subscriptions_per_mode() {
+        let (d2d, _) = core(true);
+        assert_eq!(
+            d2d.subscriptions(),
+            vec![
+                (Sub::Cmd, "device-connect.t.dev-1.cmd".to_string()),
+                (Sub::Broadcast, "device-connect.t.broadcast".to_string()),
+                (Sub::Presence, "device-connect.t.*.presence".to_string()),
+                (Sub::Probe, "device-connect.t.discovery.probe".to_string()),
+            ]
+        );
+        let (infra, _) = core(false);
+        assert_eq!(infra.subscriptions().len(), 2);
+    }
+
+    #[test]
+    fn presence_bursts_then_settles() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        assert!(c.due(t0).is_empty(), "nothing goes out before the session is up");
+        c.connected(t0);
+        let times = presence_times(&mut c, t0, 0.0, 30.0);
+        let burst: Vec<_> = times.iter().filter(|t| **t < 10.0).collect();
+        assert_eq!(burst.len(), 20, "{times:?}");
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            let want = if w[0] < 10.0 { 0.5 } else { 5.0 };
+            assert!((gap - want).abs() < 0.02, "gap {gap} after {} in {times:?}", w[0]);
+        }
+        assert_eq!(times.iter().filter(|t| **t >= 10.0).count(), 4);
+    }
+
+    #[test]
+    fn presence_payload_and_heartbeat() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        c.connected(t0);
+        let out = c.due(t0);
+        assert_eq!(subjects(&out), ["device-connect.t.dev-1.heartbeat", "device-connect.t.dev-1.presence"]);
+        let hb = body(&out[0]);
+        assert_eq!(hb["device_id"], "dev-1");
+        assert!(hb["ts"].is_f64());
+        let p = body(&out[1]);
+        assert_eq!(p["d2d"], true);
+        assert!(p["ts"].is_f64());
+        assert!(p.get("device_ttl").is_none());
+        assert!(p["status"]["ts"].is_string());
+        // Heartbeats every ttl/3.
+        let beats = (1..=1500)
+            .flat_map(|i| c.due(t0 + Duration::from_millis(10 * i)))
+            .filter(|o| subjects(std::slice::from_ref(o))[0].ends_with(".heartbeat"))
+            .count();
+        assert_eq!(beats, 3);
+    }
+
+    #[test]
+    fn new_peer_restarts_the_burst() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        c.connected(t0);
+        presence_times(&mut c, t0, 0.0, 20.0);
+        let peer = |id: &str| json!({"device_id": id}).to_string().into_bytes();
+        let at = t0 + Duration::from_secs(20);
+        // Our own presence and nameless messages are not peers.
+        c.on_message(Sub::Presence, peer("dev-1"), None, at);
+        c.on_message(Sub::Presence, b"{}".to_vec(), None, at);
+        assert!(c.presence.as_ref().unwrap().peers.is_empty());
+        assert_eq!(presence_times(&mut c, t0, 20.0, 4.0).len(), 1, "still steady");
+        let at = t0 + Duration::from_secs(24);
+        c.on_message(Sub::Presence, peer("other"), None, at);
+        let times = presence_times(&mut c, t0, 24.0, 10.0);
+        assert!(times.len() >= 19, "a new burst: {times:?}");
+        // A known peer does not restart it; a departure forgets the peer.
+        c.on_message(Sub::Presence, peer("other"), None, t0 + Duration::from_secs(40));
+        assert!(presence_times(&mut c, t0, 40.0, 10.0).len() <= 3);
+        let bye = json!({"device_id": "other", "departing": true}).to_string().into_bytes();
+        c.on_message(Sub::Presence, bye, None, t0 + Duration::from_secs(50));
+        assert!(c.presence.as_ref().unwrap().peers.is_empty());
+    }
+
+    #[test]
+    fn peers_are_pruned() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        c.connected(t0);
+        c.on_message(Sub::Presence, json!({"device_id": "p"}).to_string().into_bytes(), None, t0);
+        presence_times(&mut c, t0, 0.0, 29.0);
+        assert_eq!(c.presence.as_ref().unwrap().peers.len(), 1);
+        presence_times(&mut c, t0, 29.0, 20.0);
+        assert!(c.presence.as_ref().unwrap().peers.is_empty());
+    }
+
+    #[test]
+    fn probe_gets_presence_at_once() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        c.connected(t0);
+        presence_times(&mut c, t0, 0.0, 12.0);
+        let out = c.on_message(Sub::Probe, b"{\"probe\":true}".to_vec(), None, t0 + Duration::from_secs(12));
+        assert_eq!(subjects(&out), ["device-connect.t.dev-1.presence"]);
+        assert_eq!(presence_times(&mut c, t0, 12.0, 3.5), [15.0], "the schedule goes on as before");
+    }
+
+    #[test]
+    fn events_get_the_envelope_and_wait_for_the_session() {
+        let (mut c, _) = core(true);
+        c.push_event(Event {
+            name: "container_state_changed",
+            params: json!({"container_id": "abc", "previous_state": null}),
+        });
+        c.push_publish(Publish { topic: "event.async_reply.br-1".into(), payload: b"{}".to_vec() });
+        let t0 = Instant::now();
+        assert!(c.due(t0).is_empty());
+        c.connected(t0);
+        assert_eq!(c.next_deadline(t0), t0);
+        let out = c.due(t0);
+        assert_eq!(
+            &subjects(&out)[..2],
+            ["device-connect.t.dev-1.event.container_state_changed", "device-connect.t.dev-1.event.async_reply.br-1"]
+        );
+        let ev = body(&out[0]);
+        assert_eq!(ev["jsonrpc"], "2.0");
+        assert_eq!(ev["method"], "container_state_changed");
+        assert!(ev.get("id").is_none());
+        let p = &ev["params"];
+        assert_eq!(p["container_id"], "abc");
+        assert!(p["previous_state"].is_null());
+        let hex = |v: &Value, n: usize| {
+            let s = v.as_str().unwrap();
+            s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        assert!(hex(&p["event_id"], 8), "{p}");
+        assert!(hex(&p["_trace_id"], 16), "{p}");
+        assert!(crate::time::parse_rfc3339(p["ts"].as_str().unwrap()).is_some());
+        assert!(p["ts"].as_str().unwrap().ends_with('Z') && p["ts"].as_str().unwrap().len() == 20);
+    }
+
+    #[test]
+    fn queue_drops_the_oldest() {
+        let (mut c, _) = core(true);
+        for i in 0..QUEUE_LIMIT + 5 {
+            c.push_publish(Publish { topic: format!("n{i}"), payload: Vec::new() });
+        }
+        assert_eq!(c.queue.len(), QUEUE_LIMIT);
+        assert_eq!(c.dropped, 5);
+        assert_eq!(c.queue.front().unwrap().0, "device-connect.t.dev-1.n5");
+    }
+
+    #[test]
+    fn requests_reach_the_workers() {
+        let (mut c, rx) = core(true);
+        c.on_message(Sub::Cmd, b"{}".to_vec(), None, Instant::now());
+        c.on_message(Sub::Broadcast, b"[]".to_vec(), None, Instant::now());
+        assert!(matches!(rx.try_recv(), Ok(Inbound::Request { payload, .. }) if payload == b"{}"));
+        assert!(matches!(rx.try_recv(), Ok(Inbound::Broadcast { payload }) if payload == b"[]"));
+    }
+
+    #[test]
+    fn infra_registers_with_backoff() {
+        let (mut c, _) = core(false);
+        let t0 = Instant::now();
+        c.connected(t0);
+        let out = c.due(t0 + REGISTER_JITTER);
+        let reg = out.iter().find(|o| matches!(o, Out::Register { .. })).expect("registers within the jitter");
+        let Out::Register { subject, id, .. } = reg else { unreachable!() };
+        assert_eq!(subject, "device-connect.t.registry");
+        let req = body(reg);
+        assert_eq!(req["method"], "registerDevice");
+        assert_eq!(req["id"], id.as_str());
+        assert_eq!(req["params"]["device_ttl"], 15);
+        assert!(
+            !out.iter().any(|o| subjects(std::slice::from_ref(o))[0].ends_with(".presence")),
+            "no presence in infra"
+        );
+
+        // Failures back off 1, 2, 4 … s; a stale reply changes nothing.
+        let mut now = t0 + REGISTER_JITTER;
+        let mut id = id.clone();
+        for want in [1, 2, 4, 8, 16, 30, 30] {
+            c.on_registered("stale", Err("x".into()), now);
+            c.on_registered(&id, Err("no responders".into()), now);
+            assert!(!c
+                .due(now + Duration::from_secs(want) - Duration::from_millis(10))
+                .iter()
+                .any(|o| matches!(o, Out::Register { .. })));
+            now += Duration::from_secs(want);
+            let out = c.due(now);
+            let Some(Out::Register { id: next, .. }) = out.into_iter().find(|o| matches!(o, Out::Register { .. }))
+            else {
+                panic!("no retry after {want}s");
+            };
+            id = next;
+        }
+        let bad =
+            json!({"jsonrpc": "2.0", "id": id, "result": {"status": "registered", "device_registration_id": "nope"}});
+        c.on_registered(&id, Ok(bad.to_string().into_bytes()), now);
+        assert!(matches!(c.registration, Some(Registration::Pending { .. })));
+        now += REGISTER_BACKOFF_MAX;
+        let Some(Out::Register { id, .. }) = c.due(now).into_iter().find(|o| matches!(o, Out::Register { .. })) else {
+            panic!("no retry")
+        };
+        let ok = json!({"jsonrpc": "2.0", "id": id, "result": {"status": "registered", "device_registration_id": "a563a0c3-4596-41fa-a321-66d27afc9b49"}});
+        c.on_registered(&id, Ok(ok.to_string().into_bytes()), now);
+        assert_eq!(c.registration, Some(Registration::Registered));
+
+        // A reconnect registers again, with a fresh backoff.
+        c.disconnected();
+        assert!(c.departure().is_none());
+        c.connected(now);
+        assert!(
+            matches!(c.registration, Some(Registration::Pending { backoff, .. }) if backoff == REGISTER_BACKOFF_FIRST)
+        );
+    }
+
+    #[test]
+    fn registry_errors_are_failures() {
+        assert!(registration_id(br#"{"error":{"code":-32602,"message":"bad"}}"#).is_err());
+        assert!(registration_id(b"not json").is_err());
+        assert!(registration_id(br#"{"result":{"status":"registered"}}"#).is_err());
+        assert!(is_uuid("A563A0C3-4596-41fa-a321-66d27afc9b49"));
+        assert!(!is_uuid("a563a0c3-4596-41fa-a321-66d27afc9b4"));
+        assert!(!is_uuid("a563a0c3x4596-41fa-a321-66d27afc9b49"));
+    }
+
+    #[test]
+    fn departure_only_in_d2d() {
+        let (mut c, _) = core(true);
+        c.connected(Instant::now());
+        let out = c.departure().unwrap();
+        assert_eq!(subjects(std::slice::from_ref(&out)), ["device-connect.t.dev-1.presence"]);
+        let b = body(&out);
+        assert_eq!(
+            (b["device_id"].as_str(), b["tenant"].as_str(), b["departing"].as_bool()),
+            (Some("dev-1"), Some("t"), Some(true))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            assert!(jitter(REGISTER_JITTER) < REGISTER_JITTER);
+        }
+    }
 }

@@ -22,18 +22,13 @@ pub fn require(ok: bool, what: &str) -> bool {
 pub fn engine() -> Option<Arc<dyn Engine>> {
     let d = Docker::connect(None).ok()?;
     let ok = d.info().is_ok();
-    require(ok, "a Docker Engine on DOCKER_HOST or /var/run/docker.sock")
-        .then(|| Arc::new(d) as Arc<dyn Engine>)
+    require(ok, "a Docker Engine on DOCKER_HOST or /var/run/docker.sock").then(|| Arc::new(d) as Arc<dyn Engine>)
 }
 
 /// The busybox test image made by tests/setup.sh.
 pub fn test_image() -> Option<String> {
-    let image =
-        std::env::var("DCD_TEST_IMAGE").unwrap_or_else(|_| "dcd-test/busybox:latest".into());
-    let ok = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let image = std::env::var("DCD_TEST_IMAGE").unwrap_or_else(|_| "dcd-test/busybox:latest".into());
+    let ok = Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
     require(ok, &format!("the test image {image}")).then_some(image)
 }
 
@@ -44,9 +39,6 @@ pub fn unique(tag: &str) -> String {
 
 /// `docker` CLI output (the engine's own view, to check ours against).
 pub fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
+    let o = Command::new("docker").args(args).output().expect("docker CLI");
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }

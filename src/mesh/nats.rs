@@ -1,0 +1,326 @@
+//! The NATS backend: async-nats on a current-thread tokio runtime that the
+//! transport thread creates and owns. The crossbeam channels from the daemon
+//! reach the runtime through one blocking bridge task; the protocol itself is
+//! in `Core`, this file only moves bytes.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use async_nats::rustls::client::WebPkiServerVerifier;
+use async_nats::rustls::pki_types::pem::PemObject;
+use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use async_nats::rustls::{self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use async_nats::{Client, ConnectOptions, Message, ServerAddr, Subject};
+use futures_core::Stream;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::{Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, Tls, IDLE_WAIT, REGISTER_TIMEOUT};
+
+/// How long the farewell and queued messages get to reach the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Everything the async loop reacts to.
+enum Msg {
+    Event(Event),
+    Publish(Publish),
+    Stop,
+    Up,
+    Down,
+    /// The server has confirmed our subscriptions.
+    Ready,
+    Incoming(Sub, Message),
+    Reply(Subject, Vec<u8>),
+    Registered(String, Result<Vec<u8>, String>),
+}
+
+/// Check the configuration on the caller's thread, so a bad URL or
+/// unreadable key fails startup; return the transport thread's body.
+pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) + Send + 'static> {
+    let servers = cfg
+        .urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| invalid(format!("NATS URL {u}: {e}"))))
+        .collect::<io::Result<Vec<_>>>()?;
+    if servers.is_empty() {
+        return Err(invalid("NATS needs at least one server URL".into()));
+    }
+    let (tx, rx) = unbounded_channel();
+    let options = options(cfg, tx.clone())?;
+    Ok(move |core: Core, links: Links| {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return log::error!("mesh: cannot start the NATS runtime: {e}"),
+        };
+        rt.block_on(run(options, servers, core, links, tx, rx));
+        rt.shutdown_timeout(Duration::from_millis(100));
+    })
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOptions> {
+    let mut o = ConnectOptions::new()
+        .name("dcd")
+        // Start even when the server is down, and never give up on it.
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Registration is the only request the device makes.
+        .request_timeout(Some(REGISTER_TIMEOUT))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => drop(tx.send(Msg::Up)),
+                    async_nats::Event::Disconnected => drop(tx.send(Msg::Down)),
+                    other => log::info!("NATS: {other}"),
+                }
+            }
+        });
+    match (&cfg.nats_jwt, &cfg.nats_seed) {
+        (Some(jwt), Some(seed)) => {
+            let key = Arc::new(nkeys::KeyPair::from_seed(seed).map_err(|e| invalid(format!("NATS nkey seed: {e}")))?);
+            o = o.jwt(jwt.clone(), move |nonce| {
+                let key = key.clone();
+                async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+            });
+        }
+        (None, None) => {}
+        _ => log::warn!("NATS: a JWT needs its nkey seed and the other way round; connecting without credentials"),
+    }
+    if cfg.urls.iter().any(|u| u.starts_with("tls://")) {
+        o = o.require_tls(true);
+    }
+    with_tls(o, &cfg.tls, cfg.tls_skip_hostname)
+}
+
+/// Inline PEM or the contents of a file; the file wins (spec §5.3).
+fn pem(file: &Option<String>, inline: &Option<String>) -> io::Result<Option<Vec<u8>>> {
+    match (file, inline) {
+        (Some(path), _) => std::fs::read(path).map(Some).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}"))),
+        (None, Some(text)) => Ok(Some(text.clone().into_bytes())),
+        (None, None) => Ok(None),
+    }
+}
+
+/// TLS from the configured CA and client key. With a CA we build the rustls
+/// config ourselves, so hostname checks can be skipped as the SDK does.
+fn with_tls(o: ConnectOptions, tls: &Tls, skip_hostname: bool) -> io::Result<ConnectOptions> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| invalid(format!("NATS TLS {what}: {e}"));
+    let (cert, key) = (pem(&tls.cert_file, &tls.cert_pem)?, pem(&tls.key_file, &tls.key_pem)?);
+    let Some(ca) = pem(&tls.ca_file, &tls.ca_pem)? else {
+        // No CA of our own: async-nats trusts the system roots.
+        return Ok(match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => o.add_client_certificate(c.into(), k.into()).require_tls(true),
+            _ if cert.is_some() || key.is_some() => {
+                log::warn!("NATS: an inline client certificate needs a CA as well; ignoring it");
+                o
+            }
+            _ => o,
+        });
+    };
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.map_err(|e| bad("CA", &e))?).map_err(|e| bad("CA", &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad("CA", &e))?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("setup", &e))?;
+    let builder = if skip_hostname {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+    } else {
+        builder.with_webpki_verifier(verifier)
+    };
+    let config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("client certificate", &e))?;
+            let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad("client key", &e))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| bad("client certificate", &e))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(o.tls_client_config(config).require_tls(true))
+}
+
+/// Verifies the server's chain against the CA but not the name it is for:
+/// portal brokers' certificates need not carry the name clients dial (spec §5.4).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the chain first, so a name error means the chain is good.
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+async fn run(
+    options: ConnectOptions,
+    servers: Vec<ServerAddr>,
+    core: Core,
+    links: Links,
+    tx: UnboundedSender<Msg>,
+    mut rx: UnboundedReceiver<Msg>,
+) {
+    let bridge = {
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || bridge(links, tx))
+    };
+    if let Err(e) = serve(options, servers, core, &tx, &mut rx).await {
+        log::error!("mesh: {e}");
+        while !matches!(rx.recv().await, Some(Msg::Stop) | None) {}
+    }
+    let _ = bridge.await;
+}
+
+/// Forward the daemon's channels into the runtime until `stop`.
+fn bridge(mut links: Links, tx: UnboundedSender<Msg>) {
+    let nothing = crossbeam_channel::never::<()>();
+    loop {
+        let msg = match links.next(&nothing, IDLE_WAIT) {
+            Step::Event(ev) => Msg::Event(ev),
+            Step::Publish(p) => Msg::Publish(p),
+            Step::Stop => Msg::Stop,
+            Step::Other(()) | Step::Idle => continue,
+        };
+        let stop = matches!(msg, Msg::Stop);
+        if tx.send(msg).is_err() || stop {
+            return;
+        }
+    }
+}
+
+async fn serve(
+    options: ConnectOptions,
+    servers: Vec<ServerAddr>,
+    mut core: Core,
+    tx: &UnboundedSender<Msg>,
+    rx: &mut UnboundedReceiver<Msg>,
+) -> Result<(), String> {
+    let client = options.connect(servers).await.map_err(|e| format!("NATS: {e}"))?;
+    for (sub, subject) in core.subscriptions() {
+        let mut messages = client.subscribe(subject.clone()).await.map_err(|e| format!("subscribe {subject}: {e}"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)).await {
+                if tx.send(Msg::Incoming(sub, m)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    loop {
+        for out in core.due(Instant::now()) {
+            send(&client, tx, out).await;
+        }
+        let deadline = core.next_deadline(Instant::now());
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            () = tokio::time::sleep_until(deadline.into()) => continue,
+        };
+        let now = Instant::now();
+        match msg {
+            None | Some(Msg::Stop) => break,
+            Some(Msg::Event(ev)) => core.push_event(ev),
+            Some(Msg::Publish(p)) => core.push_publish(p),
+            Some(Msg::Up) => {
+                core.connected(now);
+                // Subscriptions were sent before this flush, so its PONG means they are in place.
+                let (client, tx) = (client.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if client.flush().await.is_ok() {
+                        let _ = tx.send(Msg::Ready);
+                    }
+                });
+            }
+            Some(Msg::Down) => core.disconnected(),
+            Some(Msg::Ready) => log::info!("mesh ready"),
+            Some(Msg::Incoming(sub, m)) => {
+                let reply = m.reply.map(|inbox| {
+                    let tx = tx.clone();
+                    Responder::new(Some(client.max_payload()), move |bytes| {
+                        let _ = tx.send(Msg::Reply(inbox, bytes));
+                    })
+                });
+                for out in core.on_message(sub, m.payload.to_vec(), reply, now) {
+                    send(&client, tx, out).await;
+                }
+            }
+            Some(Msg::Reply(inbox, bytes)) => {
+                if let Err(e) = client.publish(inbox, bytes.into()).await {
+                    log::warn!("reply not sent: {e}");
+                }
+            }
+            Some(Msg::Registered(id, reply)) => core.on_registered(&id, reply, now),
+        }
+    }
+    if let Some(out) = core.departure() {
+        send(&client, tx, out).await;
+    }
+    if tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await.is_err() {
+        log::warn!("NATS: flush at shutdown timed out");
+    }
+    Ok(())
+}
+
+async fn send(client: &Client, tx: &UnboundedSender<Msg>, out: Out) {
+    match out {
+        Out::Publish { subject, payload } => {
+            if let Err(e) = client.publish(subject, payload.into()).await {
+                log::warn!("publish failed: {e}");
+            }
+        }
+        Out::Register { subject, payload, id } => {
+            let (client, tx) = (client.clone(), tx.clone());
+            tokio::spawn(async move {
+                let reply = client.request(subject, payload.into()).await;
+                let _ = tx.send(Msg::Registered(id, reply.map(|m| m.payload.to_vec()).map_err(|e| e.to_string())));
+            });
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The Zenoh backend: zenoh's blocking API on the transport thread. Zenoh
+//! callbacks only forward into a crossbeam channel; the thread selects over
+//! it and the daemon's channels. The protocol itself is in `Core`.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde_json::{json, Map, Value};
+use zenoh::handlers::CallbackDrop;
+use zenoh::query::{Query, Reply};
+use zenoh::sample::Sample;
+use zenoh::{Session, Wait};
+
+use super::{zenoh_key, Core, Links, MeshConfig, Out, Responder, Step, Sub, Tls, REGISTER_TIMEOUT};
+
+/// Zenoh's internal runtimes, unless the user set `ZENOH_RUNTIME` (zenoh
+/// reads it once, when it first starts). Receive, transmit and accept share
+/// the application runtime: one thread instead of five, plus `net`, which
+/// zenoh blocks on from other runtimes and so must stay apart.
+const RUNTIME: &str =
+    "(app: (worker_threads: 1), acc: (handover: app), rx: (handover: app), tx: (handover: app), net: (worker_threads: 1))";
+/// How often a client checks that it still reaches a router.
+const LINK_CHECK: Duration = Duration::from_secs(1);
+/// How long to wait before trying to open a session again.
+const REOPEN: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Sample(Sub, Sample),
+    Query(Query),
+    Registered(String, Result<Vec<u8>, String>),
+}
+
+/// Check the configuration on the caller's thread; return the transport
+/// thread's body.
+pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) + Send + 'static> {
+    let json = session_json(cfg);
+    let config = zenoh::Config::from_json5(&json.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("zenoh config: {e}")))?;
+    if std::env::var_os("ZENOH_RUNTIME").is_none() {
+        std::env::set_var("ZENOH_RUNTIME", RUNTIME);
+    }
+    let client = !cfg.urls.is_empty();
+    Ok(move |core: Core, links: Links| run(config, client, core, links))
+}
+
+/// The session configuration of spec §5.5 (and TLS of §5.4).
+fn session_json(cfg: &MeshConfig) -> Value {
+    let autoconnect = json!({"router": ["peer", "router"], "peer": ["router", "peer"]});
+    let mut c = if cfg.urls.is_empty() {
+        json!({
+            "mode": "peer",
+            "scouting": {
+                "multicast": {"enabled": cfg.zenoh_multicast, "autoconnect": autoconnect},
+                "gossip": {"enabled": true, "multihop": cfg.zenoh_gossip_multihop, "autoconnect": autoconnect},
+            },
+        })
+    } else {
+        // A client talks to its routers only, so their ACLs see all traffic.
+        json!({
+            "mode": "client",
+            "connect": {
+                "endpoints": cfg.urls,
+                "exit_on_failure": false,
+                "retry": {"period_init_ms": 1000, "period_max_ms": 5000, "period_increase_factor": 2.0},
+            },
+            "scouting": {"multicast": {"enabled": false}, "gossip": {"enabled": false}},
+        })
+    };
+    if !cfg.zenoh_listen.is_empty() {
+        c["listen"] = json!({"endpoints": cfg.zenoh_listen});
+    }
+    let tls = tls_json(&cfg.tls);
+    if !tls.is_empty() {
+        c["transport"] = json!({"link": {"tls": tls}});
+    }
+    c
+}
+
+/// Paths go in as they are, inline PEM base64-encoded; paths win.
+fn tls_json(tls: &Tls) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (file, pem, key) in [
+        (&tls.ca_file, &tls.ca_pem, "root_ca_certificate"),
+        (&tls.cert_file, &tls.cert_pem, "connect_certificate"),
+        (&tls.key_file, &tls.key_pem, "connect_private_key"),
+    ] {
+        match (file, pem) {
+            (Some(path), _) => drop(m.insert(key.into(), json!(path))),
+            (None, Some(pem)) => drop(m.insert(format!("{key}_base64"), json!(base64(pem.as_bytes())))),
+            (None, None) => {}
+        }
+    }
+    let has = |k: &str| m.contains_key(k) || m.contains_key(&format!("{k}_base64"));
+    if has("connect_certificate") && has("connect_private_key") {
+        m.insert("enable_mtls".into(), json!(true));
+    }
+    m
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+    let session = loop {
+        match zenoh::open(config.clone()).wait() {
+            Ok(s) => break s,
+            Err(e) => log::error!("mesh: cannot open the zenoh session ({e}); retrying in {}s", REOPEN.as_secs()),
+        }
+        let until = Instant::now() + REOPEN;
+        while Instant::now() < until {
+            match links.next(&rx, until.saturating_duration_since(Instant::now())) {
+                Step::Stop => return,
+                Step::Event(ev) => core.push_event(ev),
+                Step::Publish(p) => core.push_publish(p),
+                Step::Other(_) | Step::Idle => {}
+            }
+        }
+    };
+    // Dropping these would undeclare them: keep them for the session's life.
+    let declared = match declare(&session, &core, &tx) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("mesh: {e}");
+            while !matches!(links.next(&rx, super::IDLE_WAIT), Step::Stop) {}
+            return;
+        }
+    };
+    log::info!("mesh ready");
+    if !client {
+        core.connected(Instant::now());
+    }
+    let mut next_check = Instant::now();
+    loop {
+        let now = Instant::now();
+        if client && now >= next_check {
+            // A client is only as connected as its router.
+            next_check = now + LINK_CHECK;
+            match session.info().routers_zid().wait().next() {
+                Some(_) => core.connected(now),
+                None => core.disconnected(),
+            }
+        }
+        for out in core.due(now) {
+            send(&session, &tx, out);
+        }
+        let mut deadline = core.next_deadline(now);
+        if client {
+            deadline = deadline.min(next_check);
+        }
+        let now = Instant::now();
+        match links.next(&rx, deadline.saturating_duration_since(now)) {
+            Step::Stop => break,
+            Step::Event(ev) => core.push_event(ev),
+            Step::Publish(p) => core.push_publish(p),
+            Step::Other(Msg::Sample(sub, sample)) => {
+                for out in core.on_message(sub, sample.payload().to_bytes().into_owned(), None, now) {
+                    send(&session, &tx, out);
+                }
+            }
+            Step::Other(Msg::Query(query)) => {
+                let payload = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+                // The Query moves into the reply and is dropped right after it,
+                // which finalizes the query for clients in client mode (spec §2.7).
+                let reply = Responder::new(None, move |bytes| {
+                    if let Err(e) = query.reply(query.key_expr().clone(), bytes).wait() {
+                        log::warn!("reply not sent: {e}");
+                    }
+                });
+                core.on_message(Sub::Cmd, payload, Some(reply), now);
+            }
+            Step::Other(Msg::Registered(id, reply)) => core.on_registered(&id, reply, now),
+            Step::Idle => {}
+        }
+    }
+    if let Some(out) = core.departure() {
+        send(&session, &tx, out);
+    }
+    drop(declared);
+    if let Err(e) = session.close().wait() {
+        log::warn!("zenoh: close: {e}");
+    }
+}
+
+/// Subscribers on every subscription, and a queryable on `cmd` as well,
+/// since clients `get` it (spec §2.7).
+fn declare(session: &Session, core: &Core, tx: &Sender<Msg>) -> Result<Vec<Box<dyn Send>>, String> {
+    let mut declared: Vec<Box<dyn Send>> = Vec::new();
+    for (sub, subject) in core.subscriptions() {
+        let key = zenoh_key(&subject);
+        let t = tx.clone();
+        let subscriber = session
+            .declare_subscriber(key.clone())
+            .callback(move |s| drop(t.send(Msg::Sample(sub, s))))
+            .wait()
+            .map_err(|e| format!("subscribe {key}: {e}"))?;
+        declared.push(Box::new(subscriber));
+        if sub == Sub::Cmd {
+            let t = tx.clone();
+            let queryable = session
+                .declare_queryable(key.clone())
+                .complete(true)
+                .callback(move |q| drop(t.send(Msg::Query(q))))
+                .wait()
+                .map_err(|e| format!("queryable {key}: {e}"))?;
+            declared.push(Box::new(queryable));
+        }
+    }
+    Ok(declared)
+}
+
+fn send(session: &Session, tx: &Sender<Msg>, out: Out) {
+    match out {
+        Out::Publish { subject, payload } => {
+            if let Err(e) = session.put(zenoh_key(&subject), payload).wait() {
+                log::warn!("publish failed: {e}");
+            }
+        }
+        Out::Register { subject, payload, id } => {
+            let (t, done, last) = (tx.clone(), tx.clone(), id.clone());
+            // Zenoh drops the handler when the query ends; if no reply came
+            // first, that is the failure Core retries on.
+            let handler = CallbackDrop {
+                callback: move |reply: Reply| {
+                    let r = match reply.result() {
+                        Ok(sample) => Ok(sample.payload().to_bytes().into_owned()),
+                        Err(e) => Err(format!("error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes()))),
+                    };
+                    let _ = t.send(Msg::Registered(id.clone(), r));
+                },
+                drop: move || {
+                    let _ = done.send(Msg::Registered(last.clone(), Err("no reply".into())));
+                },
+            };
+            let get = session.get(zenoh_key(&subject)).payload(payload).timeout(REGISTER_TIMEOUT).with(handler).wait();
+            if let Err(e) = get {
+                log::warn!("registration request not sent: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn tls_keys_follow_the_sdk() {
+        let tls = Tls {
+            ca_file: Some("/ca.pem".into()),
+            cert_pem: Some("C".into()),
+            key_file: Some("/k.pem".into()),
+            ..Tls::default()
+        };
+        let m = tls_json(&tls);
+        assert_eq!(m["root_ca_certificate"], "/ca.pem");
+        assert_eq!(m["connect_certificate_base64"], "Qw==");
+        assert_eq!(m["connect_private_key"], "/k.pem");
+        assert_eq!(m["enable_mtls"], true);
+        assert!(tls_json(&Tls::default()).is_empty());
+    }
+}

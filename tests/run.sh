@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# THE test command: bash tests/run.sh   (run as root; CI runs it through .ci/run)
+#
+#  1. tests/setup.sh           - packages, Docker Engine, test image, loopback registry, Python venv,
+#                                Rust musl targets (idempotent, fast when already done)
+#  2. cargo build --release
+#  3. cargo test --release     - integration tests; they read the env exported below
+#  4. tests/deploy.sh          - compose.yaml, systemd unit, install.sh checks
+#  5. cross/build-aarch64.sh   - static aarch64 binary without Docker
+#  6. cross/smoke-qemu.sh      - that binary under qemu, one RPC from the Python agent tools
+#  7. bench/run.sh --quick     - only if bench/run.sh exists and is executable
+#
+# Contract with the tests (exported here):
+#   DCD_PYVENV         venv holding device-connect-agent-tools / device-connect-edge 0.2.5
+#   DCD_TEST_PYTHON    $DCD_PYVENV/bin/python
+#   DCD_TEST_IMAGE     dcd-test/busybox:latest (local image; /bin/sh + busybox applets, CMD /bin/sh)
+#   DCD_TEST_REGISTRY  127.0.0.1:5000 (holds dcd-test/busybox:latest; no local tag of that name)
+#   DCD_BIN            target/release/dcd (integration tests also get CARGO_BIN_EXE_dcd)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+step() { printf '\n==== run.sh: %s ====\n' "$*"; }
+
+step "setup"
+bash tests/setup.sh
+
+export DCD_PYVENV=${DCD_PYVENV:-${HOME:-/root}/.cache/dcd-pyvenv}
+export DCD_TEST_IMAGE=dcd-test/busybox:latest
+export DCD_TEST_REGISTRY=127.0.0.1:5000
+export DCD_TEST_PYTHON=$DCD_PYVENV/bin/python
+export DCD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd
+
+step "cargo build --release"
+cargo build --release
+
+step "cargo test --release"
+cargo test --release -- --test-threads=2
+
+step "deploy checks"
+bash tests/deploy.sh
+
+step "aarch64 cross build"
+bash cross/build-aarch64.sh
+
+step "aarch64 smoke test under qemu"
+bash cross/smoke-qemu.sh
+
+if [ -x bench/run.sh ]; then
+    step "benchmark (quick)"
+    bench/run.sh --quick
+fi
+
+step "all steps passed"
