@@ -560,6 +560,7 @@ const FUNCTIONS: &[Function] = &[
                 })?),
             };
             let opts = LogOptions {
+                // Negative means all lines, as the engine's "all".
                 tail: u64::try_from(a.tail).ok(),
                 since,
                 timestamps: !a.follow,
@@ -646,6 +647,9 @@ const FUNCTIONS: &[Function] = &[
                 image: String,
             }
             let a: A = args(p)?;
+            if !valid_image(&a.image) {
+                return Err(Error::Params(format!("image {:?} is not an image reference", a.image)));
+            }
             let mut progress = d.engine.pull_image(&a.image)?;
             let keep = progress.len().saturating_sub(5);
             progress.drain(..keep);
@@ -897,9 +901,7 @@ struct ContainerSpec {
 impl ContainerSpec {
     /// The Engine API create body: the mapping Python intended (spec §7.4, §7.8).
     fn create_body(&self) -> Result<Value> {
-        if self.image.trim().is_empty() {
-            return Err(Error::Params("spec.image must not be empty".into()));
-        }
+        self.check_bounds()?;
         let mut labels = Map::new();
         for (k, v) in &self.labels {
             let v = match v {
@@ -988,6 +990,64 @@ impl ContainerSpec {
     }
 }
 
+/// Bounds on what one spec may ask for, so a hostile request cannot make us
+/// build an unbounded body.
+const MAX_ENTRIES: usize = 256;
+const MAX_STRING: usize = 16 * 1024;
+
+impl ContainerSpec {
+    fn check_bounds(&self) -> Result<()> {
+        if !valid_image(&self.image) {
+            return Err(Error::Params(format!("spec.image {:?} is not an image reference", self.image)));
+        }
+        if let Some(name) = &self.name {
+            if !valid_name(name) {
+                return Err(Error::Params(format!(
+                    "spec.name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)"
+                )));
+            }
+        }
+        let counts = [
+            ("environment", self.environment.len()),
+            ("labels", self.labels.len()),
+            ("ports", self.ports.len()),
+            ("volumes", self.volumes.len()),
+        ];
+        if let Some((field, n)) = counts.iter().find(|(_, n)| *n > MAX_ENTRIES) {
+            return Err(Error::Params(format!("spec.{field} has {n} entries, more than {MAX_ENTRIES}")));
+        }
+        let strings = self
+            .environment
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .chain(self.labels.keys())
+            .chain(self.volumes.iter().flat_map(|v| [&v.source, &v.target]));
+        if strings.into_iter().any(|s| s.len() > MAX_STRING) {
+            return Err(Error::Params(format!("spec holds a string longer than {MAX_STRING} bytes")));
+        }
+        Ok(())
+    }
+}
+
+/// Docker's container name rule.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A plausible image reference: registry/repo:tag@digest characters only,
+/// nothing that could reach into a URL's path or query.
+fn valid_image(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 512
+        && !image.starts_with(['-', '/', ':', '@', '.'])
+        && image.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'/' | b':' | b'@'))
+        && !image.contains("..")
+}
+
 /// docker-py's size strings: plain bytes, or a number with b, k, m or g.
 fn parse_size(s: &str) -> Option<i64> {
     let s = s.trim().to_ascii_lowercase();
@@ -1073,6 +1133,11 @@ mod tests {
         for bad in [
             json!({"name": "x"}),
             json!({"image": 5}),
+            json!({"image": ""}),
+            json!({"image": "../../info?x=1"}),
+            json!({"image": "a", "name": "../x"}),
+            json!({"image": "a", "name": "a?b"}),
+            json!({"image": "a", "environment": (0..300).map(|i| (format!("K{i}"), json!("v"))).collect::<Map<_, _>>()}),
             json!({"image": "a", "ports": [{"container_port": "http"}]}),
             json!({"image": "a", "restart_policy": "sometimes"}),
             json!({"image": "a", "mem_limit": "lots"}),
