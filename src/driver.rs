@@ -19,6 +19,7 @@ use crate::engine::stream::Demux;
 use crate::engine::{Engine, EngineError, LogOptions};
 use crate::logs::Follows;
 use crate::policy::{ExecRule, Kind, Policy};
+use crate::spec::ContainerSpec;
 use crate::state::StateHandle;
 
 pub const MANAGED_LABEL: &str = "deviceconnect.dev/managed";
@@ -441,7 +442,7 @@ const FUNCTIONS: &[Function] = &[
         kind: Kind::Mutate,
         description: "Create (provision) a container from a JSON specification.",
         schema: || {
-            json!({"type": "object", "properties": {"spec": spec_schema()}, "required": ["spec"]})
+            json!({"type": "object", "properties": {"spec": crate::spec::schema()}, "required": ["spec"]})
         },
         call: |d, p| {
             #[derive(Deserialize)]
@@ -452,6 +453,12 @@ const FUNCTIONS: &[Function] = &[
             let a: A = args(p)?;
             let body = a.spec.create_body()?;
             d.policy.check_create(&body).map_err(Error::Policy)?;
+            if let (true, Some(name)) = (a.spec.replace, &a.spec.name) {
+                match d.engine.remove_container(name, true) {
+                    Ok(()) | Err(EngineError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let id = d.engine.create_container(a.spec.name.as_deref(), &body)?;
             d.state.observed(&summary(&d.engine.inspect_container(&id)?));
             d.engine.start_container(&id)?;
@@ -647,7 +654,7 @@ const FUNCTIONS: &[Function] = &[
                 image: String,
             }
             let a: A = args(p)?;
-            if !valid_image(&a.image) {
+            if !crate::spec::valid_image(&a.image) {
                 return Err(Error::Params(format!("image {:?} is not an image reference", a.image)));
             }
             let mut progress = d.engine.pull_image(&a.image)?;
@@ -751,7 +758,7 @@ impl Driver {
         let project_dir = spec.project_dir.clone().unwrap_or_else(|| "/sim/compose".into());
         for svc in &services {
             let name = format!("compose-{svc}");
-            let body = json!({"Image": "sim/compose:latest", "Labels": managed_labels()});
+            let body = json!({"Image": "sim/compose:latest", "Labels": crate::spec::managed_labels()});
             let id = self.engine.create_container(Some(&name), &body)?;
             self.engine.start_container(&id)?;
             self.state.observed(&self.summary_of(&id)?);
@@ -800,351 +807,9 @@ fn read_logs(engine: &dyn Engine, id: &str, opts: &LogOptions) -> Result<String>
     Ok(out)
 }
 
-fn managed_labels() -> Value {
-    json!({MANAGED_LABEL: "true", DRIVER_LABEL: "dcd"})
-}
-
-/// A string or a list of strings (`command`, `entrypoint`).
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum Args {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Args {
-    /// The Engine API wants a list: a single string runs through `/bin/sh -c`
-    /// as docker-py and the CLI do for shell-form commands.
-    fn to_engine(&self) -> Vec<String> {
-        match self {
-            Args::One(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-            Args::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// An int or a string (`container_port`, `host_port`, `mem_limit`).
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum IntOrStr {
-    Int(u64),
-    Str(String),
-}
-
-impl IntOrStr {
-    fn text(&self) -> String {
-        match self {
-            IntOrStr::Int(n) => n.to_string(),
-            IntOrStr::Str(s) => s.clone(),
-        }
-    }
-}
-
-#[derive(Deserialize, Debug)]
-struct PortSpec {
-    container_port: IntOrStr,
-    #[serde(default)]
-    host_port: Option<IntOrStr>,
-    #[serde(default = "tcp")]
-    protocol: String,
-}
-
-fn tcp() -> String {
-    "tcp".into()
-}
-
-#[derive(Deserialize, Debug)]
-struct VolumeSpec {
-    source: String,
-    target: String,
-    #[serde(default)]
-    read_only: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// `ContainerProvisionSpec` (spec §7.4). Unknown keys are ignored, as in Python.
-#[derive(Deserialize, Debug)]
-struct ContainerSpec {
-    image: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    command: Option<Args>,
-    #[serde(default)]
-    entrypoint: Option<Args>,
-    #[serde(default)]
-    environment: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    labels: Map<String, Value>,
-    #[serde(default)]
-    ports: Vec<PortSpec>,
-    #[serde(default)]
-    volumes: Vec<VolumeSpec>,
-    #[serde(default)]
-    network: Option<String>,
-    // `detach` is accepted and ignored: the container is started either way, as in Python.
-    #[serde(default)]
-    auto_remove: bool,
-    #[serde(default)]
-    restart_policy: Option<String>,
-    #[serde(default)]
-    mem_limit: Option<IntOrStr>,
-    #[serde(default)]
-    cpu_quota: Option<i64>,
-    #[serde(default = "yes")]
-    device_connect_labels: bool,
-}
-
-impl ContainerSpec {
-    /// The Engine API create body: the mapping Python intended (spec §7.4, §7.8).
-    fn create_body(&self) -> Result<Value> {
-        self.check_bounds()?;
-        let mut labels = Map::new();
-        for (k, v) in &self.labels {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            labels.insert(k.clone(), Value::String(v));
-        }
-        if self.device_connect_labels {
-            if let Value::Object(m) = managed_labels() {
-                labels.extend(m);
-            }
-        }
-        let mut exposed = Map::new();
-        let mut bindings = Map::new();
-        for p in &self.ports {
-            let cport = p.container_port.text();
-            if cport.parse::<u16>().is_err() {
-                return Err(Error::Params(format!("ports: container_port {cport:?} is not a port number")));
-            }
-            if !matches!(p.protocol.as_str(), "tcp" | "udp" | "sctp") {
-                return Err(Error::Params(format!("ports: protocol {:?} is not tcp, udp or sctp", p.protocol)));
-            }
-            let key = format!("{cport}/{}", p.protocol);
-            exposed.insert(key.clone(), json!({}));
-            let binding = match &p.host_port {
-                Some(h) => {
-                    let h = h.text();
-                    if h.parse::<u16>().is_err() {
-                        return Err(Error::Params(format!("ports: host_port {h:?} is not a port number")));
-                    }
-                    json!({"HostPort": h})
-                }
-                None => json!({}),
-            };
-            if let Value::Array(list) = bindings.entry(key).or_insert_with(|| json!([])) {
-                list.push(binding);
-            }
-        }
-        let binds: Vec<String> = self
-            .volumes
-            .iter()
-            .map(|v| format!("{}:{}:{}", v.source, v.target, if v.read_only { "ro" } else { "rw" }))
-            .collect();
-        let mut host = json!({
-            "Binds": binds,
-            "PortBindings": bindings,
-            "AutoRemove": self.auto_remove,
-        });
-        if let Some(policy) = &self.restart_policy {
-            if !matches!(policy.as_str(), "no" | "always" | "unless-stopped" | "on-failure") {
-                return Err(Error::Params(format!(
-                    "restart_policy {policy:?} is not one of no, always, unless-stopped, on-failure"
-                )));
-            }
-            host["RestartPolicy"] = json!({"Name": policy});
-        }
-        if let Some(m) = &self.mem_limit {
-            host["Memory"] = json!(parse_size(&m.text())
-                .ok_or_else(|| Error::Params(format!("mem_limit {:?} is not a size like 512m or 1g", m.text())))?);
-        }
-        if let Some(q) = self.cpu_quota {
-            host["CpuQuota"] = json!(q);
-        }
-        let mut body = json!({
-            "Image": self.image,
-            "Env": self.environment.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-            "Labels": labels,
-            "ExposedPorts": exposed,
-            "HostConfig": host,
-        });
-        if let Some(c) = &self.command {
-            body["Cmd"] = json!(c.to_engine());
-        }
-        if let Some(e) = &self.entrypoint {
-            body["Entrypoint"] = json!(match e {
-                Args::One(s) => vec![s.clone()],
-                Args::Many(v) => v.clone(),
-            });
-        }
-        if let Some(net) = &self.network {
-            body["HostConfig"]["NetworkMode"] = json!(net);
-            body["NetworkingConfig"] = json!({"EndpointsConfig": {net: {}}});
-        }
-        Ok(body)
-    }
-}
-
-/// Bounds on what one spec may ask for, so a hostile request cannot make us
-/// build an unbounded body.
-const MAX_ENTRIES: usize = 256;
-const MAX_STRING: usize = 16 * 1024;
-
-impl ContainerSpec {
-    fn check_bounds(&self) -> Result<()> {
-        if !valid_image(&self.image) {
-            return Err(Error::Params(format!("spec.image {:?} is not an image reference", self.image)));
-        }
-        if let Some(name) = &self.name {
-            if !valid_name(name) {
-                return Err(Error::Params(format!(
-                    "spec.name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)"
-                )));
-            }
-        }
-        let counts = [
-            ("environment", self.environment.len()),
-            ("labels", self.labels.len()),
-            ("ports", self.ports.len()),
-            ("volumes", self.volumes.len()),
-        ];
-        if let Some((field, n)) = counts.iter().find(|(_, n)| *n > MAX_ENTRIES) {
-            return Err(Error::Params(format!("spec.{field} has {n} entries, more than {MAX_ENTRIES}")));
-        }
-        let strings = self
-            .environment
-            .iter()
-            .flat_map(|(k, v)| [k, v])
-            .chain(self.labels.keys())
-            .chain(self.volumes.iter().flat_map(|v| [&v.source, &v.target]));
-        if strings.into_iter().any(|s| s.len() > MAX_STRING) {
-            return Err(Error::Params(format!("spec holds a string longer than {MAX_STRING} bytes")));
-        }
-        Ok(())
-    }
-}
-
-/// Docker's container name rule.
-fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// A plausible image reference: registry/repo:tag@digest characters only,
-/// nothing that could reach into a URL's path or query.
-fn valid_image(image: &str) -> bool {
-    !image.is_empty()
-        && image.len() <= 512
-        && !image.starts_with(['-', '/', ':', '@', '.'])
-        && image.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'/' | b':' | b'@'))
-        && !image.contains("..")
-}
-
-/// docker-py's size strings: plain bytes, or a number with b, k, m or g.
-fn parse_size(s: &str) -> Option<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'b') => (&s[..i], 1),
-        (i, 'k') => (&s[..i], 1 << 10),
-        (i, 'm') => (&s[..i], 1 << 20),
-        (i, 'g') => (&s[..i], 1 << 30),
-        _ => (s.as_str(), 1),
-    };
-    num.parse::<i64>().ok().filter(|n| *n >= 0)?.checked_mul(mult)
-}
-
-fn spec_schema() -> Value {
-    let str_or_list = json!({"type": ["string", "array", "null"], "items": {"type": "string"}, "default": null});
-    let int_or_str = json!({"type": ["integer", "string"]});
-    json!({"type": "object",
-      "description": "Fields matching ContainerProvisionSpec (image, name, ports, \u{2026}).",
-      "properties": {
-        "image": {"type": "string", "description": "Image reference."},
-        "name": {"type": ["string", "null"], "default": null},
-        "command": str_or_list, "entrypoint": str_or_list,
-        "environment": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
-        "ports": {"type": "array", "default": [], "items": {"type": "object", "properties": {
-            "container_port": int_or_str,
-            "host_port": {"type": ["integer", "string", "null"], "default": null},
-            "protocol": {"type": "string", "default": "tcp"}}, "required": ["container_port"]}},
-        "volumes": {"type": "array", "default": [], "items": {"type": "object", "properties": {
-            "source": {"type": "string"}, "target": {"type": "string"},
-            "read_only": {"type": "boolean", "default": false}}, "required": ["source", "target"]}},
-        "network": {"type": ["string", "null"], "default": null},
-        "detach": {"type": "boolean", "default": true},
-        "auto_remove": {"type": "boolean", "default": false},
-        "restart_policy": {"type": ["string", "null"], "enum": ["no", "always", "unless-stopped", "on-failure", null], "default": null},
-        "mem_limit": {"type": ["string", "integer", "null"], "default": null, "description": "512m, 1g or bytes."},
-        "cpu_quota": {"type": ["integer", "null"], "default": null},
-        "device_connect_labels": {"type": "boolean", "default": true}},
-      "required": ["image"]})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(v: Value) -> Result<Value> {
-        serde_json::from_value::<ContainerSpec>(v).map_err(|e| Error::Params(e.to_string()))?.create_body()
-    }
-
-    #[test]
-    fn sizes_parse_like_docker_py() {
-        assert_eq!(parse_size("512m"), Some(512 << 20));
-        assert_eq!(parse_size("1g"), Some(1 << 30));
-        assert_eq!(parse_size("2048k"), Some(2048 << 10));
-        assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("12x"), None);
-        assert_eq!(parse_size("-1"), None);
-    }
-
-    #[test]
-    fn spec_maps_every_field() {
-        let b = spec(json!({"image": "a", "command": "echo hi", "environment": {"A": "1"},
-            "ports": [{"container_port": 80, "host_port": "8080"}, {"container_port": "53", "protocol": "udp"}],
-            "volumes": [{"source": "data", "target": "/d", "read_only": true}],
-            "network": "n1", "restart_policy": "always", "mem_limit": "512m", "cpu_quota": 50000,
-            "labels": {"x": "y"}, "auto_remove": false, "unknown_key": 1}))
-        .unwrap();
-        assert_eq!(b["Cmd"], json!(["/bin/sh", "-c", "echo hi"]));
-        assert_eq!(b["Env"], json!(["A=1"]));
-        assert_eq!(b["HostConfig"]["PortBindings"]["80/tcp"], json!([{"HostPort": "8080"}]));
-        assert_eq!(b["HostConfig"]["PortBindings"]["53/udp"], json!([{}]));
-        assert_eq!(b["HostConfig"]["Binds"], json!(["data:/d:ro"]));
-        assert_eq!(b["HostConfig"]["RestartPolicy"]["Name"], "always");
-        assert_eq!(b["HostConfig"]["Memory"], 512 << 20);
-        assert_eq!(b["HostConfig"]["CpuQuota"], 50000);
-        assert_eq!(b["HostConfig"]["NetworkMode"], "n1");
-        assert_eq!(b["Labels"][MANAGED_LABEL], "true");
-        assert_eq!(b["Labels"]["x"], "y");
-    }
-
-    #[test]
-    fn spec_rejects_bad_values() {
-        for bad in [
-            json!({"name": "x"}),
-            json!({"image": 5}),
-            json!({"image": ""}),
-            json!({"image": "../../info?x=1"}),
-            json!({"image": "a", "name": "../x"}),
-            json!({"image": "a", "name": "a?b"}),
-            json!({"image": "a", "environment": (0..300).map(|i| (format!("K{i}"), json!("v"))).collect::<Map<_, _>>()}),
-            json!({"image": "a", "ports": [{"container_port": "http"}]}),
-            json!({"image": "a", "restart_policy": "sometimes"}),
-            json!({"image": "a", "mem_limit": "lots"}),
-        ] {
-            assert!(matches!(spec(bad.clone()), Err(Error::Params(_))), "{bad}");
-        }
-    }
 
     #[test]
     fn summary_shapes_inspect_data() {

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use serde_json::json;
 
 use crate::driver::{Events, LOG_LINE};
-use crate::engine::stream::Demux;
+use crate::engine::stream::{Demux, Line};
 use crate::engine::{Canceller, Engine, EngineError, LogOptions};
 
 struct Follow {
@@ -34,18 +34,29 @@ pub struct Follows {
 
 impl Follows {
     pub fn new(engine: Arc<dyn Engine>, events: Events) -> Self {
-        Follows { engine, events, table: Arc::default() }
+        Follows {
+            engine,
+            events,
+            table: Arc::default(),
+        }
     }
 
     /// Start following `container_id` (the caller's string, used as the key
     /// and echoed in every event). Returns true when a follow already ran.
     pub fn start(&self, container_id: &str, opts: LogOptions) -> Result<bool, EngineError> {
-        let mut table = lock(&self.table);
-        if table.follows.contains_key(container_id) {
+        if lock(&self.table).follows.contains_key(container_id) {
             return Ok(true);
         }
+        // The engine is asked outside the lock, so a slow engine holds up
+        // neither get_status nor the other follows.
         let tty = self.engine.inspect_container(container_id)?["Config"]["Tty"] == true;
         let stream = self.engine.logs(container_id, &opts)?;
+        let mut table = lock(&self.table);
+        if table.follows.contains_key(container_id) {
+            // A concurrent start of the same follow won.
+            stream.cancel.cancel();
+            return Ok(true);
+        }
         table.next_generation += 1;
         let generation = table.next_generation;
         let key = container_id.to_string();
@@ -57,13 +68,23 @@ impl Follows {
                 move || {
                     pump(&key, stream.body, tty, opts.timestamps, &events);
                     let mut t = lock(&shared);
-                    if t.follows.get(&key).is_some_and(|f| f.generation == generation) {
+                    if t.follows
+                        .get(&key)
+                        .is_some_and(|f| f.generation == generation)
+                    {
                         t.follows.remove(&key);
                     }
                 }
             })
             .map_err(|e| EngineError::Server(format!("cannot start log thread: {e}")))?;
-        table.follows.insert(key, Follow { generation, cancel: stream.cancel, thread });
+        table.follows.insert(
+            key,
+            Follow {
+                generation,
+                cancel: stream.cancel,
+                thread,
+            },
+        );
         Ok(false)
     }
 
@@ -103,41 +124,69 @@ fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Read the stream to its end, one event per line. Lines that do not fit the
-/// event queue are counted, and the count is reported in a `stream: "dcd"`
-/// line as soon as the queue has room again.
+/// Read the stream to its end, one event per line.
 fn pump(key: &str, mut body: Box<dyn Read + Send>, tty: bool, timestamps: bool, events: &Events) {
     let mut demux = Demux::new(tty, timestamps);
-    let mut dropped: u64 = 0;
-    let mut emit = |l: crate::engine::stream::Line| {
-        if dropped > 0
-            && events.emit(LOG_LINE, json!({"container_id": key, "stream": "dcd",
-                "line": format!("dcd: {dropped} log lines dropped (event queue full)")}))
-        {
-            log::warn!("log follow {key}: {dropped} lines dropped");
-            dropped = 0;
-        }
-        let mut params = json!({"container_id": key, "line": l.text, "stream": l.source.as_str()});
-        if let Some(ts) = l.ts {
-            params["ts_engine"] = json!(ts);
-        }
-        if !events.emit(LOG_LINE, params) {
-            dropped += 1;
-        }
+    let mut out = Emitter {
+        key,
+        events,
+        dropped: 0,
     };
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match body.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => demux.push(&buf[..n], &mut emit),
+            Ok(n) => demux.push(&buf[..n], &mut |l| out.line(l)),
             Err(e) => {
                 log::debug!("log follow {key} ended: {e}");
                 break;
             }
         }
     }
-    demux.finish(&mut emit);
-    if dropped > 0 {
-        log::warn!("log follow {key}: {dropped} lines dropped at end");
+    demux.finish(&mut |l| out.line(l));
+    // One last chance to tell the subscriber what it missed.
+    out.notice();
+    if out.dropped > 0 {
+        log::warn!(
+            "log follow {key}: {} lines dropped at the end, unreported",
+            out.dropped
+        );
+    }
+}
+
+/// Emits a follow's lines. Lines that do not fit the event queue are counted,
+/// and the count is reported in a `stream: "dcd"` line as soon as the queue
+/// has room again, so a chatty container neither grows memory nor stalls.
+struct Emitter<'a> {
+    key: &'a str,
+    events: &'a Events,
+    dropped: u64,
+}
+
+impl Emitter<'_> {
+    fn line(&mut self, l: Line) {
+        self.notice();
+        let mut params =
+            json!({"container_id": self.key, "line": l.text, "stream": l.source.as_str()});
+        if let Some(ts) = l.ts {
+            params["ts_engine"] = json!(ts);
+        }
+        if !self.events.emit(LOG_LINE, params) {
+            self.dropped += 1;
+        }
+    }
+
+    fn notice(&mut self) {
+        let n = self.dropped;
+        if n > 0
+            && self.events.emit(
+                LOG_LINE,
+                json!({"container_id": self.key, "stream": "dcd",
+                       "line": format!("dcd: {n} log lines dropped (event queue full)")}),
+            )
+        {
+            log::warn!("log follow {}: {n} lines dropped", self.key);
+            self.dropped = 0;
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! Extension: a container that disappears is reported with `state: "removed"`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +23,18 @@ use crate::engine::{Canceller, Engine};
 
 const REMOVED: &str = "removed";
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How far before the last event a reconnect asks the engine to replay from:
+/// the engine rounds `since`, and stamps events before it sends them.
+const OVERLAP_NANOS: i64 = 1_000_000_000;
+/// After a reconnect the engine first replays what it buffered during the
+/// outage, all at once; the reconcile waits for that burst to go quiet (or for
+/// `SETTLE_MAX`), so transitions are reported in the order they happened and a
+/// replayed event is never older than the list it follows.
+const SETTLE: Duration = Duration::from_millis(100);
+const SETTLE_MAX: Duration = Duration::from_secs(1);
+/// Destroyed ids remembered, so stale news cannot bring them back. Ids are
+/// never reused; this only has to outlast a replay (the engine keeps 256).
+const GONE_KEEP: usize = 4096;
 
 enum Msg {
     /// A container summary (driver shape) seen by the driver.
@@ -30,7 +42,8 @@ enum Msg {
     /// One engine event (`Type: container`).
     Engine(Value),
     /// The event stream is (re)connected: reconcile with a full list.
-    Connected,
+    /// `replay`: it starts before the outage, so a burst of old events comes first.
+    Connected { replay: bool },
     /// The event stream broke: poll until it is back.
     Disconnected,
 }
@@ -84,16 +97,28 @@ impl State {
                 .spawn(move || follow_events(engine, tx, stop, &cancel))
                 .expect("spawn engine-events thread")
         };
-        State { stop, events_cancel, threads: vec![owner, follower], tx }
+        State {
+            stop,
+            events_cancel,
+            threads: vec![owner, follower],
+            tx,
+        }
     }
 
     pub fn handle(&self) -> StateHandle {
-        StateHandle { tx: self.tx.clone() }
+        StateHandle {
+            tx: self.tx.clone(),
+        }
     }
 
     pub fn shutdown(self) {
         drop(self.stop);
-        if let Some(c) = self.events_cancel.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(c) = self
+            .events_cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             c.cancel();
         }
         drop(self.tx);
@@ -107,15 +132,27 @@ struct Owner {
     engine: Arc<dyn Engine>,
     events: Events,
     known: HashMap<String, Known>,
-    /// Ids the engine reported destroyed, so a late `Observed` cannot revive them.
+    /// Ids the engine reported destroyed (oldest first).
     gone: HashSet<String>,
+    gone_order: VecDeque<String>,
     stream_up: bool,
     seeded: bool,
+    /// When the reconcile after a replaying reconnect is due, and its latest time.
+    settle: Option<(Instant, Instant)>,
 }
 
 impl Owner {
     fn new(engine: Arc<dyn Engine>, events: Events) -> Self {
-        Owner { engine, events, known: HashMap::new(), gone: HashSet::new(), stream_up: false, seeded: false }
+        Owner {
+            engine,
+            events,
+            known: HashMap::new(),
+            gone: HashSet::new(),
+            gone_order: VecDeque::new(),
+            stream_up: false,
+            seeded: false,
+            settle: None,
+        }
     }
 
     fn run(mut self, rx: Receiver<Msg>, poll: Option<Duration>, stop: &Receiver<()>) {
@@ -123,21 +160,46 @@ impl Owner {
         loop {
             // Poll only while the event stream cannot be trusted to tell us.
             let polling = poll.filter(|_| !self.stream_up || !self.seeded);
-            let wait = polling.map_or(Duration::from_secs(3600), |_| next_poll.saturating_duration_since(Instant::now()));
+            let due = [polling.map(|_| next_poll), self.settle.map(|(at, _)| at)]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = due.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             select! {
                 recv(rx) -> m => match m {
-                    Ok(Msg::Observed(s)) => self.observed(&s),
-                    Ok(Msg::Engine(e)) => self.engine_event(&e),
-                    Ok(Msg::Connected) => {
+                    // While the stream is up it is the only source: a summary
+                    // the driver read a moment ago may already be stale.
+                    Ok(Msg::Observed(s)) => if !self.stream_up {
+                        self.observed(&s)
+                    },
+                    Ok(Msg::Engine(e)) => {
+                        self.engine_event(&e);
+                        if let Some((at, latest)) = &mut self.settle {
+                            *at = (Instant::now() + SETTLE).min(*latest);
+                        }
+                    }
+                    Ok(Msg::Connected { replay }) => {
                         self.stream_up = true;
-                        self.reconcile();
+                        if replay {
+                            let now = Instant::now();
+                            self.settle = Some((now + SETTLE, now + SETTLE_MAX));
+                        } else {
+                            self.reconcile();
+                        }
                     }
                     Ok(Msg::Disconnected) => self.stream_up = false,
                     Err(_) => return,
                 },
                 recv(stop) -> _ => return,
                 default(wait) => {
-                    if let Some(p) = polling {
+                    let now = Instant::now();
+                    if self.settle.is_some_and(|(at, _)| at <= now) {
+                        self.settle = None;
+                        self.reconcile();
+                    }
+                    if let Some(p) = polling.filter(|_| next_poll <= now) {
                         self.reconcile();
                         next_poll = Instant::now() + p;
                     }
@@ -149,16 +211,28 @@ impl Owner {
     /// Record `state` for `id` and emit the transition, if it is one.
     fn set(&mut self, id: &str, name: &str, image: &str, state: &str) {
         let id: String = id.chars().take(12).collect();
+        if self.gone.contains(&id) {
+            return;
+        }
         let previous = self.known.get(&id).map(|k| k.state.clone());
         if previous.as_deref() == Some(state) {
             return;
         }
         if state == REMOVED {
+            if previous.is_none() {
+                return;
+            }
             self.known.remove(&id);
-            self.gone.insert(id.clone());
+            self.forget(id.clone());
         } else {
-            self.gone.remove(&id);
-            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into() });
+            self.known.insert(
+                id.clone(),
+                Known {
+                    name: name.into(),
+                    image: image.into(),
+                    state: state.into(),
+                },
+            );
         }
         self.events.emit(
             STATE_CHANGED,
@@ -167,9 +241,19 @@ impl Owner {
         );
     }
 
+    fn forget(&mut self, id: String) {
+        if self.gone_order.len() == GONE_KEEP {
+            if let Some(old) = self.gone_order.pop_front() {
+                self.gone.remove(&old);
+            }
+        }
+        self.gone.insert(id.clone());
+        self.gone_order.push_back(id);
+    }
+
     fn observed(&mut self, s: &Value) {
         let id = s["id"].as_str().unwrap_or_default();
-        if id.is_empty() || self.gone.contains(id) {
+        if id.is_empty() {
             return;
         }
         let (name, image, state) = (str_of(&s["name"]), str_of(&s["image"]), str_of(&s["state"]));
@@ -177,33 +261,36 @@ impl Owner {
     }
 
     fn engine_event(&mut self, e: &Value) {
-        let id = e["Actor"]["ID"].as_str().or(e["id"].as_str()).unwrap_or_default().to_string();
+        let id = e["Actor"]["ID"]
+            .as_str()
+            .or(e["id"].as_str())
+            .unwrap_or_default();
         if id.is_empty() {
             return;
         }
-        let action = e["Action"].as_str().or(e["status"].as_str()).unwrap_or_default();
-        // `health_status: healthy` and `exec_start: sh` carry a suffix.
-        let action = action.split(':').next().unwrap_or_default();
-        let attrs = &e["Actor"]["Attributes"];
-        let short: String = id.chars().take(12).collect();
-        let known = self.known.get(&short).cloned();
-        let name = attrs["name"].as_str().map(String::from).or(known.as_ref().map(|k| k.name.clone()));
-        let image = attrs["image"].as_str().map(String::from).or(known.as_ref().map(|k| k.image.clone()));
-        let state = match action {
-            "create" => "created",
-            "start" | "restart" | "unpause" => "running",
-            "die" | "stop" => "exited",
-            "pause" => "paused",
-            "destroy" => REMOVED,
-            // kill, oom and health changes do not name the resulting state: ask.
-            "kill" | "oom" | "health_status" => match self.engine.inspect_container(&id) {
-                Ok(i) => return self.set(&id, &str_of(&i["Name"]).trim_start_matches('/').to_string(),
-                                          &str_of(&i["Config"]["Image"]), &str_of(&i["State"]["Status"])),
-                Err(_) => return,
-            },
+        // Only these name the state they lead to. `kill`, `oom` and health
+        // changes do not change it by themselves: a `die` follows if the
+        // container ends.
+        let state = match e["Action"].as_str().or(e["status"].as_str()) {
+            Some("create") => "created",
+            Some("start" | "restart" | "unpause") => "running",
+            Some("die" | "stop") => "exited",
+            Some("pause") => "paused",
+            Some("destroy") => REMOVED,
             _ => return,
         };
-        self.set(&id, &name.unwrap_or_default(), &image.unwrap_or_default(), state);
+        let short: String = id.chars().take(12).collect();
+        let known = self.known.get(&short);
+        let attrs = &e["Actor"]["Attributes"];
+        let pick = |key: &str, of: fn(&Known) -> &String| {
+            attrs[key]
+                .as_str()
+                .map(String::from)
+                .or_else(|| known.map(|k| of(k).clone()))
+                .unwrap_or_default()
+        };
+        let (name, image) = (pick("name", |k| &k.name), pick("image", |k| &k.image));
+        self.set(&short, &name, &image, state);
     }
 
     /// List every container and emit whatever differs from what we know.
@@ -220,7 +307,11 @@ impl Owner {
         let mut seen = HashSet::new();
         for c in &list {
             let id: String = str_of(&c["Id"]).chars().take(12).collect();
-            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
+            let name = c["Names"][0]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
             let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
             seen.insert(id.clone());
             if first {
@@ -230,8 +321,12 @@ impl Owner {
                 self.set(&id, &name, &image, &state);
             }
         }
-        let vanished: Vec<(String, Known)> =
-            self.known.iter().filter(|(id, _)| !seen.contains(*id)).map(|(i, k)| (i.clone(), k.clone())).collect();
+        let vanished: Vec<(String, Known)> = self
+            .known
+            .iter()
+            .filter(|(id, _)| !seen.contains(*id))
+            .map(|(i, k)| (i.clone(), k.clone()))
+            .collect();
         for (id, k) in vanished {
             self.set(&id, &k.name, &k.image, REMOVED);
         }
@@ -242,15 +337,74 @@ fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-/// Follow the engine's `/events`, reconnecting with backoff. After a
-/// reconnect it asks again from shortly before the last event seen and drops
-/// what it already delivered (by `timeNano`).
-fn follow_events(engine: Arc<dyn Engine>, tx: Sender<Msg>, stop: Receiver<()>, cancel: &Mutex<Option<Canceller>>) {
+/// What the stream has delivered, so the replay after a reconnect starts
+/// where it is needed and skips what was already sent. Events are keyed by
+/// time, container and action, not by time alone: the engine stamps events
+/// before it orders them, so two containers' events can arrive with their
+/// `timeNano`s out of order.
+#[derive(Default)]
+struct Delivered {
+    /// The newest `timeNano` delivered.
+    newest: i64,
+    /// When the current stream connected: everything before it is covered
+    /// by the reconcile that follows the connect.
+    connected: i64,
+    /// The keys of events delivered in the last `2 * OVERLAP_NANOS`.
+    keys: HashSet<(i64, String)>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl Delivered {
+    /// Where a reconnect asks the engine to replay from, in Unix seconds.
+    fn since(&self) -> Option<f64> {
+        let from = (self.newest - OVERLAP_NANOS).max(self.connected);
+        (from > 0).then(|| from as f64 / 1e9)
+    }
+
+    /// False when `ev` was delivered already.
+    fn first_time(&mut self, ev: &Value) -> bool {
+        let t = ev["timeNano"].as_i64().unwrap_or(0);
+        if t == 0 {
+            return true;
+        }
+        let key = (
+            t,
+            format!(
+                "{}/{}",
+                ev["Actor"]["ID"],
+                ev["Action"].as_str().unwrap_or_default()
+            ),
+        );
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        self.newest = self.newest.max(t);
+        while let Some(old) = self.order.front() {
+            if old.0 >= self.newest - 2 * OVERLAP_NANOS {
+                break;
+            }
+            self.keys.remove(old);
+            self.order.pop_front();
+        }
+        true
+    }
+}
+
+/// Follow the engine's `/events`, reconnecting with backoff. A reconnect asks
+/// for what happened while the stream was down and drops what it already
+/// delivered.
+fn follow_events(
+    engine: Arc<dyn Engine>,
+    tx: Sender<Msg>,
+    stop: Receiver<()>,
+    cancel: &Mutex<Option<Canceller>>,
+) {
     let stopped = || matches!(stop.try_recv(), Err(TryRecvError::Disconnected));
-    let mut last_nano: i64 = 0;
+    let mut delivered = Delivered::default();
     let mut backoff = Duration::from_millis(250);
     while !stopped() {
-        let since = (last_nano > 0).then(|| last_nano as f64 / 1e9 - 1.0);
+        let since = delivered.since();
         match engine.events(since) {
             Ok(mut stream) => {
                 *cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.cancel.clone());
@@ -258,7 +412,9 @@ fn follow_events(engine: Arc<dyn Engine>, tx: Sender<Msg>, stop: Receiver<()>, c
                     break;
                 }
                 backoff = Duration::from_millis(250);
-                if tx.send(Msg::Connected).is_err() {
+                delivered.connected = (crate::time::now_epoch() * 1e9) as i64;
+                let replay = since.is_some();
+                if tx.send(Msg::Connected { replay }).is_err() {
                     return;
                 }
                 let mut lines = JsonLines::default();
@@ -271,12 +427,7 @@ fn follow_events(engine: Arc<dyn Engine>, tx: Sender<Msg>, stop: Receiver<()>, c
                     let mut out = Vec::new();
                     lines.push(&buf[..n], &mut |v| out.push(v));
                     for ev in out {
-                        let t = ev["timeNano"].as_i64().unwrap_or(0);
-                        if t != 0 && t <= last_nano {
-                            continue;
-                        }
-                        last_nano = last_nano.max(t);
-                        if tx.send(Msg::Engine(ev)).is_err() {
+                        if delivered.first_time(&ev) && tx.send(Msg::Engine(ev)).is_err() {
                             return;
                         }
                     }

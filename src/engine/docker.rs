@@ -597,10 +597,10 @@ fn flag(b: bool) -> &'static str {
 }
 
 /// Unix seconds as the engine parses them (`seconds.nanoseconds`).
-/// Whole microseconds, rounded down: an f64 epoch is only good to about
-/// 0.2 µs, and rounding up would exclude the very line `since` names.
+/// Whole microseconds, one early: an f64 epoch is only good to about 0.2 µs,
+/// and rounding up would exclude the very line `since` names.
 fn unix_time(t: f64) -> String {
-    let micros = (t.max(0.0) * 1e6).floor() as i64;
+    let micros = ((t.max(0.0) * 1e6).floor() as i64 - 1).max(0);
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 

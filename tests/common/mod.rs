@@ -42,3 +42,298 @@ pub fn docker(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().expect("docker CLI");
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+// Processes, nats-server, the daemon and a raw NATS client, shared by the tests that run the
+// binary (faults, policy). Everything listens on loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// The daemon's readiness line (subscriptions in place).
+pub const READY: &str = "mesh ready";
+
+/// A child process whose output is echoed (the harness shows it when a test fails) and can be
+/// waited on line by line. Killed and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, lines) = channel();
+        let outputs: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        for out in outputs {
+            let (tx, name) = (tx.clone(), name.to_string());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    eprintln!("[{name}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc { name: name.to_string(), child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for an output line containing `needle`; lines before it are consumed.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn expect_line(&self, needle: &str, timeout: Duration) {
+        assert!(self.wait_line(needle, timeout), "{}: no line with {needle:?} within {timeout:?}", self.name);
+    }
+
+    /// Its exit status, or `None` (and it is killed) when it runs longer than `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        None
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child, which has not been reaped yet (that happens in drop).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+pub fn nats_installed() -> bool {
+    let ok = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    require(ok, "nats-server")
+}
+
+/// `nats-server` on 127.0.0.1:`port`, up and accepting connections.
+pub fn nats_server(port: u16) -> Proc {
+    let p = Proc::spawn(
+        &format!("nats:{port}"),
+        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+/// The venv Python with the agent tools (`DCD_TEST_PYTHON`, else the venv of tests/setup.sh).
+pub fn python() -> Option<PathBuf> {
+    let py = std::env::var_os("DCD_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let venv = std::env::var_os("DCD_PYVENV").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/dcd-pyvenv")
+        });
+        venv.join("bin/python")
+    });
+    let ok = Command::new(&py)
+        .args(["-c", "import device_connect_agent_tools"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(ok, &format!("the Python venv with device-connect-agent-tools at {}", py.display())).then_some(py)
+}
+
+/// The daemon as a D2D device on the NATS server at `port`, with nothing from our environment
+/// but PATH and `env`; `args` come after `--device-id` and `--tenant`.
+pub fn dcd_on_nats(id: &str, tenant: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DCD_LOG_LEVEL", "debug")
+        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
+        .env("DEVICE_CONNECT_ALLOW_INSECURE", "true")
+        .args(["--device-id", id, "--tenant", tenant])
+        .args(args)
+        .envs(env.iter().copied());
+    Proc::spawn(&format!("dcd:{id}"), &mut cmd)
+}
+
+/// Threads and resident memory (KiB) of a process, from /proc.
+pub fn threads_and_rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("Threads:"), field("VmRSS:"))
+}
+
+/// One message received by `Nats`.
+pub struct NatsMsg {
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+/// The NATS client protocol, just enough for tests: publish, subscribe, request. Requests use one
+/// wildcard inbox per connection, as nats-py does.
+pub struct Nats {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    /// A line read only in part when a read timed out.
+    pending: Vec<u8>,
+    inbox: String,
+    sids: u64,
+    requests: u64,
+}
+
+impl Nats {
+    pub fn connect(port: u16) -> std::io::Result<Nats> {
+        let writer = TcpStream::connect(("127.0.0.1", port))?;
+        writer.set_nodelay(true)?;
+        let reader = BufReader::new(writer.try_clone()?);
+        let inbox = format!("_INBOX.{}", dcd::rpc::random_hex(16));
+        let mut n = Nats { reader, writer, pending: Vec::new(), inbox, sids: 0, requests: 0 };
+        n.writer.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\nPING\r\n")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match n.line(deadline)? {
+                Some(l) if l == "PONG" => break,
+                Some(l) if l.starts_with("-ERR") => return Err(std::io::Error::other(l)),
+                Some(_) => {}
+                None => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        }
+        let inbox = format!("{}.*", n.inbox);
+        n.sub(&inbox)?;
+        Ok(n)
+    }
+
+    pub fn sub(&mut self, subject: &str) -> std::io::Result<()> {
+        self.sids += 1;
+        write!(self.writer, "SUB {subject} {}\r\n", self.sids)
+    }
+
+    pub fn publish(&mut self, subject: &str, reply: Option<&str>, payload: &[u8]) -> std::io::Result<()> {
+        let head = match reply {
+            Some(r) => format!("PUB {subject} {r} {}\r\n", payload.len()),
+            None => format!("PUB {subject} {}\r\n", payload.len()),
+        };
+        let mut buf = head.into_bytes();
+        buf.extend_from_slice(payload);
+        buf.extend_from_slice(b"\r\n");
+        self.writer.write_all(&buf)
+    }
+
+    /// Send a request and return the inbox its reply will come to.
+    pub fn send_request(&mut self, subject: &str, payload: &[u8]) -> std::io::Result<String> {
+        self.requests += 1;
+        let inbox = format!("{}.{}", self.inbox, self.requests);
+        self.publish(subject, Some(&inbox), payload)?;
+        Ok(inbox)
+    }
+
+    /// A request and its reply; `None` when no reply came within `timeout`. Messages for other
+    /// subjects (late replies, subscriptions) that arrive meanwhile are skipped.
+    pub fn request(&mut self, subject: &str, payload: &[u8], timeout: Duration) -> std::io::Result<Option<Vec<u8>>> {
+        let inbox = self.send_request(subject, payload)?;
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.next(deadline)? {
+            if m.subject == inbox {
+                return Ok(Some(m.payload));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next message before `deadline`.
+    pub fn next(&mut self, deadline: Instant) -> std::io::Result<Option<NatsMsg>> {
+        while let Some(line) = self.line(deadline)? {
+            if line == "PING" {
+                self.writer.write_all(b"PONG\r\n")?;
+                continue;
+            }
+            if line.starts_with("-ERR") {
+                return Err(std::io::Error::other(line));
+            }
+            let Some(rest) = line.strip_prefix("MSG ") else { continue };
+            let parts: Vec<&str> = rest.split(' ').collect();
+            let len: usize = parts.last().and_then(|l| l.parse().ok()).ok_or_else(|| std::io::Error::other(line.clone()))?;
+            // The payload follows its header at once.
+            self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut payload = vec![0; len + 2];
+            self.reader.read_exact(&mut payload)?;
+            payload.truncate(len);
+            return Ok(Some(NatsMsg { subject: parts[0].to_string(), payload }));
+        }
+        Ok(None)
+    }
+
+    fn line(&mut self, deadline: Instant) -> std::io::Result<Option<String>> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            match self.reader.read_until(b'\n', &mut self.pending) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) if self.pending.ends_with(b"\n") => {
+                    let line = String::from_utf8_lossy(&self.pending).trim_end().to_string();
+                    self.pending.clear();
+                    return Ok(Some(line));
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `device-connect.<tenant>.<id>.<tail>`
+pub fn subject(tenant: &str, id: &str, tail: &str) -> String {
+    format!("device-connect.{tenant}.{id}.{tail}")
+}
+
+/// A JSON-RPC request payload with a fresh string id.
+pub fn rpc_request(method: &str, params: serde_json::Value) -> (String, Vec<u8>) {
+    let id = format!("t-{}", dcd::rpc::random_hex(12));
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    (id, body.to_string().into_bytes())
+}
