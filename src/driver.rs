@@ -105,13 +105,13 @@ impl Events {
 }
 
 pub struct Driver {
-    engine: Arc<dyn Engine>,
+    pub(crate) engine: Arc<dyn Engine>,
     simulate: bool,
     state_poll_hz: f64,
     state: StateHandle,
     follows: Follows,
     compose: Compose,
-    policy: Policy,
+    pub(crate) policy: Policy,
     info: Mutex<Option<(Instant, Value)>>,
 }
 
@@ -139,7 +139,7 @@ impl Driver {
     /// Run `method` with keyword `params` (`_dc_meta` and `source_device`
     /// already removed).
     pub fn call(&self, method: &str, params: Map<String, Value>) -> Result<Value> {
-        let f = FUNCTIONS.iter().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
+        let f = functions().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
         if !self.policy.serves(f.kind, self.simulate) {
             return Err(Error::Policy(format!("{method} is disabled on this host ({})", match f.kind {
                 Kind::Exec => "allow with \"exec\": \"allow\"",
@@ -152,8 +152,7 @@ impl Driver {
 
     /// `capabilities` of presence and registration (spec §3.2).
     pub fn capabilities(&self) -> Value {
-        let functions: Vec<Value> = FUNCTIONS
-            .iter()
+        let functions: Vec<Value> = functions()
             .filter(|f| self.policy.serves(f.kind, self.simulate))
             .map(|f| {
                 json!({"name": f.name, "description": f.description,
@@ -222,7 +221,7 @@ impl Driver {
     /// Refuse to touch a container the policy keeps us away from: with
     /// `owned_only`, any container without our managed label; for exec with
     /// `exec: managed`, likewise.
-    fn guard(&self, id: &str, kind: Kind) -> Result<()> {
+    pub(crate) fn guard(&self, id: &str, kind: Kind) -> Result<()> {
         let managed_only = self.policy.owned_only || (kind == Kind::Exec && self.policy.exec == ExecRule::Managed);
         if managed_only && self.engine.inspect_container(id)?["Config"]["Labels"][MANAGED_LABEL] != "true" {
             return Err(Error::Policy(format!("container {id} is not managed by dcd (owned_only)")));
@@ -230,7 +229,12 @@ impl Driver {
         Ok(())
     }
 
-    fn summary_of(&self, id: &str) -> Result<Value> {
+    /// Tell the state thread what we just did to a container.
+    pub(crate) fn state_observed(&self, summary: &Value) {
+        self.state.observed(summary);
+    }
+
+    pub(crate) fn summary_of(&self, id: &str) -> Result<Value> {
         Ok(summary(&self.engine.inspect_container(id)?))
     }
 
@@ -256,7 +260,7 @@ impl Driver {
 
 /// Parse keyword params into a handler's argument struct. Unknown, missing and
 /// mistyped params all fail here, with serde's message naming the field.
-fn args<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T> {
+pub(crate) fn args<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T> {
     serde_json::from_value(Value::Object(params)).map_err(|e| Error::Params(e.to_string()))
 }
 
@@ -272,7 +276,9 @@ pub fn summary(i: &Value) -> Value {
         _ => json!({}),
     };
     let state = i["State"]["Status"].clone();
+    let endpoints = endpoints(&ports, &i["NetworkSettings"]["Networks"]);
     json!({
+        "endpoints": endpoints,
         "id": id.get(..12).unwrap_or(id),
         "name": i["Name"].as_str().unwrap_or_default().trim_start_matches('/'),
         "image": i["Config"]["Image"],
@@ -283,6 +289,40 @@ pub fn summary(i: &Value) -> Value {
         "ports": ports,
         "created": i["Created"],
     })
+}
+
+/// Extension: for each exposed port, the addresses it is reached at from
+/// the container's networks and from the host.
+fn endpoints(ports: &Value, networks: &Value) -> Value {
+    let ips: Vec<&str> = networks
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|n| n["IPAddress"].as_str())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    let list: Vec<Value> = ports
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, bindings)| {
+            let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+            let scheme = if proto == "udp" { "udp" } else { "tcp" };
+            let host: Vec<String> = bindings
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| {
+                    let hp = b["HostPort"].as_str().filter(|p| !p.is_empty())?;
+                    let ip = b["HostIp"].as_str().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0" && *ip != "::").unwrap_or("localhost");
+                    Some(format!("{scheme}://{ip}:{hp}"))
+                })
+                .collect();
+            json!({"port": key, "network_urls": ips.iter().map(|ip| format!("{scheme}://{ip}:{port}")).collect::<Vec<_>>(),
+                   "host_urls": host})
+        })
+        .collect();
+    Value::Array(list)
 }
 
 const DESCRIPTION: &str = "Device Connect driver for provisioning and controlling Docker containers. \
@@ -318,12 +358,12 @@ fn events_advertised() -> Value {
     ])
 }
 
-struct Function {
-    name: &'static str,
-    kind: Kind,
-    description: &'static str,
-    schema: fn() -> Value,
-    call: fn(&Driver, Map<String, Value>) -> Result<Value>,
+pub(crate) struct Function {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub description: &'static str,
+    pub schema: fn() -> Value,
+    pub call: fn(&Driver, Map<String, Value>) -> Result<Value>,
 }
 
 fn no_params() -> Value {
@@ -341,7 +381,7 @@ fn id_and_timeout_schema() -> Value {
       "required": ["container_id"]})
 }
 
-fn id_only_schema() -> Value {
+pub(crate) fn id_only_schema() -> Value {
     json!({"type": "object", "properties": {"container_id": container_id_schema()},
            "required": ["container_id"]})
 }
@@ -352,8 +392,8 @@ struct NoArgs {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IdArgs {
-    container_id: String,
+pub(crate) struct IdArgs {
+    pub container_id: String,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +406,11 @@ struct IdTimeoutArgs {
 
 fn ten() -> i64 {
     10
+}
+
+/// The Python dcd's functions, then ours.
+fn functions() -> impl Iterator<Item = &'static Function> {
+    FUNCTIONS.iter().chain(crate::fleet::FUNCTIONS)
 }
 
 const FUNCTIONS: &[Function] = &[
@@ -413,7 +458,11 @@ const FUNCTIONS: &[Function] = &[
         schema: || {
             json!({"type": "object", "properties": {
                 "all_containers": {"type": "boolean", "default": false,
-                                   "description": "Include stopped containers when true."}},
+                                   "description": "Include stopped containers when true."},
+                "label": {"type": ["string", "null"], "default": null,
+                          "description": "Only containers with this label, \"key\" or \"key=value\"."},
+                "state": {"type": ["string", "null"], "default": null,
+                          "description": "Only containers in this state (running, exited, ...)."}},
               "required": []})
         },
         call: |d, p| {
@@ -422,9 +471,23 @@ const FUNCTIONS: &[Function] = &[
             struct A {
                 #[serde(default)]
                 all_containers: bool,
+                #[serde(default)]
+                label: Option<String>,
+                #[serde(default)]
+                state: Option<String>,
             }
             let a: A = args(p)?;
-            d.summaries(a.all_containers, |_| true)
+            // A state filter other than running implies looking at all containers.
+            let all = a.all_containers || a.state.as_deref().is_some_and(|s| s != "running");
+            let label = a.label.as_deref().map(|l| l.split_once('=').map_or((l, None), |(k, v)| (k, Some(v))));
+            d.summaries(all, |c| {
+                let state_ok = a.state.as_deref().is_none_or(|s| c["state"] == s);
+                let label_ok = label.is_none_or(|(k, v)| match v {
+                    Some(v) => c["labels"][k] == v,
+                    None => c["labels"].get(k).is_some(),
+                });
+                state_ok && label_ok
+            })
         },
     },
     Function {
@@ -460,10 +523,10 @@ const FUNCTIONS: &[Function] = &[
                 }
             }
             let id = d.engine.create_container(a.spec.name.as_deref(), &body)?;
-            d.state.observed(&summary(&d.engine.inspect_container(&id)?));
+            d.state_observed(&summary(&d.engine.inspect_container(&id)?));
             d.engine.start_container(&id)?;
             let container = d.summary_of(&id)?;
-            d.state.observed(&container);
+            d.state_observed(&container);
             Ok(json!({"status": "success", "container": container}))
         },
     },
@@ -761,7 +824,7 @@ impl Driver {
             let body = json!({"Image": "sim/compose:latest", "Labels": crate::spec::managed_labels()});
             let id = self.engine.create_container(Some(&name), &body)?;
             self.engine.start_container(&id)?;
-            self.state.observed(&self.summary_of(&id)?);
+            self.state_observed(&self.summary_of(&id)?);
         }
         Ok(json!({"status": "success", "stdout": format!("started {}\n", services.join(" ")),
                   "stderr": "", "project_dir": project_dir}))
@@ -818,6 +881,6 @@ mod tests {
             "State": {"Status": "running"}, "NetworkSettings": {"Ports": null}}));
         assert_eq!(s, json!({"id": "0123456789ab", "name": "web", "image": "img", "status": "running",
             "state": "running", "labels": {MANAGED_LABEL: "true"}, "ports": {}, "created": "t",
-            "managed_by_dcd": true}));
+            "managed_by_dcd": true, "endpoints": []}));
     }
 }

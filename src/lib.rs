@@ -10,6 +10,7 @@ pub mod compose;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod fleet;
 pub mod logs;
 pub mod mesh;
 pub mod policy;

@@ -6,79 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
 use serde_json::{json, Value};
 
-use dcd::driver::{Driver, Error, Event, Events};
-use dcd::engine::{sim::Sim, Engine};
-use dcd::policy::Policy;
-use dcd::state::State;
-
-struct Rig {
-    driver: Driver,
-    events: Receiver<Event>,
-    state: Option<State>,
-}
-
-impl Rig {
-    fn new(engine: Arc<dyn Engine>, simulate: bool) -> Rig {
-        let (tx, events) = bounded(10_000);
-        let ev = Events::new(tx);
-        let state = State::start(engine.clone(), 2.0, ev.clone());
-        // Compose is off on a real engine by default; these tests exercise it.
-        let policy = Policy {
-            compose: Some(true),
-            ..Policy::default()
-        };
-        let driver = Driver::new(engine, simulate, 2.0, state.handle(), ev, policy);
-        Rig {
-            driver,
-            events,
-            state: Some(state),
-        }
-    }
-
-    fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
-        let Value::Object(p) = params else {
-            panic!("params must be an object")
-        };
-        self.driver.call(method, p)
-    }
-
-    fn ok(&self, method: &str, params: Value) -> Value {
-        match self.call(method, params.clone()) {
-            Ok(v) => v,
-            Err(e) => panic!("{method} {params}: {e}"),
-        }
-    }
-
-    fn err(&self, method: &str, params: Value) -> String {
-        match self.call(method, params.clone()) {
-            Ok(v) => panic!("{method} {params} succeeded: {v}"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    /// Wait for an event matching `f`.
-    fn event(&self, what: &str, f: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Ok(e) = self.events.recv_deadline(deadline) {
-            if f(&e) {
-                return e;
-            }
-        }
-        panic!("no {what} event within 10 s");
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.driver.shutdown();
-        if let Some(s) = self.state.take() {
-            s.shutdown();
-        }
-    }
-}
+use common::{Cleanup, Rig};
+use dcd::driver::Error;
+use dcd::engine::sim::Sim;
 
 #[test]
 fn sim_serves_every_rpc() {
@@ -261,21 +193,8 @@ fn bad_inputs(rig: &Rig) {
     }
 }
 
-/// A labelled container name for the real-engine test, removed on drop.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            common::docker(&["rm", "-f", n]);
-        }
-    }
-}
-
 fn real() -> Option<(Rig, String)> {
-    let engine = common::engine()?;
-    let image = common::test_image()?;
-    Some((Rig::new(engine, false), image))
+    common::real_rig()
 }
 
 #[test]

@@ -149,6 +149,7 @@ fn script(py: &PathBuf, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg(path)
         .args(args)
         .envs(env.iter().copied());
@@ -226,7 +227,7 @@ fn nats_infra_sim() {
     let port = free_port();
     let mut nats = nats_server(port);
     let url = format!("nats://127.0.0.1:{port}");
-    let registry = script(&py, "registry.py", &[&url, &tenant], &[]);
+    let registry = script(&py, "registry.py", &["nats", &url, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
     // No discovery mode with a URL: infra, registration instead of presence (§3.1).
     let mut dcd = daemon(&id, &tenant, &[("NATS_URL", &url), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")]);
@@ -240,6 +241,30 @@ fn nats_infra_sim() {
     nats = nats_server(port);
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(20));
     drop(nats);
+    stop_daemon(&mut dcd);
+}
+
+#[test]
+fn zenoh_infra_sim() {
+    let Some(py) = python() else { return };
+    let (tenant, id) = names("zenoh-infra");
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    // The stand-in registry runs the Zenoh router the device connects to as a client.
+    let mut registry = script(&py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
+    registry.expect_line("registry ready", Duration::from_secs(15));
+    let mut dcd = daemon(&id, &tenant, &[("ZENOH_CONNECT", &endpoint)]);
+    dcd.expect_line(READY, Duration::from_secs(15));
+    registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
+    let client = [("MESSAGING_BACKEND", "zenoh"), ("ZENOH_CONNECT", &endpoint), ("TENANT", &tenant)];
+    interop(&py, &id, &[], &client);
+
+    // A new router (and registry): the device reconnects and registers again.
+    drop(registry);
+    dcd.expect_line("mesh connection lost", Duration::from_secs(5));
+    registry = script(&py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
+    registry.expect_line("registry ready", Duration::from_secs(15));
+    registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(20));
+    interop(&py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
 }
 

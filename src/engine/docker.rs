@@ -23,7 +23,7 @@ use ureq::unversioned::transport::{
 use ureq::{Agent, AsSendBody, Body};
 
 use super::stream::{Frames, JsonLines, Source};
-use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Result, Stream};
+use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
 
 /// The newest API version we speak; a newer engine is spoken to in this one.
 const OUR_NEWEST: (u32, u32) = (1, 45);
@@ -335,6 +335,11 @@ impl Engine for Docker {
         self.call_empty(Method::DELETE, &path, None, CALL_TIMEOUT)
     }
 
+    fn rename_container(&self, id: &str, name: &str) -> Result<()> {
+        let path = format!("/containers/{}/rename{}", container(id)?, query(&[("name", name)]));
+        self.call_empty(Method::POST, &path, None, CALL_TIMEOUT)
+    }
+
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
         let tail = opts
             .tail
@@ -451,6 +456,56 @@ impl Engine for Docker {
 
     fn list_images(&self) -> Result<Vec<Value>> {
         list(self.call_json(Method::GET, "/images/json", None)?)
+    }
+
+    fn stats(&self, id: &str) -> Result<Value> {
+        let path = format!("/containers/{}/stats{}", container(id)?, query(&[("stream", "0")]));
+        self.call_json(Method::GET, &path, None)
+    }
+
+    fn list_objects(&self, kind: Object) -> Result<Vec<Value>> {
+        match kind {
+            Object::Network => list(self.call_json(Method::GET, "/networks", None)?),
+            Object::Volume => {
+                // An engine with no volumes says `"Volumes": null`.
+                match self.call_json(Method::GET, "/volumes", None)?["Volumes"].take() {
+                    Value::Null => Ok(Vec::new()),
+                    v => list(v),
+                }
+            }
+        }
+    }
+
+    fn create_object(&self, kind: Object, body: &Value) -> Result<Value> {
+        let path = match kind {
+            Object::Network => "/networks/create",
+            Object::Volume => "/volumes/create",
+        };
+        self.call_json(Method::POST, path, Some(body))
+    }
+
+    fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()> {
+        let path = match kind {
+            Object::Network => format!("/networks/{}", segment(id)?),
+            Object::Volume => format!("/volumes/{}{}", segment(id)?, query(&[("force", flag(force))])),
+        };
+        self.call_empty(Method::DELETE, &path, None, CALL_TIMEOUT)
+    }
+
+    fn connect_network(&self, network: &str, id: &str) -> Result<()> {
+        let path = format!("/networks/{}/connect", segment(network)?);
+        self.call_empty(Method::POST, &path, Some(&json!({ "Container": id })), CALL_TIMEOUT)
+    }
+
+    fn remove_image(&self, reference: &str, force: bool) -> Result<Value> {
+        let path = format!("/images/{}{}", segment(reference)?, query(&[("force", flag(force))]));
+        self.call_json(Method::DELETE, &path, None)
+    }
+
+    fn prune_images(&self, filters: &Value) -> Result<Value> {
+        let path = format!("/images/prune{}", query(&[("filters", &filters.to_string())]));
+        let resp = self.send(Method::POST, &path, None, PULL_TIMEOUT)?;
+        self.read_json(resp)
     }
 
     fn events(&self, since: Option<f64>) -> Result<Stream> {

@@ -93,6 +93,13 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
+/// Named engine objects managed alike: list, create, remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    Network,
+    Volume,
+}
+
 /// The blocking engine interface. Ids may be full ids, id prefixes or names
 /// wherever the Engine API accepts them.
 pub trait Engine: Send + Sync {
@@ -110,6 +117,7 @@ pub trait Engine: Send + Sync {
     fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()>;
     fn restart_container(&self, id: &str, timeout_s: i64) -> Result<()>;
     fn remove_container(&self, id: &str, force: bool) -> Result<()>;
+    fn rename_container(&self, id: &str, name: &str) -> Result<()>;
     /// The raw log stream: multiplexed frames unless `tty`, in which case raw bytes.
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream>;
     /// Run `cmd` once (no TTY) and collect its output and exit code.
@@ -120,6 +128,20 @@ pub trait Engine: Send + Sync {
     fn pull_image(&self, image: &str) -> Result<Vec<String>>;
     /// `GET /images/json` entries (Id, RepoTags, Size, Created as epoch int).
     fn list_images(&self) -> Result<Vec<Value>>;
+    /// One stats sample (`GET /containers/{id}/stats?stream=false`).
+    fn stats(&self, id: &str) -> Result<Value>;
+    /// Networks or volumes, as the Engine API lists them.
+    fn list_objects(&self, kind: Object) -> Result<Vec<Value>>;
+    /// Create a network or volume from an Engine API body; returns what the
+    /// engine answers (`{"Id"}` for a network, the volume for a volume).
+    fn create_object(&self, kind: Object, body: &Value) -> Result<Value>;
+    fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()>;
+    /// Attach container `id` to `network`.
+    fn connect_network(&self, network: &str, id: &str) -> Result<()>;
+    /// `DELETE /images/{name}`: what was untagged and deleted.
+    fn remove_image(&self, reference: &str, force: bool) -> Result<Value>;
+    /// `POST /images/prune` with Engine API `filters`.
+    fn prune_images(&self, filters: &Value) -> Result<Value>;
     /// `GET /events` filtered to containers, as a JSON-lines stream, from
     /// `since` (Unix seconds) when given.
     fn events(&self, since: Option<f64>) -> Result<Stream>;

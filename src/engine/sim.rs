@@ -9,12 +9,14 @@ use std::sync::Mutex;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Value};
 
-use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Result, Stream};
+use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
 
 #[derive(Default)]
 struct World {
     containers: BTreeMap<String, Value>,
     images: Vec<String>,
+    /// Networks and volumes by name, as the engine lists them.
+    objects: BTreeMap<(u8, String), Value>,
     subscribers: Vec<Sender<Vec<u8>>>,
 }
 
@@ -202,6 +204,16 @@ impl Engine for Sim {
         Ok(())
     }
 
+    fn rename_container(&self, id: &str, name: &str) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        if w.containers.values().any(|c| c["Name"] == format!("/{name}").as_str()) {
+            return Err(EngineError::Conflict(format!("the container name \"/{name}\" is already in use")));
+        }
+        w.containers.get_mut(&id).expect("id from find")["Name"] = json!(format!("/{name}"));
+        Ok(())
+    }
+
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
         let name = {
             let w = self.world();
@@ -247,6 +259,72 @@ impl Engine for Sim {
             .enumerate()
             .map(|(i, tag)| json!({"Id": format!("sha256:{:064x}", i + 1), "RepoTags": [tag], "Size": 1_048_576, "Created": 1_767_225_600}))
             .collect())
+    }
+
+    fn stats(&self, id: &str) -> Result<Value> {
+        let w = self.world();
+        let id = w.find(id)?;
+        let running = w.containers[&id]["State"]["Status"] == "running";
+        let cpu = |total: u64, system: u64| json!({"cpu_usage": {"total_usage": total}, "system_cpu_usage": system, "online_cpus": 4});
+        Ok(json!({
+            "cpu_stats": if running { cpu(2_000_000, 40_000_000) } else { cpu(0, 0) },
+            "precpu_stats": if running { cpu(1_000_000, 20_000_000) } else { cpu(0, 0) },
+            "memory_stats": {"usage": if running { 8 << 20 } else { 0 }, "limit": 1u64 << 30, "stats": {}},
+            "networks": {"eth0": {"rx_bytes": 1024, "tx_bytes": 512}},
+            "blkio_stats": {"io_service_bytes_recursive": []},
+            "pids_stats": {"current": u32::from(running)},
+        }))
+    }
+
+    fn list_objects(&self, kind: Object) -> Result<Vec<Value>> {
+        Ok(self.world().objects.iter().filter(|((k, _), _)| *k == kind as u8).map(|(_, v)| v.clone()).collect())
+    }
+
+    fn create_object(&self, kind: Object, body: &Value) -> Result<Value> {
+        let name = body["Name"].as_str().unwrap_or_default().to_string();
+        let mut w = self.world();
+        if w.objects.contains_key(&(kind as u8, name.clone())) {
+            return Err(EngineError::Conflict(format!("{name} already exists")));
+        }
+        let id = crate::rpc::random_hex(64);
+        let v = json!({"Id": id, "Name": name, "Labels": body["Labels"], "Driver": body["Driver"].as_str().unwrap_or("local")});
+        w.objects.insert((kind as u8, name), v.clone());
+        Ok(v)
+    }
+
+    fn remove_object(&self, kind: Object, id: &str, _force: bool) -> Result<()> {
+        let mut w = self.world();
+        let key = w.objects.iter().find(|((k, n), v)| *k == kind as u8 && (n == id || v["Id"] == id)).map(|(k, _)| k.clone());
+        match key {
+            Some(k) => {
+                w.objects.remove(&k);
+                Ok(())
+            }
+            None => Err(EngineError::NotFound(format!("no such {kind:?}: {id}"))),
+        }
+    }
+
+    fn connect_network(&self, network: &str, id: &str) -> Result<()> {
+        let w = self.world();
+        w.find(id)?;
+        match w.objects.contains_key(&(Object::Network as u8, network.to_string())) {
+            true => Ok(()),
+            false => Err(EngineError::NotFound(format!("network {network} not found"))),
+        }
+    }
+
+    fn remove_image(&self, reference: &str, _force: bool) -> Result<Value> {
+        let mut w = self.world();
+        let before = w.images.len();
+        w.images.retain(|i| i != reference);
+        match w.images.len() < before {
+            true => Ok(json!([{"Untagged": reference}])),
+            false => Err(EngineError::NotFound(format!("No such image: {reference}"))),
+        }
+    }
+
+    fn prune_images(&self, _filters: &Value) -> Result<Value> {
+        Ok(json!({"ImagesDeleted": null, "SpaceReclaimed": 0}))
     }
 
     fn events(&self, _since: Option<f64>) -> Result<Stream> {

@@ -336,6 +336,9 @@ impl Core {
             return;
         }
         self.connected = true;
+        if self.presence.is_some() || self.registration.is_some() {
+            log::info!("mesh connection back");
+        }
         self.next_heartbeat = now;
         if self.d2d {
             let peers = self.presence.take().map(|p| p.peers).unwrap_or_default();
@@ -348,6 +351,9 @@ impl Core {
     }
 
     fn disconnected(&mut self) {
+        if self.connected {
+            log::warn!("mesh connection lost; events wait for it to come back");
+        }
         self.connected = false;
     }
 

@@ -32,6 +32,8 @@ enum Msg {
     Down,
     /// The server has confirmed our subscriptions.
     Ready,
+    /// Any other client event, such as a failed connection attempt.
+    Note(String),
     Incoming(Sub, Message),
     Reply(Subject, Vec<u8>),
     Registered(String, Result<Vec<u8>, String>),
@@ -78,7 +80,7 @@ fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOpti
                 match event {
                     async_nats::Event::Connected => drop(tx.send(Msg::Up)),
                     async_nats::Event::Disconnected => drop(tx.send(Msg::Down)),
-                    other => log::info!("NATS: {other}"),
+                    other => drop(tx.send(Msg::Note(other.to_string()))),
                 }
             }
         });
@@ -254,6 +256,8 @@ async fn serve(
             }
         });
     }
+    // Reconnect attempts repeat the same error every few seconds: say it once.
+    let mut last_note = String::new();
     loop {
         for out in core.due(Instant::now()) {
             send(&client, tx, out).await;
@@ -269,6 +273,7 @@ async fn serve(
             Some(Msg::Event(ev)) => core.push_event(ev),
             Some(Msg::Publish(p)) => core.push_publish(p),
             Some(Msg::Up) => {
+                last_note.clear();
                 core.connected(now);
                 // Subscriptions were sent before this flush, so its PONG means they are in place.
                 let (client, tx) = (client.clone(), tx.clone());
@@ -280,6 +285,12 @@ async fn serve(
             }
             Some(Msg::Down) => core.disconnected(),
             Some(Msg::Ready) => log::info!("mesh ready"),
+            Some(Msg::Note(note)) => {
+                if note != last_note {
+                    log::warn!("NATS: {note}");
+                    last_note = note;
+                }
+            }
             Some(Msg::Incoming(sub, m)) => {
                 let reply = m.reply.map(|inbox| {
                     let tx = tx.clone();
@@ -302,7 +313,7 @@ async fn serve(
     if let Some(out) = core.departure() {
         send(&client, tx, out).await;
     }
-    if tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await.is_err() {
+    if core.connected && tokio::time::timeout(FLUSH_TIMEOUT, client.flush()).await.is_err() {
         log::warn!("NATS: flush at shutdown timed out");
     }
     Ok(())

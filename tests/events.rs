@@ -1,0 +1,914 @@
+//! Issue #4, "Events that never miss": `container_state_changed` and
+//! `container_log_line` against the real engine. Fast flips and engine-side
+//! changes go through the daemon, a nats-server and the unmodified Python
+//! agent tools; an engine outage, log content, follow lifetimes and
+//! backpressure are checked in process (driver and state threads), where the
+//! engine can be wrapped and the process measured.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+use serde_json::{json, Value};
+
+use dcd::driver::{Driver, Error, Event, Events, LOG_LINE, STATE_CHANGED};
+use dcd::engine::{docker::Docker, Engine};
+use dcd::policy::Policy;
+use dcd::state::State;
+
+const DOCKER_SOCK: &str = "/var/run/docker.sock";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The `docker` CLI, which must succeed: the engine's own hand, not ours.
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Test containers, removed on drop whatever happened.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            common::docker(&["rm", "-f", n]);
+        }
+    }
+}
+
+/// `docker create` a labelled container named `name` running `cmd`.
+fn create(image: &str, name: &str, cmd: &[&str]) {
+    let mut args = vec!["create", "--label", "dcd-test=1", "--name", name, image];
+    args.extend_from_slice(cmd);
+    docker(&args);
+}
+
+/// Each container's transitions as `previous>state` (`null` for none), in arrival order.
+#[derive(Default)]
+struct Chains(HashMap<String, Vec<String>>);
+
+impl Chains {
+    fn push(&mut self, params: &Value) {
+        let prev = params["previous_state"].as_str().unwrap_or("null");
+        let state = params["state"].as_str().unwrap_or("?");
+        let name = params["name"].as_str().unwrap_or_default().to_string();
+        self.0
+            .entry(name)
+            .or_default()
+            .push(format!("{prev}>{state}"));
+    }
+
+    /// `name`'s transitions once `want` of them arrived (or `within` passed), taking
+    /// state-change params from `next` meanwhile.
+    fn wait(
+        &mut self,
+        name: &str,
+        want: usize,
+        within: Duration,
+        mut next: impl FnMut(Instant) -> Option<Value>,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        while self.0.get(name).map_or(0, Vec::len) < want {
+            match next(deadline) {
+                Some(p) => self.push(&p),
+                None => break,
+            }
+        }
+        self.0.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// Each element's `previous_state` is the one before's `state`.
+fn assert_chained(name: &str, chain: &[String]) {
+    for pair in chain.windows(2) {
+        let before = pair[0].split('>').nth(1).unwrap();
+        assert!(
+            pair[1].starts_with(&format!("{before}>")),
+            "{name}: broken chain {chain:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the mesh: daemon + nats-server + the Python agent tools
+// ---------------------------------------------------------------------------------------------
+
+/// tests/py/events.py: the events the Python agent tools receive, one JSON object a line.
+struct Subscriber {
+    child: Child,
+    lines: Receiver<Value>,
+}
+
+impl Subscriber {
+    fn spawn(py: &Path, id: &str, tenant: &str, port: u16) -> Subscriber {
+        let mut child = Command::new(py)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("MESSAGING_BACKEND", "nats")
+            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+            .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
+            .env("TENANT", tenant)
+            .arg(format!("{}/tests/py/events.py", env!("CARGO_MANIFEST_DIR")))
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => eprintln!("[events.py] {line}"),
+                }
+            }
+        });
+        let s = Subscriber { child, lines };
+        let ready = s.lines.recv_timeout(Duration::from_secs(60));
+        assert!(
+            ready.as_ref().is_ok_and(|v| v["ready"] == true),
+            "events.py not ready: {ready:?}"
+        );
+        s
+    }
+
+    /// The params of the next `container_state_changed` before `deadline`.
+    fn next_state(&self, deadline: Instant) -> Option<Value> {
+        loop {
+            let m = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()?;
+            if m["method"] == STATE_CHANGED {
+                return Some(m["params"].clone());
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nats-server, the daemon on the real engine and a Python subscriber, all on loopback.
+struct Mesh {
+    sub: Subscriber,
+    _dcd: common::Proc,
+    _nats: common::Proc,
+    image: String,
+    chains: Chains,
+}
+
+impl Mesh {
+    fn start(tag: &str) -> Option<Mesh> {
+        common::engine()?;
+        let image = common::test_image()?;
+        let py = common::python()?;
+        if !common::nats_installed() {
+            return None;
+        }
+        let port = common::free_port();
+        let nats = common::nats_server(port);
+        let (tenant, id) = (
+            format!("ev-{tag}-{}", std::process::id()),
+            format!("dcd-ev-{tag}"),
+        );
+        let dcd = common::dcd_on_nats(&id, &tenant, port, &[], &[]);
+        dcd.expect_line(common::READY, Duration::from_secs(15));
+        let sub = Subscriber::spawn(&py, &id, &tenant, port);
+        Some(Mesh {
+            sub,
+            _dcd: dcd,
+            _nats: nats,
+            image,
+            chains: Chains::default(),
+        })
+    }
+
+    fn chain(&mut self, name: &str, want: usize) -> Vec<String> {
+        self.chain_within(name, want, WAIT)
+    }
+
+    fn chain_within(&mut self, name: &str, want: usize, within: Duration) -> Vec<String> {
+        let sub = &self.sub;
+        self.chains.wait(name, want, within, |d| sub.next_state(d))
+    }
+}
+
+#[test]
+fn mesh_fast_flips_arrive_in_order() {
+    let Some(mut mesh) = Mesh::start("flips") else {
+        return;
+    };
+    let (flip, kill) = (common::unique("flip"), common::unique("kill50"));
+    let _c = Cleanup(vec![flip.clone(), kill.clone()]);
+    create(&mesh.image, &flip, &["sh", "-c", "exit 0"]);
+    for _ in 0..5 {
+        // -a waits for the exit, so each start is a new run.
+        docker(&["start", "-a", &flip]);
+    }
+    create(&mesh.image, &kill, &["sleep", "300"]);
+    docker(&["start", &kill]);
+    std::thread::sleep(Duration::from_millis(50));
+    docker(&["kill", &kill]);
+    docker(&["rm", &flip, &kill]);
+
+    let mut want = vec![
+        "null>created".to_string(),
+        "created>running".into(),
+        "running>exited".into(),
+    ];
+    for _ in 1..5 {
+        want.extend(["exited>running".to_string(), "running>exited".into()]);
+    }
+    want.push("exited>removed".into());
+    assert_eq!(mesh.chain(&flip, want.len()), want, "{flip}");
+    let want = [
+        "null>created",
+        "created>running",
+        "running>exited",
+        "exited>removed",
+    ];
+    assert_eq!(mesh.chain(&kill, want.len()), want, "{kill}");
+    // Nothing after the removal.
+    assert_eq!(
+        mesh.chain_within(&flip, usize::MAX, Duration::from_millis(500))
+            .len(),
+        12
+    );
+}
+
+#[test]
+fn mesh_engine_side_changes_arrive() {
+    let Some(mut mesh) = Mesh::start("cli") else {
+        return;
+    };
+    let names = ["stop", "kill", "rmf"].map(common::unique);
+    let _c = Cleanup(names.to_vec());
+    for n in &names {
+        docker(&[
+            "run",
+            "-d",
+            "--label",
+            "dcd-test=1",
+            "--name",
+            n,
+            &mesh.image,
+            "sleep",
+            "300",
+        ]);
+    }
+    for n in &names {
+        assert_eq!(mesh.chain(n, 2), ["null>created", "created>running"], "{n}");
+    }
+    docker(&["stop", "-t", "1", &names[0]]);
+    docker(&["kill", &names[1]]);
+    docker(&["rm", "-f", &names[2]]);
+    assert_eq!(mesh.chain(&names[0], 3)[2..], ["running>exited"]);
+    assert_eq!(mesh.chain(&names[1], 3)[2..], ["running>exited"]);
+    assert_eq!(
+        mesh.chain(&names[2], 4)[2..],
+        ["running>exited", "exited>removed"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// In process: driver and state threads
+// ---------------------------------------------------------------------------------------------
+
+/// The driver and state threads with an event queue of `queue` slots.
+struct Rig {
+    driver: Driver,
+    events: crossbeam_channel::Receiver<Event>,
+    state: Option<State>,
+    chains: Chains,
+}
+
+impl Rig {
+    fn new(engine: Arc<dyn Engine>, queue: usize, poll_hz: f64) -> Rig {
+        let (tx, events) = bounded(queue);
+        let ev = Events::new(tx);
+        let state = State::start(engine.clone(), poll_hz, ev.clone());
+        let driver = Driver::new(
+            engine,
+            false,
+            poll_hz,
+            state.handle(),
+            ev,
+            Policy::default(),
+        );
+        Rig {
+            driver,
+            events,
+            state: Some(state),
+            chains: Chains::default(),
+        }
+    }
+
+    fn call(&self, method: &str, params: Value) -> std::result::Result<Value, Error> {
+        let Value::Object(p) = params else {
+            panic!("params must be an object")
+        };
+        self.driver.call(method, p)
+    }
+
+    fn ok(&self, method: &str, params: Value) -> Value {
+        self.call(method, params.clone())
+            .unwrap_or_else(|e| panic!("{method} {params}: {e}"))
+    }
+
+    fn follows(&self) -> Value {
+        self.ok("get_status", json!({}))["log_follow_active"].clone()
+    }
+
+    /// Wait until no follow is active.
+    fn follows_end(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.follows() != json!([]) {
+            assert!(
+                Instant::now() < deadline,
+                "follows still active: {}",
+                self.follows()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn chain(&mut self, name: &str, want: usize) -> Vec<String> {
+        let events = &self.events;
+        self.chains.wait(name, want, WAIT, |deadline| loop {
+            let e = events.recv_deadline(deadline).ok()?;
+            if e.name == STATE_CHANGED {
+                return Some(e.params);
+            }
+        })
+    }
+
+    /// `container_log_line` params for `key` until `until` matches one (included).
+    fn log_lines(&self, key: &str, until: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::new();
+        loop {
+            let e = self
+                .events
+                .recv_deadline(deadline)
+                .unwrap_or_else(|_| panic!("no end of {key}'s log"));
+            if e.name == LOG_LINE && e.params["container_id"] == key {
+                let last = until(&e.params);
+                got.push(e.params);
+                if last {
+                    return got;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.driver.shutdown();
+        if let Some(s) = self.state.take() {
+            s.shutdown();
+        }
+    }
+}
+
+/// A unix socket that passes every connection through to the engine's, and can be cut (every
+/// connection closed, the socket gone) and restored. It counts the container list requests that
+/// go through it, and with `replay` false it strips `since` from `/events` requests, as an
+/// engine restarted during the outage would have nothing to replay.
+struct Relay {
+    path: PathBuf,
+    tap: Arc<Tap>,
+    open: Arc<Mutex<Vec<UnixStream>>>,
+    accepting: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+struct Tap {
+    lists: AtomicUsize,
+    replay: bool,
+}
+
+impl Tap {
+    /// Copy requests to the engine, looking at each request line on the way.
+    fn forward(&self, mut from: UnixStream, mut to: UnixStream) {
+        const LIST: &[u8] = b"/containers/json";
+        let mut buf = vec![0u8; 64 * 1024];
+        // The end of the previous read, so a request line cut by a read still counts.
+        let mut tail: Vec<u8> = Vec::new();
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            let mut chunk = buf[..n].to_vec();
+            if !self.replay && chunk.windows(8).any(|w| w == b"/events?") {
+                strip_query(&mut chunk, b"&since=");
+            }
+            let seen = [&tail[..], &chunk[..]].concat();
+            let new = seen
+                .windows(LIST.len())
+                .enumerate()
+                .filter(|(i, w)| *w == LIST && i + LIST.len() > tail.len());
+            self.lists.fetch_add(new.count(), Ordering::SeqCst);
+            tail = seen[seen.len().saturating_sub(LIST.len() - 1)..].to_vec();
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn lists(&self) -> usize {
+        self.lists.load(Ordering::SeqCst)
+    }
+}
+
+/// Remove `key` (`&name=`) and its value from the first request line in `chunk`.
+fn strip_query(chunk: &mut Vec<u8>, key: &[u8]) {
+    let Some(at) = chunk.windows(key.len()).position(|w| w == key) else {
+        return;
+    };
+    let len = chunk[at + 1..]
+        .iter()
+        .position(|&b| b == b'&' || b == b' ')
+        .map_or(0, |n| n + 1);
+    chunk.drain(at..at + len);
+}
+
+impl Relay {
+    fn new(tag: &str, replay: bool) -> Relay {
+        let path =
+            std::env::temp_dir().join(format!("dcd-relay-{tag}-{}.sock", std::process::id()));
+        let tap = Arc::new(Tap {
+            lists: 0.into(),
+            replay,
+        });
+        let mut r = Relay {
+            path,
+            tap,
+            open: Arc::default(),
+            accepting: None,
+        };
+        r.restore();
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    fn restore(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("bind relay socket");
+        let (stop, open, tap) = (
+            Arc::new(AtomicBool::new(false)),
+            self.open.clone(),
+            self.tap.clone(),
+        );
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let (Ok(client), Ok(engine)) = (client, UnixStream::connect(DOCKER_SOCK))
+                    else {
+                        continue;
+                    };
+                    let both = |from: &UnixStream, to: &UnixStream| {
+                        (from.try_clone().unwrap(), to.try_clone().unwrap())
+                    };
+                    let (c, e) = both(&client, &engine);
+                    let tap = tap.clone();
+                    std::thread::spawn(move || {
+                        tap.forward(c.try_clone().unwrap(), e.try_clone().unwrap());
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                        let _ = e.shutdown(std::net::Shutdown::Both);
+                    });
+                    let (mut e, mut c) = both(&engine, &client);
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut e, &mut c);
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                        let _ = e.shutdown(std::net::Shutdown::Both);
+                    });
+                    open.lock().unwrap().extend([client, engine]);
+                }
+            }
+        });
+        self.accepting = Some((stop, thread));
+    }
+
+    fn cut(&mut self) {
+        if let Some((stop, thread)) = self.accepting.take() {
+            stop.store(true, Ordering::SeqCst);
+            // Wakes the accept loop so it sees `stop`.
+            let _ = UnixStream::connect(&self.path);
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The state thread through a relay that is cut for a while: what changed during the outage
+/// is reported once the engine is back, and later transitions are reported again; the state
+/// thread lists containers only while the stream is down.
+fn outage(tag: &str, replay: bool) {
+    let (Some(_), Some(image)) = (common::engine(), common::test_image()) else {
+        return;
+    };
+    let mut relay = Relay::new(tag, replay);
+    let tap = relay.tap.clone();
+    let mut rig = Rig::new(
+        Arc::new(Docker::connect(Some(&relay.host())).unwrap()),
+        10_000,
+        2.0,
+    );
+    let names = ["a", "b", "c"].map(|n| common::unique(&format!("{tag}-{n}")));
+    let _c = Cleanup(names.to_vec());
+    // Give the stream time to connect, so these arrive as events.
+    std::thread::sleep(Duration::from_millis(500));
+    for n in &names[..2] {
+        docker(&[
+            "run",
+            "-d",
+            "--label",
+            "dcd-test=1",
+            "--name",
+            n,
+            &image,
+            "sleep",
+            "300",
+        ]);
+        assert_eq!(rig.chain(n, 2), ["null>created", "created>running"], "{n}");
+    }
+
+    // While events flow nothing polls.
+    let lists = tap.lists();
+    docker(&["restart", "-t", "0", &names[0]]);
+    assert_eq!(
+        rig.chain(&names[0], 4)[2..],
+        ["running>exited", "exited>running"]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let flowing = tap.lists() - lists;
+
+    relay.cut();
+    let lists = tap.lists();
+    docker(&["stop", "-t", "0", &names[0]]);
+    docker(&["rm", "-f", &names[1]]);
+    docker(&[
+        "run",
+        "-d",
+        "--label",
+        "dcd-test=1",
+        "--name",
+        &names[2],
+        &image,
+        "sleep",
+        "300",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let down = tap.lists() - lists;
+    relay.restore();
+
+    assert_eq!(rig.chain(&names[0], 5)[4..], ["running>exited"]);
+    let b = rig.chain(&names[1], 3);
+    let c = rig.chain(&names[2], 1);
+    if replay {
+        // The engine's own record of the outage, in order.
+        assert_eq!(b[2..], ["running>exited", "exited>removed"]);
+        assert_eq!(c[..], ["null>created"]);
+        assert_eq!(rig.chain(&names[2], 2)[1..], ["created>running"]);
+    } else {
+        // Only what the list after the reconnect shows.
+        assert_eq!(b[2..], ["running>removed"]);
+        assert_eq!(c[..], ["null>running"]);
+    }
+    // Polling stops once the stream is back (the follower may still be in its backoff).
+    let back = Instant::now();
+    let mut lists = tap.lists();
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = tap.lists();
+        if now == lists {
+            break;
+        }
+        lists = now;
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "still polling {:?} after the restore",
+            back.elapsed()
+        );
+    }
+    let polled_for = back.elapsed().saturating_sub(Duration::from_millis(1500));
+    docker(&["start", &names[0]]);
+    docker(&["stop", "-t", "0", &names[2]]);
+    assert_eq!(rig.chain(&names[0], 6)[5..], ["exited>running"]);
+    let n = rig.chain(&names[2], 0).len();
+    assert_eq!(rig.chain(&names[2], n + 1)[n..], ["running>exited"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = tap.lists() - lists;
+    for (n, chain) in &rig.chains.0 {
+        assert_chained(n, chain);
+    }
+    eprintln!(
+        "{tag}: list calls: {flowing} in 2 s of events, {down} in 2 s of outage, {after} in 1 s after; \
+         polling stopped within {:?} of the restore",
+        polled_for
+    );
+    assert_eq!((flowing, after), (0, 0), "polled while events flowed");
+    assert!(down >= 2, "did not poll during the outage ({down})");
+}
+
+#[test]
+fn outage_is_replayed_then_reconciled() {
+    outage("replay", true);
+}
+
+#[test]
+fn outage_without_replay_is_reconciled() {
+    outage("reconcile", false);
+}
+
+/// Start `script` in a labelled container through the driver; returns its 12-char id.
+fn provision(rig: &Rig, image: &str, name: &str, script: &str) -> String {
+    let c = rig.ok(
+        "provision_container",
+        json!({"spec": {"image": image, "name": name, "command": ["sh", "-c", script], "labels": {"dcd-test": "1"}}}),
+    );
+    c["container"]["id"].as_str().unwrap().to_string()
+}
+
+fn real_rig(queue: usize) -> Option<(Rig, String)> {
+    let engine = common::engine()?;
+    let image = common::test_image()?;
+    Some((Rig::new(engine, queue, 2.0), image))
+}
+
+#[test]
+fn follow_delivers_every_line_once_intact() {
+    let Some((rig, image)) = real_rig(10_000) else {
+        return;
+    };
+    let name = common::unique("lines");
+    let _c = Cleanup(vec![name.clone()]);
+    // The json-file log driver cuts lines at 16 KiB and turns a character it cuts into U+FFFD
+    // before we see it, so the long line's two-byte characters start on even offsets; the cuts
+    // in our frames and reads fall where they may.
+    let script = r"sleep 1
+printf 'caf\303'; sleep 0.1; printf '\251 out\n'
+printf 'err-\342\202' >&2; sleep 0.1; printf '\254\n' >&2
+printf 'part'; echo between >&2; sleep 0.1; echo ial
+yes é | head -n 51200 | tr -d '\n'; echo END
+echo done >&2";
+    provision(&rig, &image, &name, script);
+    rig.ok(
+        "container_logs",
+        json!({"container_id": name, "follow": true, "tail": -1}),
+    );
+    let got = rig.log_lines(&name, |p| p["line"] == "done");
+    let long = format!("{}END", "é".repeat(51_200));
+    let lines: Vec<(&str, &str)> = got
+        .iter()
+        .map(|p| (p["stream"].as_str().unwrap(), p["line"].as_str().unwrap()))
+        .collect();
+    let of = |stream| {
+        lines
+            .iter()
+            .filter(|l| l.0 == stream)
+            .map(|l| l.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of("stderr"), ["err-€", "between", "done"]);
+    let stdout = of("stdout");
+    assert_eq!(
+        stdout.len(),
+        3,
+        "{:?}",
+        stdout
+            .iter()
+            .map(|l| &l[..l.len().min(40)])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(stdout[..2], ["café out", "partial"]);
+    assert!(
+        stdout[2] == long,
+        "long line: {} bytes, {} U+FFFD",
+        stdout[2].len(),
+        stdout[2].matches('\u{fffd}').count()
+    );
+    // The container has exited: its follow ends by itself.
+    rig.follows_end();
+}
+
+#[test]
+fn stop_is_prompt_and_follows_end_with_their_container() {
+    let Some((rig, image)) = real_rig(10_000) else {
+        return;
+    };
+    let (quiet, short) = (common::unique("quiet"), common::unique("short"));
+    let _c = Cleanup(vec![quiet.clone(), short.clone()]);
+    provision(&rig, &image, &quiet, "exec sleep 300");
+    provision(&rig, &image, &short, "echo hello; sleep 1");
+    rig.ok(
+        "container_logs",
+        json!({"container_id": short, "follow": true}),
+    );
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        rig.ok(
+            "container_logs",
+            json!({"container_id": quiet, "follow": true}),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        assert_eq!(
+            rig.ok("stop_container_logs", json!({"container_id": quiet}))["stopped"],
+            true
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("stop_container_logs on a silent container: slowest of 5 took {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "stop took {slowest:?}"
+    );
+    assert_eq!(rig.log_lines(&short, |_| true)[0]["line"], "hello");
+    rig.follows_end();
+}
+
+/// Runs the calling test alone in a child process of this test binary, so the threads and
+/// memory measured are its own. True in the child (run the test), false in the parent.
+fn isolated(test: &str) -> bool {
+    if std::env::var_os("DCD_EVENTS_ISOLATED").is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("DCD_EVENTS_ISOLATED", "1")
+        .output()
+        .expect("run the test binary");
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{test} failed in its own process");
+    false
+}
+
+fn threads_and_rss() -> (u64, u64) {
+    common::threads_and_rss(std::process::id())
+}
+
+#[test]
+fn follows_do_not_leak() {
+    if !isolated("follows_do_not_leak") {
+        return;
+    }
+    let Some((rig, image)) = real_rig(10_000) else {
+        return;
+    };
+    let name = common::unique("leak");
+    let _c = Cleanup(vec![name.clone()]);
+    let id = docker(&[
+        "run",
+        "-d",
+        "--label",
+        "dcd-test=1",
+        "--name",
+        &name,
+        &image,
+        "sleep",
+        "300",
+    ]);
+    // Ten names for one container (id prefixes), so ten follows run at once.
+    let keys: Vec<&str> = (12..22).map(|n| &id[..n]).collect();
+    let round = || {
+        for k in &keys {
+            assert_eq!(
+                rig.ok("container_logs", json!({"container_id": k, "follow": true}))["streaming"],
+                true
+            );
+        }
+        assert_eq!(rig.follows().as_array().unwrap().len(), keys.len());
+        for k in &keys {
+            assert_eq!(
+                rig.ok("stop_container_logs", json!({"container_id": k}))["stopped"],
+                true
+            );
+        }
+    };
+    round();
+    std::thread::sleep(Duration::from_millis(200));
+    let (threads0, rss0) = threads_and_rss();
+    for _ in 0..20 {
+        round();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (threads, rss) = threads_and_rss();
+    eprintln!("200 follows: threads {threads0} -> {threads}, RSS {rss0} KiB -> {rss} KiB");
+    assert_eq!(rig.follows(), json!([]));
+    assert!(threads <= threads0 + 2, "threads {threads0} -> {threads}");
+    assert!(rss <= rss0 + 4096, "RSS {rss0} KiB -> {rss} KiB");
+}
+
+#[test]
+fn backpressure_drops_and_says_so() {
+    if !isolated("backpressure_drops_and_says_so") {
+        return;
+    }
+    let Some((rig, image)) = real_rig(8) else {
+        return;
+    };
+    let name = common::unique("chatty");
+    let _c = Cleanup(vec![name.clone()]);
+    const LINES: usize = 200_000;
+    let pad = "x".repeat(100);
+    let script = format!("sleep 1; seq -f '%06g {pad}' 1 {LINES}; sleep 1; echo end");
+    provision(&rig, &image, &name, &script);
+    let (_, rss0) = threads_and_rss();
+    rig.ok(
+        "container_logs",
+        json!({"container_id": name, "follow": true, "tail": -1}),
+    );
+    // A slow consumer: one event a millisecond.
+    let (mut numbered, mut notices, mut dropped, mut last) = (0usize, 0usize, 0usize, 0usize);
+    let mut peak = rss0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let e = rig
+            .events
+            .recv_deadline(deadline)
+            .expect("the end of the chatty log");
+        if e.name != LOG_LINE {
+            continue;
+        }
+        let line = e.params["line"].as_str().unwrap();
+        if e.params["stream"] == "dcd" {
+            let n: usize = line
+                .split(' ')
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            notices += 1;
+            dropped += n;
+        } else if line == "end" {
+            break;
+        } else {
+            let n: usize = line[..6].parse().unwrap();
+            assert!(n > last, "line {n} after {last}");
+            last = n;
+            numbered += 1;
+        }
+        if numbered % 1000 == 0 {
+            peak = peak.max(threads_and_rss().1);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "{LINES} lines: {numbered} delivered, {dropped} dropped in {notices} notices; RSS {rss0} KiB, peak {peak} KiB"
+    );
+    assert!(notices > 0, "nothing was dropped");
+    assert_eq!(
+        numbered + dropped,
+        LINES,
+        "every line is delivered or counted"
+    );
+    assert!(
+        peak <= rss0 + 8192,
+        "RSS grew from {rss0} KiB to {peak} KiB"
+    );
+    rig.follows_end();
+}
