@@ -4,7 +4,7 @@
 #  1. tests/setup.sh           - packages, Docker Engine, test image, loopback registry, Python venv,
 #                                Rust musl targets (idempotent, fast when already done)
 #  2. cargo build --release
-#  3. cargo test --release     - integration tests; they read the env exported below
+#  3. cargo test               - unit and integration tests (debug build); they read the env below
 #  4. tests/deploy.sh          - compose.yaml, systemd unit, install.sh checks
 #  5. cross/build-aarch64.sh   - static aarch64 binary without Docker
 #  6. cross/smoke-qemu.sh      - that binary under qemu, one RPC from the Python agent tools
@@ -35,8 +35,8 @@ export DCD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd
 step "cargo build --release"
 cargo build --release
 
-step "cargo test --release"
-cargo test --release -- --test-threads=2
+step "cargo test"
+cargo test -- --test-threads=2
 
 step "deploy checks"
 bash tests/deploy.sh
