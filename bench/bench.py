@@ -1099,81 +1099,98 @@ class Bench:
         self.put("event_missed", missing)
 
     # --- log follow -----------------------------------------------------------------------------
-    async def client_ceiling(self, nc, size=260, n=200000):
-        """How fast this Python subscriber can count messages at all (so the harness is not the limit)."""
-        nc2 = await nats.connect(self.a.nats_url, connect_timeout=3, max_reconnect_attempts=0)
+    def log_sink(self):
+        """A subscriber callback that counts numbered log lines exactly: unique, duplicates, and
+        the lines dcd reports dropped in `stream: "dcd"` notices."""
+        st = LogCount(0, b"")
+
+        async def on_line(m):
+            st.feed(m.data)
+
+        return st, on_line
+
+    async def client_ceiling(self, nc, n=200000):
+        """How fast this very subscriber callback can take log events at all, fed by a publisher in
+        this process (so it is a lower bound): the harness must be faster than what it measures."""
+        nc2 = await nats.connect(self.a.nats_url, connect_timeout=3, max_reconnect_attempts=0,
+                                 error_cb=nats_error)
         subj = f"{self.tenant('ceil')}.x"
-        cnt = [0, 0, 0]
-
-        async def cb(m):
-            if cnt[0] == 0:
-                cnt[1] = time.perf_counter()
-            cnt[0] += 1
-            cnt[2] = time.perf_counter()
-
+        st, cb = self.log_sink()
+        st.reset(n, b'"ceil"')
         sub = await nc.subscribe(subj, cb=cb, pending_msgs_limit=2_000_000, pending_bytes_limit=1 << 30)
         await nc.flush()
-        payload = b"x" * size
-        for i in range(n):
-            await nc2.publish(subj, payload)
-            if i % 1000 == 999:
+        for i in range(1, n + 1):
+            body = ('{"jsonrpc":"2.0","method":"container_log_line","params":{"_trace_id":"0123456789abcdef",'
+                    f'"container_id":"ceil","event_id":"01234567","line":"{i:060d}","stream":"stdout",'
+                    '"ts":"2026-11-22T07:00:00Z"}}').encode()
+            await nc2.publish(subj, body)
+            if i % 1000 == 0:
                 await asyncio.sleep(0)
         await nc2.flush()
         deadline = time.time() + 30
-        while cnt[0] < n and time.time() < deadline:
+        while st.unique < n and time.time() < deadline:
             await asyncio.sleep(0.05)
         await sub.unsubscribe()
         await nc2.close()
-        return cnt[0] / max(1e-9, cnt[2] - cnt[1]), cnt[0]
+        return st.rate(), st.unique
+
+    def engine_follow(self, cid: str, n: int, limit=60.0) -> "LogCount":
+        """The floor for a live follow: the engine's own follow stream, read directly."""
+        st = LogCount(n, b"")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.sock)
+        s.settimeout(5.0)
+        s.sendall(f"GET /containers/{cid}/logs?stdout=1&stderr=1&follow=1 HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        buf, head = b"", True
+        t_end = time.time() + limit
+        try:
+            while time.time() < t_end and st.unique < n:
+                try:
+                    data = s.recv(1 << 20)
+                except socket.timeout:
+                    break  # 5 s without a byte: it is over
+                if not data:
+                    break
+                now = time.perf_counter()
+                buf += data
+                if head:
+                    if b"\r\n\r\n" not in buf:
+                        continue
+                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    head = False
+                cut = buf.rfind(b"\n") + 1
+                nums = LINE_NUM.findall(buf, 0, cut)
+                buf = buf[cut:]
+                st.add_many(nums, now)
+        finally:
+            s.close()
+        return st
 
     async def log_follow(self, nc, d):
-        """container_logs follow=true on a container writing 200,000 lines of 60 characters as fast
-        as it can. The container stays up after writing: the engine (20.10) ends a follow when the
-        container exits, even before it has sent everything, which would count the engine's loss
-        as dcd's. Lost = written - delivered; the part dcd reported in `stream: "dcd"` notices is
-        shown separately. Also: the same follow on a finished log (replay, the engine reads the
-        file at full speed), against the engine's own read of it; dcd CPU time per line."""
+        """container_logs follow=true on a container writing 200,000 numbered lines of 60 characters
+        as fast as it can (busybox awk), counted exactly at the subscriber: unique lines, duplicates
+        and lines dcd reported dropped. The container stays up after writing, so the follow does not
+        end with it. Floors: the engine's own follow of an identical container read directly (live),
+        and the engine's own read of a finished log (replay: dcd reads it at full speed)."""
         n_lines = 200000
-        line = "0123456789" * 6  # 60 characters
-        got = {"lines": 0, "first": 0.0, "last": 0.0, "dropped": 0, "notices": 0}
-        cur = [b""]
-
-        async def on_line(m):
-            now = time.perf_counter()
-            data = m.data
-            if cur[0] not in data:
-                return
-            if b'"dcd"' in data:
-                try:
-                    p = json.loads(data)["params"]
-                except (ValueError, KeyError):
-                    p = {}
-                if p.get("stream") == "dcd":
-                    got["notices"] += 1
-                    mm = re.search(r"(\d+) log lines? dropped", p.get("line", ""))
-                    if mm:
-                        got["dropped"] += int(mm.group(1))
-                    return
-            if got["lines"] == 0:
-                got["first"] = now
-            got["lines"] += 1
-            got["last"] = now
-
+        awk = f'BEGIN{{for(i=1;i<={n_lines};i++) printf "%060d\\n", i}}'
+        st, on_line = self.log_sink()
         subj = f"device-connect.{d.tenant}.{d.device_id}.event.container_log_line"
         sub = await nc.subscribe(subj, cb=on_line, pending_msgs_limit=2_000_000, pending_bytes_limit=1 << 30)
         await nc.flush()
-        res = {m: {k: Agg() for k in ("rate", "lost", "reported", "cpu_us", "floor", "rss")}
-               for m in ("live", "replay")}
+        keys = ("rate", "lost", "reported", "dups", "cpu_us", "rss", "floor_rate", "floor_lost", "floor_dups",
+                "producer")
+        res = {m: {k: Agg() for k in keys} for m in ("live", "replay")}
         for r in range(self.rounds):
             for mode in ("live", "replay"):
-                name = f"dcd-bench-{self.run_id}-log{r}{mode[0]}"
-                for k in got:
-                    got[k] = 0
-                cur[0] = f'"{name}"'.encode()
+                x = res[mode]
                 if mode == "live":  # starts writing 2 s after start; the follow is in place by then
-                    script = f"sleep 2; yes {line} | head -n {n_lines}; exec sleep 600"
+                    script = f"sleep 2; awk '{awk}'; exec sleep 600"
                 else:               # writes everything and exits before the follow starts
-                    script = f"yes {line} | head -n {n_lines}"
+                    script = f"awk '{awk}'"
+                # dcd
+                name = f"dcd-bench-{self.run_id}-log{r}{mode[0]}"
+                st.reset(n_lines, f'"{name}"'.encode())
                 cid = await adocker("run", "-d", *labels(self.run_id), "--name", name, IMAGE, "sh", "-c", script)
                 if mode == "replay":
                     await adocker("wait", name, timeout=120)
@@ -1184,7 +1201,7 @@ class Bench:
                 last_seen, last_change = -1, time.time()
                 while time.time() < deadline:
                     await asyncio.sleep(0.2)
-                    total = got["lines"] + got["dropped"]
+                    total = st.unique + st.dropped
                     if total >= n_lines:
                         break
                     if total != last_seen:
@@ -1197,15 +1214,13 @@ class Bench:
                     await nrpc(nc, d, "stop_container_logs", {"container_id": name})
                 except RpcError:
                     pass
-                x = res[mode]
-                if got["lines"] > 1:
-                    x["rate"].add(got["lines"] / max(1e-9, got["last"] - got["first"]))
-                x["lost"].add(n_lines - got["lines"])
-                x["reported"].add(got["dropped"])
-                x["cpu_us"].add((cpu1 - cpu0) / TICK * 1e6 / max(1, got["lines"] + got["dropped"]))
+                x["rate"].add(st.rate())
+                x["lost"].add(n_lines - st.unique)
+                x["reported"].add(st.dropped)
+                x["dups"].add(st.dups)
+                x["cpu_us"].add((cpu1 - cpu0) / TICK * 1e6 / max(1, st.count + st.dropped))
                 x["rss"].add(d.status()["VmRSS"] / 1024)
-                if mode == "live":
-                    # the producer's own pace, from the engine's timestamps
+                if mode == "live":  # the producer's own pace, from the engine's timestamps
                     body = await asyncio.to_thread(
                         raw_get, self.sock, f"/containers/{cid}/logs?stdout=1&stderr=1&timestamps=1", 120.0)
                     frames = [p for _, p in demux_frames(body)]
@@ -1213,29 +1228,41 @@ class Bench:
                         t_a = parse_ts(frames[0].split(b" ", 1)[0].decode())
                         t_b = parse_ts(frames[-1].split(b" ", 1)[0].decode())
                         if t_b > t_a:
-                            x["floor"].add(len(frames) / (t_b - t_a))
+                            x["producer"].add(len(frames) / (t_b - t_a))
+                await adocker("rm", "-f", name)
+                # the floor: the engine directly
+                name = f"dcd-bench-{self.run_id}-log{r}{mode[0]}f"
+                cid = await adocker("run", "-d", *labels(self.run_id), "--name", name, IMAGE, "sh", "-c", script)
+                if mode == "live":
+                    fl = await asyncio.to_thread(self.engine_follow, cid, n_lines)
+                    x["floor_rate"].add(fl.rate())
+                    x["floor_lost"].add(n_lines - fl.unique)
+                    x["floor_dups"].add(fl.dups)
                 else:
+                    await adocker("wait", name, timeout=120)
                     t0 = time.perf_counter()
                     body = await asyncio.to_thread(raw_get, self.sock, f"/containers/{cid}/logs?stdout=1&stderr=1")
-                    cnt = sum(1 for _ in demux_frames(body))
-                    x["floor"].add(cnt / (time.perf_counter() - t0))
-                    if cnt != n_lines:
-                        self.notes.append(f"the engine's own read of the finished log gave {cnt} of {n_lines} lines")
+                    nums = set(LINE_NUM.findall(body))
+                    x["floor_rate"].add(len(nums) / (time.perf_counter() - t0))
+                    x["floor_lost"].add(n_lines - len(nums))
                 await adocker("rm", "-f", name)
         await sub.unsubscribe()
         lv, rp = res["live"], res["replay"]
-        self.row("logs", f"live follow, {n_lines} lines of 60 chars", lv["rate"].fmt("{:.0f}", " lines/s"),
-                 f"producer {lv['floor'].fmt('{:.0f}', '/s')}", "", "",
-                 "≥ 20000 lines/s", verdict(lv["rate"].med >= 20000))
+        f0 = "{:.0f}"
+        self.row("logs", f"live follow, {n_lines} lines of 60 chars", lv["rate"].fmt(f0, " lines/s"),
+                 f"engine follow {lv['floor_rate'].fmt(f0, '/s')}",
+                 f"×{Agg([a / b for a, b in zip(lv['rate'].v, lv['floor_rate'].v)]).fmt('{:.2f}')}", "",
+                 "≥ 20000 lines/s", verdict(lv["rate"].med >= 20000) + f" (producer {lv['producer'].fmt(f0, '/s')})")
         self.row("logs", "  live: lines lost (of them reported dropped)",
-                 f"{lv['lost'].fmt('{:.0f}')} ({lv['reported'].fmt('{:.0f}')})", "", "", "", "0",
-                 verdict(lv["lost"].hi == 0))
+                 f"{lv['lost'].fmt(f0)} ({lv['reported'].fmt(f0)})",
+                 f"engine follow lost {lv['floor_lost'].fmt(f0)}", "", "", "0",
+                 verdict(lv["lost"].hi == 0) + f"; duplicates: dcd {lv['dups'].fmt(f0)}, engine {lv['floor_dups'].fmt(f0)}")
         self.row("logs", "  live: dcd CPU per line", lv["cpu_us"].fmt("{:.1f}", " µs"), "", "", "", "",
                  f"RSS after {lv['rss'].fmt('{:.1f}', ' MiB')}")
-        self.row("logs", "  replay of a finished log (tail=all)", rp["rate"].fmt("{:.0f}", " lines/s"),
-                 f"engine read {rp['floor'].fmt('{:.0f}', '/s')}",
-                 f"×{Agg([a / b for a, b in zip(rp['rate'].v, rp['floor'].v)]).fmt('{:.2f}')}", "", "",
-                 f"lost {rp['lost'].fmt('{:.0f}')} (reported {rp['reported'].fmt('{:.0f}')}),"
+        self.row("logs", "  replay of a finished log (tail=all)", rp["rate"].fmt(f0, " lines/s"),
+                 f"engine read {rp['floor_rate'].fmt(f0, '/s')}",
+                 f"×{Agg([a / b for a, b in zip(rp['rate'].v, rp['floor_rate'].v)]).fmt('{:.2f}')}", "", "",
+                 f"lost {rp['lost'].fmt(f0)} (reported {rp['reported'].fmt(f0)}),"
                  f" {rp['cpu_us'].fmt('{:.1f}', ' µs')} CPU/line")
         for mode in ("live", "replay"):
             for k, v in res[mode].items():
@@ -1244,7 +1271,7 @@ class Bench:
     # --- the whole run --------------------------------------------------------------------------
     async def run(self):
         nc = await nats.connect(self.a.nats_url, connect_timeout=3, max_reconnect_attempts=3,
-                                pending_size=64 << 20)
+                                pending_size=64 << 20, error_cb=nats_error)
         try:
             return await self._run(nc)
         finally:
@@ -1307,6 +1334,66 @@ class Bench:
             d.stop()
         return {"startup": startup, "rss_nats": rss_n, "rss_zenoh": rss_z, "p50": p50, "cpu": cpu,
                 "delta_nats": delta_n, "delta_zenoh": delta_z}
+
+
+LINE_NUM = re.compile(rb"(\d{60})")
+LINE_FIELD = re.compile(rb'"line":"(\d{60})"')
+DROPPED = re.compile(r"(\d+) log lines? dropped")
+
+
+class LogCount:
+    """Exact accounting of numbered log lines (1..n): unique, duplicates, reported drops, pace."""
+
+    def __init__(self, n: int, tag: bytes):
+        self.reset(n, tag)
+
+    def reset(self, n: int, tag: bytes):
+        self.n, self.tag = n, tag
+        self.seen = bytearray(n + 1)
+        self.unique = self.count = self.dups = self.dropped = self.notices = 0
+        self.first = self.last = 0.0
+
+    def _one(self, num: int, now: float):
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        self.last = now
+        if 0 < num <= self.n:
+            if self.seen[num]:
+                self.dups += 1
+            else:
+                self.seen[num] = 1
+                self.unique += 1
+
+    def feed(self, data: bytes):
+        """One container_log_line event body."""
+        if self.tag and self.tag not in data:
+            return
+        m = LINE_FIELD.search(data)
+        if m:
+            self._one(int(m.group(1)), time.perf_counter())
+            return
+        if b'"dcd"' in data:
+            try:
+                p = json.loads(data)["params"]
+            except (ValueError, KeyError):
+                return
+            if p.get("stream") == "dcd":
+                self.notices += 1
+                mm = DROPPED.search(p.get("line", ""))
+                if mm:
+                    self.dropped += int(mm.group(1))
+
+    def add_many(self, nums, now: float):
+        for x in nums:
+            self._one(int(x), now)
+
+    def rate(self) -> float:
+        return (self.count - 1) / (self.last - self.first) if self.count > 1 and self.last > self.first else 0.0
+
+
+async def nats_error(e):
+    log(f"NATS client: {type(e).__name__}: {e}")
 
 
 def parse_ts(s: str) -> float:
@@ -1432,8 +1519,8 @@ def main() -> int:
     except KeyboardInterrupt as ex:
         log(f"interrupted ({ex}); cleaning up")
         return 130
-    except RuntimeError as ex:
-        print(f"bench: FAILED: {ex}")
+    except Exception as ex:  # noqa: BLE001 - any failure ends the run with a clear line
+        print(f"bench: FAILED: {type(ex).__name__}: {ex}")
         if args.quick:
             print("bench: REGRESSION: the daemon could not be measured (see above)")
         return 1

@@ -43,8 +43,8 @@ skip() {
 PYVENV=${DCD_PYVENV:-$HOME/.cache/dcd-pyvenv}
 PY=$PYVENV/bin/python
 BIN=${DCD_BENCH_BIN:-$ROOT/target/release/dcd}
-LOGDIR=$ROOT/target/bench/logs
-mkdir -p "$LOGDIR"
+LOGROOT=$ROOT/target/bench/logs
+mkdir -p "$LOGROOT"
 
 command -v docker >/dev/null || skip "no docker CLI"
 command -v nats-server >/dev/null || skip "no nats-server (tests/setup.sh installs it)"
@@ -54,6 +54,11 @@ docker info >/dev/null 2>&1 || skip "the Docker Engine does not answer"
 
 # A run id that is also the tenant prefix and the container label: [A-Za-z0-9] only.
 RUN_ID=bench$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
+# one directory per run (daemon, nats-server and build logs): concurrent runs do not mix
+LOGDIR=$LOGROOT/$RUN_ID
+mkdir -p "$LOGDIR"
+# keep the logs of the last 5 runs
+ls -1dt "$LOGROOT"/bench* 2>/dev/null | tail -n +6 | while read -r old; do rm -rf -- "$old"; done
 NATS_PID=
 PY_PID=
 PIDFILE=$LOGDIR/$RUN_ID.pids
@@ -133,7 +138,8 @@ fi
 # loopback nats-server
 # ---------------------------------------------------------------------------------------------
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-nats-server -a 127.0.0.1 -p "$PORT" >"$LOGDIR/nats-server.log" 2>&1 &
+# its own session, so a signal meant for this script's process group cannot take it down mid-run
+setsid nats-server -a 127.0.0.1 -p "$PORT" >"$LOGDIR/nats-server.log" 2>&1 &
 NATS_PID=$!
 for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi

@@ -1,7 +1,7 @@
 //! Wires the threads together: engine client, state thread, driver, request
 //! workers and the mesh transport; then waits for SIGTERM/SIGINT.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -15,6 +15,8 @@ use dcd::state::State;
 
 /// Orderly shutdown gets this long before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often what the transport announces is brought up to date.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(1);
 
 fn main() {
     let flags: Flags = argh::from_env();
@@ -88,10 +90,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let (publish_tx, publish_rx) = bounded::<Publish>(256);
     let (stop_tx, stop_rx) = bounded::<()>(0);
-    let describe: mesh::Describe = {
-        let (driver, id) = (driver.clone(), device_id.clone());
-        Arc::new(move || rpc::registration(&driver, &id))
-    };
+    let describe = describer(driver.clone(), device_id.clone())?;
     let transport = mesh::spawn(
         cfg.mesh, describe, inbound_tx, events_rx, publish_rx, stop_rx,
     )
@@ -134,6 +133,27 @@ fn run(cfg: Config) -> Result<(), String> {
     }
     state.shutdown();
     Ok(())
+}
+
+/// What the transport thread announces (presence, registration). It must never wait for the
+/// engine: a hung engine would otherwise silence presence, heartbeats and every request for the
+/// engine's call timeout, again and again. So a thread of its own asks the driver, and the
+/// transport reads its latest answer. Start-up waits for the first answer only briefly.
+fn describer(driver: Arc<Driver>, id: String) -> Result<mesh::Describe, String> {
+    let (first_tx, first_rx) = bounded(1);
+    let current = Arc::new(Mutex::new(rpc::registration_pending(&driver, &id)));
+    let latest = current.clone();
+    std::thread::Builder::new()
+        .name("describe".into())
+        .spawn(move || loop {
+            let fresh = rpc::registration(&driver, &id);
+            *latest.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+            let _ = first_tx.try_send(());
+            std::thread::sleep(DESCRIBE_EVERY);
+        })
+        .map_err(|e| format!("cannot start the describe thread: {e}"))?;
+    let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
+    Ok(Arc::new(move || current.lock().unwrap_or_else(|p| p.into_inner()).clone()))
 }
 
 /// A worker: run requests and broadcasts until the transport goes away.

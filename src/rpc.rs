@@ -18,12 +18,23 @@ const MAX_FIRE_DELAY: Duration = Duration::from_secs(60);
 /// The registration params of this device (spec §3.6), also the body of a
 /// `requestRegistration` result and the base of presence.
 pub fn registration(driver: &Driver, device_id: &str) -> Value {
+    with_status(driver, device_id, driver.status())
+}
+
+/// The registration before the engine has answered (`registration` asks it, and may wait).
+pub fn registration_pending(driver: &Driver, device_id: &str) -> Value {
+    let status = json!({"ts": crate::time::now_rfc3339(), "availability": "offline", "busy_score": 0.0,
+                        "online": true, "error_state": "the engine has not answered yet"});
+    with_status(driver, device_id, status)
+}
+
+fn with_status(driver: &Driver, device_id: &str, status: Value) -> Value {
     json!({
         "device_id": device_id,
         "device_ttl": 15,
         "capabilities": driver.capabilities(),
         "identity": driver.identity(device_id),
-        "status": driver.status(),
+        "status": status,
     })
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -83,18 +84,19 @@ impl State {
         let (stop, stop_rx) = bounded::<()>(0);
         let events_cancel = Arc::new(Mutex::new(None));
         let poll = (poll_hz > 0.0).then(|| Duration::from_secs_f64((1.0 / poll_hz).max(0.1)));
+        let reconciled = Arc::new(AtomicI64::new(0));
         let owner = {
-            let (engine, stop) = (engine.clone(), stop_rx.clone());
+            let (engine, stop, reconciled) = (engine.clone(), stop_rx.clone(), reconciled.clone());
             std::thread::Builder::new()
                 .name("state".into())
-                .spawn(move || Owner::new(engine, events).run(rx, poll, &stop))
+                .spawn(move || Owner::new(engine, events, reconciled).run(rx, poll, &stop))
                 .expect("spawn state thread")
         };
         let follower = {
             let (tx, stop, cancel) = (tx.clone(), stop_rx, events_cancel.clone());
             std::thread::Builder::new()
                 .name("engine-events".into())
-                .spawn(move || follow_events(engine, tx, stop, &cancel))
+                .spawn(move || follow_events(engine, tx, stop, &cancel, &reconciled))
                 .expect("spawn engine-events thread")
         };
         State {
@@ -139,10 +141,13 @@ struct Owner {
     seeded: bool,
     /// When the reconcile after a replaying reconnect is due, and its latest time.
     settle: Option<(Instant, Instant)>,
+    /// When the last successful list started (Unix nanoseconds): what happened
+    /// before it needs no replay.
+    reconciled: Arc<AtomicI64>,
 }
 
 impl Owner {
-    fn new(engine: Arc<dyn Engine>, events: Events) -> Self {
+    fn new(engine: Arc<dyn Engine>, events: Events, reconciled: Arc<AtomicI64>) -> Self {
         Owner {
             engine,
             events,
@@ -152,6 +157,7 @@ impl Owner {
             stream_up: false,
             seeded: false,
             settle: None,
+            reconciled,
         }
     }
 
@@ -295,6 +301,7 @@ impl Owner {
 
     /// List every container and emit whatever differs from what we know.
     fn reconcile(&mut self) {
+        let started = now_nanos();
         let list = match self.engine.list_containers(true) {
             Ok(l) => l,
             Err(e) => {
@@ -302,6 +309,7 @@ impl Owner {
                 return;
             }
         };
+        self.reconciled.store(started, Ordering::Relaxed);
         let first = !self.seeded;
         self.seeded = true;
         let mut seen = HashSet::new();
@@ -337,6 +345,10 @@ fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
+fn now_nanos() -> i64 {
+    (crate::time::now_epoch() * 1e9) as i64
+}
+
 /// What the stream has delivered, so the replay after a reconnect starts
 /// where it is needed and skips what was already sent. Events are keyed by
 /// time, container and action, not by time alone: the engine stamps events
@@ -346,18 +358,19 @@ fn str_of(v: &Value) -> String {
 struct Delivered {
     /// The newest `timeNano` delivered.
     newest: i64,
-    /// When the current stream connected: everything before it is covered
-    /// by the reconcile that follows the connect.
-    connected: i64,
     /// The keys of events delivered in the last `2 * OVERLAP_NANOS`.
     keys: HashSet<(i64, String)>,
     order: VecDeque<(i64, String)>,
 }
 
 impl Delivered {
-    /// Where a reconnect asks the engine to replay from, in Unix seconds.
-    fn since(&self) -> Option<f64> {
-        let from = (self.newest - OVERLAP_NANOS).max(self.connected);
+    /// Where a reconnect asks the engine to replay from, in Unix seconds:
+    /// shortly before the newest event delivered, but not before the last
+    /// list, which already reported what happened before it (the engine's
+    /// clock is assumed to be ours: if not, a little is replayed twice, or
+    /// left to the reconcile).
+    fn since(&self, reconciled: i64) -> Option<f64> {
+        let from = (self.newest - OVERLAP_NANOS).max(reconciled);
         (from > 0).then(|| from as f64 / 1e9)
     }
 
@@ -399,12 +412,13 @@ fn follow_events(
     tx: Sender<Msg>,
     stop: Receiver<()>,
     cancel: &Mutex<Option<Canceller>>,
+    reconciled: &AtomicI64,
 ) {
     let stopped = || matches!(stop.try_recv(), Err(TryRecvError::Disconnected));
     let mut delivered = Delivered::default();
     let mut backoff = Duration::from_millis(250);
     while !stopped() {
-        let since = delivered.since();
+        let since = delivered.since(reconciled.load(Ordering::Relaxed));
         match engine.events(since) {
             Ok(mut stream) => {
                 *cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.cancel.clone());
@@ -412,7 +426,6 @@ fn follow_events(
                     break;
                 }
                 backoff = Duration::from_millis(250);
-                delivered.connected = (crate::time::now_epoch() * 1e9) as i64;
                 let replay = since.is_some();
                 if tx.send(Msg::Connected { replay }).is_err() {
                     return;

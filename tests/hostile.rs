@@ -610,17 +610,25 @@ fn random_chunks(rng: &mut Rng, max: usize) -> Vec<usize> {
     (0..1 + rng.below(16)).map(|_| 1 + rng.below(max)).collect()
 }
 
-/// A decoded line never holds more than `MAX_LINE` bytes of input. `from_utf8_lossy` may widen
+/// A decoded line is one line, and never holds more than `MAX_LINE` bytes of input. `from_utf8_lossy` may widen
 /// each invalid byte to U+FFFD (three bytes), so text that was not UTF-8 may be up to three times
 /// that; text that was UTF-8 must fit exactly.
-fn assert_bounded(lines: &[Line], input: &[u8]) {
+fn assert_bounded(lines: &[Line], input: &[u8], case: &str) {
     let total: usize = lines.iter().map(|l| l.text.len() + l.ts.as_ref().map_or(0, String::len)).sum();
-    assert!(total <= 3 * input.len(), "{total} bytes out of {} in", input.len());
+    assert!(total <= 3 * input.len(), "{case}: {total} bytes out of {} in", input.len());
     for l in lines {
+        assert!(!l.text.contains('\n'), "{case}: a line holds a newline: {}", short(l));
         let limit = if l.text.contains('\u{fffd}') { 3 * MAX_LINE } else { MAX_LINE };
-        assert!(l.text.len() <= limit, "a line of {} bytes", l.text.len());
-        assert!(l.ts.as_ref().is_none_or(|t| t.len() <= 3 * 64), "a timestamp of {:?} bytes", l.ts.as_ref().map(String::len));
+        assert!(l.text.len() <= limit, "{case}: a line of {} bytes", l.text.len());
+        assert!(l.ts.as_ref().is_none_or(|t| t.len() <= 3 * 64), "{case}: {}", short(l));
     }
+}
+
+/// A line for a failure message: its lengths, its newline if any, and its first characters.
+fn short(l: &Line) -> String {
+    let head: String = l.text.chars().take(40).collect();
+    let ts = l.ts.as_ref().map(String::len);
+    format!("{:?} line of {} bytes (timestamp {ts:?} bytes, newline at {:?}): {head:?}…", l.source, l.text.len(), l.text.find('\n'))
 }
 
 #[test]
@@ -633,10 +641,14 @@ fn stream_decoders_survive_random_bytes_and_chunking() {
             _ => log_stream(&mut rng, timestamps),
         };
         let whole = demux(tty, timestamps, &stream, &[usize::MAX]);
-        assert_bounded(&whole, &stream);
         let chunks = random_chunks(&mut rng, 64);
-        if demux(tty, timestamps, &stream, &chunks) != whole { std::fs::write("/tmp/demux_fail.bin", &stream).unwrap(); eprintln!("DBG tty {tty} ts {timestamps} chunks {chunks:?}"); }
-        assert_eq!(demux(tty, timestamps, &stream, &chunks), whole, "round {round}: chunking {chunks:?} changed the lines");
+        let chunked = demux(tty, timestamps, &stream, &chunks);
+        let case = format!("round {round}, tty {tty}, timestamps {timestamps}, chunks {chunks:?}");
+        assert_bounded(&whole, &stream, &case);
+        assert_bounded(&chunked, &stream, &case);
+        if let Some(i) = (0..whole.len().max(chunked.len())).find(|&i| whole.get(i) != chunked.get(i)) {
+            panic!("{case}: chunking changed line {i}: {:?} became {:?}", whole.get(i).map(short), chunked.get(i).map(short));
+        }
 
         let json = if round % 2 == 0 {
             rng.bytes(4096)
@@ -664,13 +676,13 @@ fn stream_decoders_bound_long_lines() {
     }
     for (tty, stream) in [(true, &text), (false, &framed)] {
         let lines = demux(tty, false, stream, &random_chunks(&mut rng, 200_000));
-        assert_bounded(&lines, stream);
+        assert_bounded(&lines, stream, "one long line");
         assert_eq!(lines.len(), 3, "split into MAX_LINE pieces");
         assert_eq!(lines.iter().map(|l| l.text.len()).sum::<usize>(), long, "no byte lost, no character split");
     }
     // Bytes that are not UTF-8 at all.
     let junk = vec![0xffu8; MAX_LINE + 10];
-    assert_bounded(&demux(true, true, &junk, &random_chunks(&mut rng, 100_000)), &junk);
+    assert_bounded(&demux(true, true, &junk, &random_chunks(&mut rng, 100_000)), &junk, "junk");
     // JSON lines: an overlong line is dropped whole and the next one still parses.
     let mut s = format!("{{\"a\":\"{}\"}}\n", "x".repeat(MAX_LINE)).into_bytes();
     s.extend_from_slice(b"{\"after\":1}\n{\"last\":true}");
@@ -680,6 +692,20 @@ fn stream_decoders_bound_long_lines() {
 
 fn one(key: &str, value: Value) -> Value {
     Value::Object(Map::from_iter([(key.to_string(), value)]))
+}
+
+/// The smallest cases the random ones found: where a timestamp is expected (TTY logs with
+/// timestamps, after each newline), text that reaches a newline before a space is a line, not
+/// a timestamp; and text still pending as a possible timestamp when the stream ends is a line.
+#[test]
+fn stream_timestamps_never_swallow_lines() {
+    let texts = |lines: Vec<Line>| lines.into_iter().map(|l| (l.ts, l.text)).collect::<Vec<_>>();
+    let ts = |s: &str| Some(s.to_string());
+    assert_eq!(
+        texts(demux(true, true, b"t1 one\nabc\nt2 two\n", &[usize::MAX])),
+        vec![(ts("t1"), "one".into()), (None, "abc".into()), (ts("t2"), "two".into())]
+    );
+    assert_eq!(texts(demux(true, true, b"t1 one\ntail", &[usize::MAX])), vec![(ts("t1"), "one".into()), (None, "tail".into())]);
 }
 
 /// A spec-bounds case: params for provision_container and what the error must name.

@@ -1,7 +1,8 @@
 //! Interop with the unmodified Python tools (device-connect-agent-tools and -edge 0.2.5) over a
-//! real nats-server and a real Zenoh session, loopback only (wire spec §6.1). The daemon runs
-//! with `--sim`. Needs nats-server and the venv of tests/setup.sh: without them the tests skip,
-//! under CI they fail.
+//! real nats-server and real Zenoh sessions (wire spec §6.1). The daemon runs with `--sim`.
+//! Everything stays on loopback; the one multicast test runs inside a network namespace of its
+//! own. Needs what tests/setup.sh provides (nats-server, the venv, iproute2, openssl) and root
+//! for the namespace: without them the tests skip, under CI they fail.
 
 mod common;
 
@@ -116,11 +117,11 @@ fn nats_installed() -> bool {
     common::require(ok, "nats-server")
 }
 
-/// `nats-server` on 127.0.0.1:`port`, up and accepting connections.
-fn nats_server(port: u16) -> Proc {
+/// `nats-server` on 127.0.0.1:`port` (plus `extra` arguments), up and accepting connections.
+fn nats_server(port: u16, extra: &[&str]) -> Proc {
     let p = Proc::spawn(
         &format!("nats:{port}"),
-        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]).args(extra),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -130,27 +131,61 @@ fn nats_server(port: u16) -> Proc {
     p
 }
 
-/// The daemon in `--sim` mode with nothing from our environment but `env`.
-fn daemon(id: &str, tenant: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcd"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DCD_LOG_LEVEL", "debug")
-        .args(["--sim", "--tenant", tenant, "--device-id", id])
-        .envs(env.iter().copied());
-    Proc::spawn("dcd", &mut cmd)
+/// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside
+/// it reaches nothing else. Deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Option<Netns> {
+        let name = format!("dcd-it-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).output().is_ok_and(|o| o.status.success());
+        if !common::require(ip(&["netns", "add", &name]), "root and `ip netns` (iproute2)") {
+            return None;
+        }
+        let ns = Netns(name);
+        for args in [&["link", "set", "lo", "up", "multicast", "on"][..], &["route", "add", "224.0.0.0/4", "dev", "lo"]]
+        {
+            let ok = ip(&[&["netns", "exec", &ns.0, "ip"][..], args].concat());
+            assert!(ok, "ip {args:?} in {}", ns.0);
+        }
+        Some(ns)
+    }
 }
 
-/// A script of tests/py with the venv Python and nothing from our environment but `env`.
-fn script(py: &PathBuf, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let path = format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = Command::new(py);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// `program` (in `ns` if given) with nothing from our environment but `PATH`.
+fn command(program: impl AsRef<std::ffi::OsStr>, ns: Option<&Netns>) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.0]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+/// The daemon in `--sim` mode, configured by `env` only.
+fn daemon(ns: Option<&Netns>, id: &str, tenant: &str, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = command(env!("CARGO_BIN_EXE_dcd"), ns);
+    cmd.env("DCD_LOG_LEVEL", "debug").args(["--sim", "--tenant", tenant, "--device-id", id]).envs(env.iter().copied());
+    Proc::spawn(&format!("dcd {id}"), &mut cmd)
+}
+
+/// A script of tests/py with the venv Python, configured by `env` only.
+fn script(ns: Option<&Netns>, py: &PathBuf, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = command(py, ns);
+    cmd.env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .arg(path)
+        .arg(format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR")))
         .args(args)
         .envs(env.iter().copied());
     Proc::spawn(name, &mut cmd)
@@ -168,10 +203,10 @@ fn stop_daemon(d: &mut Proc) {
     assert!(status.is_some_and(|s| s.success()), "dcd did not exit cleanly within 3 s: {status:?}");
 }
 
-fn interop(py: &PathBuf, id: &str, extra: &[&str], env: &[(&str, &str)]) {
+fn interop(ns: Option<&Netns>, py: &PathBuf, id: &str, extra: &[&str], env: &[(&str, &str)]) {
     let mut args = vec![id, IMAGE];
     args.extend_from_slice(extra);
-    expect_success(&mut script(py, "interop.py", &args, env));
+    expect_success(&mut script(ns, py, "interop.py", &args, env));
 }
 
 #[test]
@@ -181,9 +216,10 @@ fn nats_d2d_sim() {
     };
     let (tenant, id) = names("nats-d2d");
     let port = free_port();
-    let _nats = nats_server(port);
+    let _nats = nats_server(port, &[]);
     let url = format!("nats://127.0.0.1:{port}");
     let mut dcd = daemon(
+        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
@@ -195,7 +231,7 @@ fn nats_d2d_sim() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("TENANT", &tenant),
     ];
-    interop(&py, &id, &[], &client);
+    interop(None, &py, &id, &[], &client);
     stop_daemon(&mut dcd);
 }
 
@@ -205,7 +241,7 @@ fn zenoh_d2d_sim() {
     let (tenant, id) = names("zenoh-d2d");
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
     // A D2D peer listening on loopback, multicast scouting off: nothing leaves this host.
-    let mut dcd = daemon(&id, &tenant, &[("ZENOH_LISTEN", &endpoint), ("DCD_ZENOH_MULTICAST", "false")]);
+    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_LISTEN", &endpoint), ("DCD_ZENOH_MULTICAST", "false")]);
     dcd.expect_line(READY, Duration::from_secs(15));
     // The client connects in client mode, which needs the device to drop each Query at once (§2.7).
     let client = [
@@ -214,7 +250,7 @@ fn zenoh_d2d_sim() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("TENANT", &tenant),
     ];
-    interop(&py, &id, &[], &client);
+    interop(None, &py, &id, &[], &client);
     stop_daemon(&mut dcd);
 }
 
@@ -225,20 +261,20 @@ fn nats_infra_sim() {
     };
     let (tenant, id) = names("nats-infra");
     let port = free_port();
-    let mut nats = nats_server(port);
+    let mut nats = nats_server(port, &[]);
     let url = format!("nats://127.0.0.1:{port}");
-    let registry = script(&py, "registry.py", &["nats", &url, &tenant], &[]);
+    let registry = script(None, &py, "registry.py", &["nats", &url, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
     // No discovery mode with a URL: infra, registration instead of presence (§3.1).
-    let mut dcd = daemon(&id, &tenant, &[("NATS_URL", &url), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")]);
+    let mut dcd = daemon(None, &id, &tenant, &[("NATS_URL", &url), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")]);
     dcd.expect_line(READY, Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
     let client = [("MESSAGING_BACKEND", "nats"), ("NATS_URL", &url), ("TENANT", &tenant)];
-    interop(&py, &id, &[], &client);
+    interop(None, &py, &id, &[], &client);
 
     // After the server comes back the device registers again.
     drop(nats);
-    nats = nats_server(port);
+    nats = nats_server(port, &[]);
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(20));
     drop(nats);
     stop_daemon(&mut dcd);
@@ -249,22 +285,24 @@ fn zenoh_infra_sim() {
     let Some(py) = python() else { return };
     let (tenant, id) = names("zenoh-infra");
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    // The stand-in registry runs the Zenoh router the device connects to as a client.
-    let mut registry = script(&py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
+    // The device is a client of a router that is not there yet: it keeps trying.
+    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_CONNECT", &endpoint)]);
+    assert!(!dcd.wait_line(READY, Duration::from_secs(1)), "ready without a router");
+    // The stand-in registry runs the router.
+    let mut registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
-    let mut dcd = daemon(&id, &tenant, &[("ZENOH_CONNECT", &endpoint)]);
     dcd.expect_line(READY, Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
     let client = [("MESSAGING_BACKEND", "zenoh"), ("ZENOH_CONNECT", &endpoint), ("TENANT", &tenant)];
-    interop(&py, &id, &[], &client);
+    interop(None, &py, &id, &[], &client);
 
     // A new router (and registry): the device reconnects and registers again.
     drop(registry);
     dcd.expect_line("mesh connection lost", Duration::from_secs(5));
-    registry = script(&py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
+    registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(20));
-    interop(&py, &id, &["--quick"], &client);
+    interop(None, &py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
 }
 
@@ -284,22 +322,23 @@ fn nats_reconnect() {
     ];
     // The daemon starts while the server is down and waits for it.
     let mut dcd = daemon(
+        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
     );
     assert!(!dcd.wait_line(READY, Duration::from_secs(2)), "ready without a server");
     assert!(dcd.child.try_wait().unwrap().is_none(), "dcd gave up without a server");
-    let nats = nats_server(port);
+    let nats = nats_server(port, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
-    interop(&py, &id, &["--quick"], &client);
+    interop(None, &py, &id, &["--quick"], &client);
 
     drop(nats);
     std::thread::sleep(Duration::from_secs(1));
     let restarted = Instant::now();
-    let _nats = nats_server(port);
+    let _nats = nats_server(port, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
-    interop(&py, &id, &["--quick"], &client);
+    interop(None, &py, &id, &["--quick"], &client);
     let took = restarted.elapsed();
     assert!(took < Duration::from_secs(20), "answering again took {took:?}");
     eprintln!("answering again {took:?} after the server restart");
@@ -313,16 +352,123 @@ fn nats_wire_rules() {
     };
     let (tenant, id) = names("nats-wire");
     let port = free_port();
-    let _nats = nats_server(port);
+    let _nats = nats_server(port, &[]);
     let url = format!("nats://127.0.0.1:{port}");
     let mut dcd = daemon(
+        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
     );
     dcd.expect_line(READY, Duration::from_secs(15));
-    let mut wire = script(&py, "wire.py", &[&url, &tenant, &id], &[]);
+    let mut wire = script(None, &py, "wire.py", &[&url, &tenant, &id], &[]);
     wire.expect_line("await-departure", SCRIPT_TIMEOUT);
     stop_daemon(&mut dcd);
     expect_success(&mut wire);
+}
+
+/// In a fresh directory: a CA (ca.pem), a server certificate from it for a name that is not the
+/// one dialled (server.pem) and one for 127.0.0.1 (local.pem), and a second CA (other.pem).
+fn tls_material(tag: &str) -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("dcd-it-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("server.cnf"), "subjectAltName=DNS:not-this-host\n").expect("server.cnf");
+    std::fs::write(dir.join("local.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("local.cnf");
+    let new_key = "req -newkey rsa:2048 -nodes -days 2";
+    let sign = "x509 -req -days 2 -CA ca.pem -CAkey ca.key -CAcreateserial";
+    let steps = [
+        format!("{new_key} -x509 -keyout ca.key -out ca.pem -subj /CN=dcd-test-ca"),
+        format!("{new_key} -x509 -keyout other.key -out other.pem -subj /CN=other-ca"),
+        format!("{new_key} -keyout server.key -out server.csr -subj /CN=not-this-host"),
+        format!("{sign} -in server.csr -out server.pem -extfile server.cnf"),
+        format!("{new_key} -keyout local.key -out local.csr -subj /CN=localhost"),
+        format!("{sign} -in local.csr -out local.pem -extfile local.cnf"),
+    ];
+    for step in steps {
+        let ok =
+            Command::new("openssl").args(step.split(' ')).current_dir(&dir).output().is_ok_and(|o| o.status.success());
+        if !common::require(ok, "openssl (to make test certificates)") {
+            return None;
+        }
+    }
+    Some(dir)
+}
+
+#[test]
+fn nats_tls_chain_only() {
+    let (Some(py), true) = (python(), nats_installed()) else { return };
+    let Some(dir) = tls_material("tls") else { return };
+    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (ca, other) = (file("ca.pem"), file("other.pem"));
+    let (tenant, id) = names("nats-tls");
+    let port = free_port();
+    let _nats = nats_server(port, &["--tls", "--tlscert", &file("server.pem"), "--tlskey", &file("server.key")]);
+    let url = format!("tls://127.0.0.1:{port}");
+    // The certificate names another host: accepted, as the SDK checks the chain only (§5.4).
+    let good = [
+        ("NATS_URL", url.as_str()),
+        ("MESSAGING_TLS_CA_FILE", ca.as_str()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+        ("DEVICE_CONNECT_ALLOW_INSECURE", "true"),
+    ];
+    let mut dcd = daemon(None, &id, &tenant, &good);
+    dcd.expect_line(READY, Duration::from_secs(15));
+    let client = [
+        ("MESSAGING_BACKEND", "nats"),
+        ("NATS_URL", url.as_str()),
+        ("MESSAGING_TLS_CA_FILE", ca.as_str()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+        ("TENANT", tenant.as_str()),
+    ];
+    interop(None, &py, &id, &["--quick"], &client);
+    stop_daemon(&mut dcd);
+    // A chain from another CA is not.
+    let mut bad = good;
+    bad[1].1 = other.as_str();
+    let untrusting = daemon(None, "dcd-nats-tls-other", &tenant, &bad);
+    assert!(!untrusting.wait_line(READY, Duration::from_secs(3)), "connected through an untrusted certificate");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn zenoh_multicast_netns() {
+    let Some(py) = python() else { return };
+    let Some(ns) = Netns::create("mcast") else { return };
+    let (tenant, a) = names("mcast-a");
+    let b = "dcd-mcast-b";
+    // The users' default: a D2D peer with multicast scouting, no endpoints at all.
+    let da = daemon(Some(&ns), &a, &tenant, &[]);
+    da.expect_line(READY, Duration::from_secs(15));
+    let mut db = daemon(Some(&ns), b, &tenant, &[]);
+    db.expect_line(READY, Duration::from_secs(15));
+    da.expect_line(&format!("new peer {b}"), Duration::from_secs(10));
+    interop(Some(&ns), &py, b, &["--quick"], &[("TENANT", &tenant)]);
+    stop_daemon(&mut db);
+    da.expect_line(&format!("peer {b} departed"), Duration::from_secs(5));
+}
+
+#[test]
+fn zenoh_tls_infra() {
+    let Some(py) = python() else { return };
+    let Some(dir) = tls_material("ztls") else { return };
+    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("local.pem"), file("local.key"));
+    let (tenant, id) = names("zenoh-tls");
+    let endpoint = format!("tls/127.0.0.1:{}", free_port());
+    let router_env = [("ROUTER_TLS_CERT", cert.as_str()), ("ROUTER_TLS_KEY", &key), ("MESSAGING_TLS_CA_FILE", &ca)];
+    let registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &router_env);
+    registry.expect_line("registry ready", Duration::from_secs(15));
+    // Zenoh checks the router's name as well as its chain (§5.4).
+    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_CONNECT", &endpoint), ("MESSAGING_TLS_CA_FILE", &ca)]);
+    dcd.expect_line(READY, Duration::from_secs(15));
+    registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
+    let client = [
+        ("MESSAGING_BACKEND", "zenoh"),
+        ("ZENOH_CONNECT", &endpoint),
+        ("MESSAGING_TLS_CA_FILE", &ca),
+        ("TENANT", &tenant),
+    ];
+    interop(None, &py, &id, &["--quick"], &client);
+    stop_daemon(&mut dcd);
+    let _ = std::fs::remove_dir_all(&dir);
 }

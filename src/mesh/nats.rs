@@ -53,7 +53,8 @@ pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) +
     let (tx, rx) = unbounded_channel();
     let options = options(cfg, tx.clone())?;
     Ok(move |core: Core, links: Links| {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        // The runtime's only extra thread is the bridge (a blocking task).
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("mesh-bridge").build() {
             Ok(rt) => rt,
             Err(e) => return log::error!("mesh: cannot start the NATS runtime: {e}"),
         };

@@ -16,8 +16,8 @@ use super::{zenoh_key, Core, Links, MeshConfig, Out, Responder, Step, Sub, Tls, 
 
 /// Zenoh's internal runtimes, unless the user set `ZENOH_RUNTIME` (zenoh
 /// reads it once, when it first starts). Receive, transmit and accept share
-/// the application runtime: one thread instead of five, plus `net`, which
-/// zenoh blocks on from other runtimes and so must stay apart.
+/// the application runtime: two threads instead of six (measured), `net`
+/// staying apart because zenoh blocks on it from the other runtimes.
 const RUNTIME: &str =
     "(app: (worker_threads: 1), acc: (handover: app), rx: (handover: app), tx: (handover: app), net: (worker_threads: 1))";
 /// How often a client checks that it still reaches a router.
@@ -112,11 +112,17 @@ fn base64(data: &[u8]) -> String {
 
 fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+    // A client cannot open its session before a router answers; keep trying.
+    let mut attempts = 0u32;
     let session = loop {
         match zenoh::open(config.clone()).wait() {
             Ok(s) => break s,
-            Err(e) => log::error!("mesh: cannot open the zenoh session ({e}); retrying in {}s", REOPEN.as_secs()),
+            Err(e) if attempts == 0 => {
+                log::warn!("mesh: cannot open the zenoh session ({e}); retrying every {}s", REOPEN.as_secs())
+            }
+            Err(e) => log::debug!("mesh: zenoh session attempt {attempts}: {e}"),
         }
+        attempts += 1;
         let until = Instant::now() + REOPEN;
         while Instant::now() < until {
             match links.next(&rx, until.saturating_duration_since(Instant::now())) {

@@ -27,18 +27,13 @@ pub fn require(ok: bool, what: &str) -> bool {
 pub fn engine() -> Option<Arc<dyn Engine>> {
     let d = Docker::connect(None).ok()?;
     let ok = d.info().is_ok();
-    require(ok, "a Docker Engine on DOCKER_HOST or /var/run/docker.sock")
-        .then(|| Arc::new(d) as Arc<dyn Engine>)
+    require(ok, "a Docker Engine on DOCKER_HOST or /var/run/docker.sock").then(|| Arc::new(d) as Arc<dyn Engine>)
 }
 
 /// The busybox test image made by tests/setup.sh.
 pub fn test_image() -> Option<String> {
-    let image =
-        std::env::var("DCD_TEST_IMAGE").unwrap_or_else(|_| "dcd-test/busybox:latest".into());
-    let ok = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let image = std::env::var("DCD_TEST_IMAGE").unwrap_or_else(|_| "dcd-test/busybox:latest".into());
+    let ok = Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
     require(ok, &format!("the test image {image}")).then_some(image)
 }
 
@@ -49,10 +44,7 @@ pub fn unique(tag: &str) -> String {
 
 /// `docker` CLI output (the engine's own view, to check ours against).
 pub fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
+    let o = Command::new("docker").args(args).output().expect("docker CLI");
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -86,10 +78,8 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (tx, lines) = channel();
-        let outputs: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
+        let outputs: [Box<dyn Read + Send>; 2] =
+            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
         for out in outputs {
             let (tx, name) = (tx.clone(), name.to_string());
             std::thread::spawn(move || {
@@ -99,11 +89,7 @@ impl Proc {
                 }
             });
         }
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-        }
+        Proc { name: name.to_string(), child, lines }
     }
 
     pub fn pid(&self) -> u32 {
@@ -113,10 +99,7 @@ impl Proc {
     /// Wait for an output line containing `needle`; lines before it are consumed.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             if line.contains(needle) {
                 return true;
             }
@@ -125,11 +108,7 @@ impl Proc {
     }
 
     pub fn expect_line(&self, needle: &str, timeout: Duration) {
-        assert!(
-            self.wait_line(needle, timeout),
-            "{}: no line with {needle:?} within {timeout:?}",
-            self.name
-        );
+        assert!(self.wait_line(needle, timeout), "{}: no line with {needle:?} within {timeout:?}", self.name);
     }
 
     /// Its exit status, or `None` (and it is killed) when it runs longer than `timeout`.
@@ -163,17 +142,11 @@ impl Drop for Proc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
 pub fn nats_installed() -> bool {
-    let ok = Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
     require(ok, "nats-server")
 }
 
@@ -185,10 +158,7 @@ pub fn nats_server(port: u16) -> Proc {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not listen on {port}"
-        );
+        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
     p
@@ -196,29 +166,15 @@ pub fn nats_server(port: u16) -> Proc {
 
 /// The venv Python with the agent tools (`DCD_TEST_PYTHON`, else the venv of tests/setup.sh).
 pub fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("DCD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let venv = std::env::var_os("DCD_PYVENV")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                        .join(".cache/dcd-pyvenv")
-                });
-            venv.join("bin/python")
+    let py = std::env::var_os("DCD_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let venv = std::env::var_os("DCD_PYVENV").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/dcd-pyvenv")
         });
-    let ok = Command::new(&py)
-        .args(["-c", "import device_connect_agent_tools"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    require(
-        ok,
-        &format!(
-            "the Python venv with device-connect-agent-tools at {}",
-            py.display()
-        ),
-    )
-    .then_some(py)
+        venv.join("bin/python")
+    });
+    let ok =
+        Command::new(&py).args(["-c", "import device_connect_agent_tools"]).output().is_ok_and(|o| o.status.success());
+    require(ok, &format!("the Python venv with device-connect-agent-tools at {}", py.display())).then_some(py)
 }
 
 /// The daemon as a D2D device on the NATS server at `port`, with nothing from our environment
@@ -239,8 +195,7 @@ pub fn dcd_on_nats(id: &str, tenant: &str, port: u16, args: &[&str], env: &[(&st
 
 /// Threads and resident memory (KiB) of a process, from /proc.
 pub fn threads_and_rss(pid: u32) -> (u64, u64) {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     let field = |name: &str| {
         status
             .lines()
@@ -276,17 +231,8 @@ impl Nats {
         writer.set_nodelay(true)?;
         let reader = BufReader::new(writer.try_clone()?);
         let inbox = format!("_INBOX.{}", dcd::rpc::random_hex(16));
-        let mut n = Nats {
-            reader,
-            writer,
-            pending: Vec::new(),
-            inbox,
-            sids: 0,
-            requests: 0,
-        };
-        n.writer.write_all(
-            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\nPING\r\n",
-        )?;
+        let mut n = Nats { reader, writer, pending: Vec::new(), inbox, sids: 0, requests: 0 };
+        n.writer.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\nPING\r\n")?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match n.line(deadline)? {
@@ -306,12 +252,7 @@ impl Nats {
         write!(self.writer, "SUB {subject} {}\r\n", self.sids)
     }
 
-    pub fn publish(
-        &mut self,
-        subject: &str,
-        reply: Option<&str>,
-        payload: &[u8],
-    ) -> std::io::Result<()> {
+    pub fn publish(&mut self, subject: &str, reply: Option<&str>, payload: &[u8]) -> std::io::Result<()> {
         let head = match reply {
             Some(r) => format!("PUB {subject} {r} {}\r\n", payload.len()),
             None => format!("PUB {subject} {}\r\n", payload.len()),
@@ -332,12 +273,7 @@ impl Nats {
 
     /// A request and its reply; `None` when no reply came within `timeout`. Messages for other
     /// subjects (late replies, subscriptions) that arrive meanwhile are skipped.
-    pub fn request(
-        &mut self,
-        subject: &str,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> std::io::Result<Option<Vec<u8>>> {
+    pub fn request(&mut self, subject: &str, payload: &[u8], timeout: Duration) -> std::io::Result<Option<Vec<u8>>> {
         let inbox = self.send_request(subject, payload)?;
         let deadline = Instant::now() + timeout;
         while let Some(m) = self.next(deadline)? {
@@ -362,21 +298,14 @@ impl Nats {
                 continue;
             };
             let parts: Vec<&str> = rest.split(' ').collect();
-            let len: usize = parts
-                .last()
-                .and_then(|l| l.parse().ok())
-                .ok_or_else(|| std::io::Error::other(line.clone()))?;
+            let len: usize =
+                parts.last().and_then(|l| l.parse().ok()).ok_or_else(|| std::io::Error::other(line.clone()))?;
             // The payload follows its header at once.
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(Duration::from_secs(5)))?;
+            self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut payload = vec![0; len + 2];
             self.reader.read_exact(&mut payload)?;
             payload.truncate(len);
-            return Ok(Some(NatsMsg {
-                subject: parts[0].to_string(),
-                payload,
-            }));
+            return Ok(Some(NatsMsg { subject: parts[0].to_string(), payload }));
         }
         Ok(None)
     }
@@ -391,18 +320,12 @@ impl Nats {
             match self.reader.read_until(b'\n', &mut self.pending) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
                 Ok(_) if self.pending.ends_with(b"\n") => {
-                    let line = String::from_utf8_lossy(&self.pending)
-                        .trim_end()
-                        .to_string();
+                    let line = String::from_utf8_lossy(&self.pending).trim_end().to_string();
                     self.pending.clear();
                     return Ok(Some(line));
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -434,22 +357,13 @@ impl Rig {
         let ev = Events::new(tx);
         let state = State::start(engine.clone(), 2.0, ev.clone());
         // Compose is off on a real engine by default; these tests exercise it.
-        let policy = Policy {
-            compose: Some(true),
-            ..Policy::default()
-        };
+        let policy = Policy { compose: Some(true), ..Policy::default() };
         let driver = Driver::new(engine, simulate, 2.0, state.handle(), ev, policy);
-        Rig {
-            driver,
-            events,
-            state: Some(state),
-        }
+        Rig { driver, events, state: Some(state) }
     }
 
     pub fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
-        let Value::Object(p) = params else {
-            panic!("params must be an object")
-        };
+        let Value::Object(p) = params else { panic!("params must be an object") };
         self.driver.call(method, p)
     }
 
@@ -488,7 +402,6 @@ impl Drop for Rig {
     }
 }
 
-
 /// A labelled container name for the real-engine test, removed on drop.
 pub struct Cleanup(pub Vec<String>);
 
@@ -499,7 +412,6 @@ impl Drop for Cleanup {
         }
     }
 }
-
 
 /// A rig on the real engine, and the test image.
 pub fn real_rig() -> Option<(Rig, String)> {

@@ -189,6 +189,13 @@ def main(argv: list[str]) -> int:
         call_ok("compose_down", {"project_dir": project})
     call_ok("remove_container", {"container_id": cid2, "force": True})
 
+    # Fleet fan-out (spec 4.3): the reply comes back as an async_reply event. fire_at leaves
+    # time to subscribe to the replies after the broadcast has gone out.
+    b = dc.broadcast(f"device({dev}).function(get_status)", {}, fire_at=time.time() + 1.5)
+    replies = dc.await_replies(b.get("correlation_id", ""), timeout=10.0, until=1)
+    report("broadcast", any(r.get("device_id") == dev and r.get("success") is True for r in replies),
+           broadcast=b, replies=replies)
+
     states.close()
     device_events.close()
     dc.disconnect()

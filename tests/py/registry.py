@@ -4,6 +4,9 @@
     registry.py nats URL TENANT
     registry.py zenoh ENDPOINT TENANT     (also runs a Zenoh router listening on ENDPOINT)
 
+For a tls/ ENDPOINT the router takes its certificate and key from ROUTER_TLS_CERT and
+ROUTER_TLS_KEY, and the registry trusts MESSAGING_TLS_CA_FILE.
+
 It talks through device-connect-edge's own messaging adapters, so requests and replies take the
 same path as the real registry's. Answers on device-connect.<TENANT>.registry:
     registerDevice           -> {"status": "registered", "device_registration_id": <uuid4>}
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 
@@ -49,14 +53,19 @@ def handle(req: dict) -> dict:
 
 async def main(backend: str, url: str, tenant: str) -> None:
     router = None
+    tls = None
     if backend == "zenoh":
         import zenoh
 
-        conf = {"mode": "router", "listen": {"endpoints": [url]},
-                "scouting": {"multicast": {"enabled": False}, "gossip": {"enabled": False}}}
+        conf: dict = {"mode": "router", "listen": {"endpoints": [url]},
+                      "scouting": {"multicast": {"enabled": False}, "gossip": {"enabled": False}}}
+        if url.startswith("tls/"):
+            conf["transport"] = {"link": {"tls": {"listen_certificate": os.environ["ROUTER_TLS_CERT"],
+                                                  "listen_private_key": os.environ["ROUTER_TLS_KEY"]}}}
+            tls = {"ca_file": os.environ["MESSAGING_TLS_CA_FILE"]}
         router = zenoh.open(zenoh.Config.from_json5(json.dumps(conf)))
     client = create_client(backend)
-    await client.connect(servers=[url])
+    await client.connect(servers=[url], tls_config=tls)
 
     async def on_request(data: bytes, reply: str | None) -> None:
         try:

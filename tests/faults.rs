@@ -1,0 +1,631 @@
+//! Faults the daemon must survive without losing anything: an engine that is missing at start,
+//! disappears or hangs mid-run; a NATS server restarted over and over; SIGTERM and SIGINT; and a
+//! soak of concurrent callers. The daemon runs as a process on a loopback nats-server and is
+//! driven with the NATS client protocol from here; the engine is reached through a unix-socket
+//! relay this test can cut and restore.
+
+mod common;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{dcd_on_nats, free_port, nats_server, rpc_request, subject, threads_and_rss, Nats, Proc, READY};
+
+const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+/// The driver caches engine info this long; status may lag the engine by as much.
+const INFO_TTL: Duration = Duration::from_secs(5);
+
+/// A unix socket that forwards each connection to the engine's socket. `cut` makes the socket
+/// disappear and closes every open connection, as a crashed or restarting engine does;
+/// `restore` brings it back.
+struct Relay {
+    path: PathBuf,
+    up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Down until `restore`.
+    fn new(tag: &str) -> Relay {
+        let path = std::env::temp_dir().join(format!("{}.sock", common::unique(tag)));
+        let _ = std::fs::remove_file(&path);
+        let (up, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (path, up, stop, conns) = (path.clone(), up.clone(), stop.clone(), conns.clone());
+            std::thread::spawn(move || {
+                let mut listener: Option<UnixListener> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    match (up.load(Ordering::SeqCst), &listener) {
+                        (true, None) => {
+                            let l = UnixListener::bind(&path).expect("bind the relay socket");
+                            l.set_nonblocking(true).unwrap();
+                            listener = Some(l);
+                        }
+                        (false, Some(_)) => {
+                            listener = None;
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        _ => {}
+                    }
+                    match listener.as_ref().map(UnixListener::accept) {
+                        Some(Ok((client, _))) => pipe(client, &conns),
+                        _ => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            })
+        };
+        Relay { path, up, stop, conns, thread: Some(thread) }
+    }
+
+    fn docker_host(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Up, and accepting, when this returns.
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while UnixStream::connect(&self.path).is_err() {
+            assert!(Instant::now() < deadline, "the relay did not come up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Gone, with every open connection closed, when this returns.
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.path.exists() {
+            assert!(Instant::now() < deadline, "the relay did not go down");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copy bytes both ways between `client` and a new engine connection until either side ends.
+fn pipe(client: UnixStream, conns: &Arc<Mutex<Vec<UnixStream>>>) {
+    client.set_nonblocking(false).unwrap();
+    let Ok(engine) = UnixStream::connect(ENGINE_SOCKET) else { return };
+    let ends = [client.try_clone().unwrap(), engine.try_clone().unwrap()];
+    conns.lock().unwrap().extend(ends.iter().map(|s| s.try_clone().unwrap()));
+    for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine, client)] {
+        let ends = [ends[0].try_clone().unwrap(), ends[1].try_clone().unwrap()];
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            for s in ends {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        });
+    }
+}
+
+/// A unix socket that accepts connections and never answers: a hung engine.
+struct Stall {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stall {
+    fn new() -> Stall {
+        let path = std::env::temp_dir().join(format!("{}.sock", common::unique("stall")));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind the stall socket");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((c, _)) => held.push(c),
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        Stall { path, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A daemon on its own nats-server, and a client connection to that server.
+struct Rig {
+    tenant: String,
+    id: String,
+    port: u16,
+    // Dropped before the server, so the daemon does not log the server going away.
+    dcd: Proc,
+    nats: Option<Proc>,
+    client: Nats,
+}
+
+impl Rig {
+    /// `tag` names the tenant and device; `args` and `env` go to the daemon.
+    fn start(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Rig {
+        let rig = Rig::spawn(tag, args, env);
+        rig.dcd.expect_line(READY, Duration::from_secs(15));
+        rig
+    }
+
+    /// `start` without waiting for the daemon to be ready.
+    fn spawn(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Rig {
+        let (tenant, id) = (format!("fault-{tag}-{}", std::process::id()), format!("dcd-{tag}"));
+        let port = free_port();
+        let nats = nats_server(port);
+        let dcd = dcd_on_nats(&id, &tenant, port, args, env);
+        let client = Nats::connect(port).expect("connect to nats-server");
+        Rig { tenant, id, port, dcd, nats: Some(nats), client }
+    }
+
+    /// Daemon ready within `within`, and a worker stuck on a request to a hung engine; or, if it
+    /// does not become ready, the mesh thread stuck on one (see `engine_hung_mesh_still_answers`).
+    /// Either way its shutdown cannot finish on its own for a while.
+    fn get_stuck(&mut self, within: Duration) {
+        if self.dcd.wait_line(READY, within) {
+            let (_, payload) = rpc_request("get_container", json!({"container_id": "x"}));
+            let cmd = self.subject("cmd");
+            self.client.send_request(&cmd, &payload).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn subject(&self, tail: &str) -> String {
+        subject(&self.tenant, &self.id, tail)
+    }
+
+    /// One RPC: its result, or its error message; a panic if no reply comes within `timeout`.
+    fn call(&mut self, method: &str, params: Value, timeout: Duration) -> Result<Value, String> {
+        self.try_call(method, params, timeout).unwrap_or_else(|| panic!("no reply to {method} within {timeout:?}"))
+    }
+
+    fn try_call(&mut self, method: &str, params: Value, timeout: Duration) -> Option<Result<Value, String>> {
+        let (id, payload) = rpc_request(method, params);
+        let subject = self.subject("cmd");
+        let bytes = self.client.request(&subject, &payload, timeout).ok()??;
+        Some(parse_reply(&bytes, &id))
+    }
+
+    /// The next presence message matching `f` within `timeout` (a probe asks for one at once).
+    fn presence(&mut self, timeout: Duration, f: impl Fn(&Value) -> bool) -> Option<Value> {
+        let probe = format!("device-connect.{}.discovery.probe", self.tenant);
+        self.client.publish(&probe, None, br#"{"probe": true}"#).unwrap();
+        let (subject, deadline) = (self.subject("presence"), Instant::now() + timeout);
+        while let Some(m) = self.client.next(deadline).ok()? {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if m.subject == subject && f(&v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+fn parse_reply(bytes: &[u8], id: &str) -> Result<Value, String> {
+    let v: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("reply is not JSON ({e})"));
+    assert_eq!(v["id"], id, "reply to another request: {v}");
+    match v.get("error") {
+        Some(e) => Err(e["message"].as_str().unwrap_or_default().to_string()),
+        None => Ok(v["result"].clone()),
+    }
+}
+
+fn engine_parts() -> bool {
+    common::engine().is_some() && common::nats_installed()
+}
+
+#[test]
+fn engine_missing_at_start_then_appears() {
+    if !engine_parts() {
+        return;
+    }
+    let relay = Relay::new("late");
+    let mut rig = Rig::start("late", &[], &[("DOCKER_HOST", &relay.docker_host())]);
+    let presence_subject = rig.subject("presence");
+    rig.client.sub(&presence_subject).unwrap();
+    let st = rig.call("get_status", json!({}), Duration::from_secs(10)).expect("get_status answers without an engine");
+    assert_eq!(st["connected"], false, "{st}");
+    assert!(st["docker"]["error"].as_str().is_some_and(|e| e.contains("unreachable")), "{st}");
+    let offline = rig
+        .presence(Duration::from_secs(10), |p| p["status"]["availability"] == "offline")
+        .expect("presence says offline");
+    assert!(offline["status"]["error_state"].as_str().is_some_and(|e| !e.is_empty()), "{offline}");
+
+    relay.restore();
+    let appeared = Instant::now();
+    let deadline = appeared + INFO_TTL + Duration::from_secs(5);
+    loop {
+        let st = rig.call("get_status", json!({}), Duration::from_secs(10)).unwrap();
+        if st["connected"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not connected {:?} after the engine appeared: {st}", appeared.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("connected {:?} after the engine appeared", appeared.elapsed());
+    rig.presence(Duration::from_secs(10), |p| p["status"]["availability"] == "idle" && p["status"].get("error_state").is_none())
+        .expect("presence says idle again");
+    rig.call("list_containers", json!({}), Duration::from_secs(10)).expect("the engine is used");
+}
+
+#[test]
+fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
+    if !engine_parts() {
+        return;
+    }
+    let Some(image) = common::test_image() else { return };
+    let relay = Relay::new("cut");
+    relay.restore();
+    let mut rig = Rig::start("cut", &[], &[("DOCKER_HOST", &relay.docker_host())]);
+    rig.call("list_containers", json!({}), Duration::from_secs(10)).expect("the engine answers through the relay");
+    // Its own connection: `call` skips whatever else arrives while it waits for a reply.
+    let events = rig.subject("event.container_state_changed");
+    let mut watcher = Nats::connect(rig.port).unwrap();
+    watcher.sub(&events).unwrap();
+
+    relay.cut();
+    let calls = [
+        ("list_containers", json!({"all_containers": true})),
+        ("get_container", json!({"container_id": "anything"})),
+        ("ping_docker", json!({})),
+        ("container_logs", json!({"container_id": "anything"})),
+        ("provision_container", json!({"spec": {"image": image, "name": common::unique("cut-never")}})),
+    ];
+    for (method, params) in calls {
+        let t = Instant::now();
+        let e = rig.call(method, params, Duration::from_secs(10)).expect_err(method);
+        assert!(t.elapsed() < Duration::from_secs(5), "{method} took {:?} to fail", t.elapsed());
+        assert!(e.contains("unreachable"), "{method}: {e}");
+        eprintln!("{method} failed in {:?}: {e}", t.elapsed());
+    }
+
+    // What happens on the engine meanwhile must still be reported once it is back.
+    let name = common::unique("cut-meanwhile");
+    let _cleanup = Cleanup(name.clone());
+    assert!(!common::docker(&["run", "-d", "--name", &name, "--label", "dcd-test=1", &image, "sleep", "300"]).is_empty());
+
+    relay.restore();
+    let back = Instant::now();
+    while rig.call("list_containers", json!({}), Duration::from_secs(10)).is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "RPCs still fail 10 s after the engine came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("RPCs work again {:?} after the engine came back", back.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while let Some(m) = watcher.next(deadline).unwrap() {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if v["params"]["name"] == name.as_str() {
+            assert_eq!(v["params"]["state"], "running", "{v}");
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "no container_state_changed for {name}, created while the engine was out of reach");
+    eprintln!("state change during the outage reported {:?} after the engine came back", back.elapsed());
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        common::docker(&["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn engine_hung_mesh_still_answers() {
+    if !common::nats_installed() {
+        return;
+    }
+    let stall = Stall::new();
+    let host = format!("unix://{}", stall.path.display());
+    let mut rig = Rig::spawn("hung", &[], &[("DOCKER_HOST", &host)]);
+    assert!(rig.dcd.wait_line(READY, Duration::from_secs(15)), "a hung engine keeps the mesh from starting");
+    // A call that needs no engine must not wait for one that does not answer.
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = rig.call("stop_container_logs", json!({"container_id": "x"}), Duration::from_secs(10));
+        assert!(r.is_ok() && t.elapsed() < Duration::from_secs(2), "stop_container_logs took {:?}: {r:?}", t.elapsed());
+    }
+    let heartbeat = rig.subject("heartbeat");
+    rig.client.sub(&heartbeat).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut beats = 0;
+    while let Some(m) = rig.client.next(deadline).unwrap() {
+        beats += usize::from(m.subject == heartbeat);
+    }
+    assert!(beats >= 2, "{beats} heartbeats in 12 s (every 5 s expected)");
+}
+
+/// Counts requests sent and replies received across threads, and per method calls and errors.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    replies: AtomicU64,
+    errors: AtomicU64,
+    methods: Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>,
+}
+
+#[test]
+fn nats_server_restarts() {
+    if !common::nats_installed() {
+        return;
+    }
+    const CYCLES: usize = 20;
+    let started = Instant::now();
+    let mut rig = Rig::start("restart", &["--sim"], &[("DCD_LOG_LEVEL", "info")]);
+    rig.call("get_status", json!({}), Duration::from_secs(10)).unwrap();
+    let (mut after_first, mut recoveries) = (None, Vec::new());
+    for cycle in 1..=CYCLES {
+        drop(rig.nats.take());
+        rig.nats = Some(nats_server(rig.port));
+        let restarted = Instant::now();
+        let deadline = restarted + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "cycle {cycle}: no answer within 10 s of the restart");
+            let Ok(client) = Nats::connect(rig.port) else { continue };
+            rig.client = client;
+            if rig.try_call("get_status", json!({}), Duration::from_millis(500)).is_some_and(|r| r.is_ok()) {
+                break;
+            }
+        }
+        recoveries.push(restarted.elapsed());
+        if cycle == 1 {
+            std::thread::sleep(Duration::from_millis(500));
+            after_first = Some(threads_and_rss(rig.dcd.pid()));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (threads0, rss0) = after_first.unwrap();
+    let (threads, rss) = threads_and_rss(rig.dcd.pid());
+    let slowest = recoveries.iter().max().unwrap();
+    let mean = recoveries.iter().sum::<Duration>() / CYCLES as u32;
+    eprintln!(
+        "{CYCLES} restarts in {:?}: answering again after {mean:?} on average, {slowest:?} at worst; \
+         threads {threads0} -> {threads}, RSS {rss0} -> {rss} KiB",
+        started.elapsed()
+    );
+    assert!(threads <= threads0 + 2, "threads grew from {threads0} to {threads}");
+    assert!(rss <= rss0 + 4096, "RSS grew from {rss0} to {rss} KiB");
+    assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
+}
+
+/// SIGTERM or SIGINT: a departure on presence, then exit 0 within 2 s.
+fn clean_exit_on(sig: i32) {
+    let mut rig = Rig::start(&format!("sig{sig}"), &["--sim"], &[]);
+    let presence = rig.subject("presence");
+    rig.client.sub(&presence).unwrap();
+    // The reply proves the server holds our subscription.
+    rig.call("get_status", json!({}), Duration::from_secs(10)).unwrap();
+    let t = Instant::now();
+    rig.dcd.signal(sig);
+    let status = rig.dcd.wait_exit(Duration::from_secs(2));
+    assert!(status.is_some_and(|s| s.code() == Some(0)), "signal {sig}: {status:?} after {:?}", t.elapsed());
+    eprintln!("signal {sig}: exit 0 after {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(m) = rig.client.next(deadline).unwrap() {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if m.subject == presence && v["departing"] == true {
+            assert_eq!(v["device_id"], rig.id.as_str());
+            return;
+        }
+    }
+    panic!("signal {sig}: no departing presence");
+}
+
+#[test]
+fn sigterm_departs_and_exits_cleanly() {
+    if common::nats_installed() {
+        clean_exit_on(libc::SIGTERM);
+    }
+}
+
+#[test]
+fn sigint_departs_and_exits_cleanly() {
+    if common::nats_installed() {
+        clean_exit_on(libc::SIGINT);
+    }
+}
+
+#[test]
+fn second_signal_during_shutdown_exits_at_once() {
+    if !common::nats_installed() {
+        return;
+    }
+    let stall = Stall::new();
+    let host = format!("unix://{}", stall.path.display());
+    let mut rig = Rig::spawn("second", &[], &[("DOCKER_HOST", &host)]);
+    rig.get_stuck(Duration::from_secs(3));
+    rig.dcd.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rig.dcd.running(), "shutdown finished although a worker is stuck");
+    let t = Instant::now();
+    rig.dcd.signal(libc::SIGINT);
+    let status = rig.dcd.wait_exit(Duration::from_millis(500));
+    assert!(status.is_some_and(|s| !s.success()), "second signal: {status:?} after {:?}", t.elapsed());
+    eprintln!("second signal: {status:?} after {:?}", t.elapsed());
+}
+
+#[test]
+fn stuck_shutdown_is_bounded() {
+    if !common::nats_installed() {
+        return;
+    }
+    let stall = Stall::new();
+    let host = format!("unix://{}", stall.path.display());
+    let mut rig = Rig::spawn("stuck", &[], &[("DOCKER_HOST", &host)]);
+    rig.get_stuck(Duration::from_secs(3));
+    let t = Instant::now();
+    rig.dcd.signal(libc::SIGTERM);
+    let status = rig.dcd.wait_exit(Duration::from_secs(3));
+    assert!(status.is_some(), "still running 3 s after SIGTERM");
+    eprintln!("stuck shutdown: {status:?} after {:?}", t.elapsed());
+}
+
+/// One soak caller's next request: every function, on containers of its own.
+fn soak_request(n: u64, caller: usize, step: u64) -> (&'static str, Value) {
+    let own = format!("soak-{caller}-{}", step % 3);
+    let id = json!({"container_id": own});
+    match (n ^ step.wrapping_mul(0x9e37_79b9)) % 20 {
+        0 => ("get_status", json!({})),
+        1 => ("ping_docker", json!({})),
+        2 => ("list_containers", json!({"all_containers": true})),
+        3 => ("get_container", id),
+        4 | 5 => ("provision_container", json!({"spec": {"image": "sim/hello", "name": own}})),
+        6 => ("start_container", id),
+        7 => ("stop_container", json!({"container_id": own, "timeout_s": 0})),
+        8 => ("restart_container", json!({"container_id": own, "timeout_s": 0})),
+        9 => ("remove_container", json!({"container_id": own, "force": true})),
+        10 => ("container_logs", json!({"container_id": own, "tail": 5})),
+        11 => ("container_logs", json!({"container_id": own, "follow": true})),
+        12 => ("stop_container_logs", id),
+        13 => ("exec_in_container", json!({"container_id": own, "command": ["echo", "soak"]})),
+        14 => ("pull_image", json!({"image": format!("sim/soak-{caller}:1")})),
+        15 => ("list_images", json!({})),
+        16 => ("compose_up", json!({"spec": {"compose_yaml": "services: {}", "services": [format!("soak{caller}")]}})),
+        17 => ("list_managed_containers", json!({})),
+        18 => ("compose_down", json!({"project_dir": "/sim/compose"})),
+        _ => ("no_such_method", json!({})),
+    }
+}
+
+/// Callers mixing every RPC until `until`; then each stops its follows and removes its containers.
+fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally: &Arc<Tally>) {
+    let threads: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (tally, cmd) = (tally.clone(), subject(tenant, id, "cmd"));
+            std::thread::spawn(move || {
+                let mut client = Nats::connect(port).expect("connect");
+                let mut step = 0u64;
+                let seed = caller as u64 * 7919 + 1;
+                let mut finish = (0..3)
+                    .flat_map(|k| {
+                        let own = format!("soak-{caller}-{k}");
+                        [("stop_container_logs", json!({"container_id": own})), ("remove_container", json!({"container_id": own, "force": true}))]
+                    })
+                    .chain([("remove_container", json!({"container_id": format!("compose-soak{caller}"), "force": true}))]);
+                loop {
+                    let (method, params) = if Instant::now() < until {
+                        step += 1;
+                        soak_request(seed, caller, step)
+                    } else {
+                        match finish.next() {
+                            Some(call) => call,
+                            None => break,
+                        }
+                    };
+                    let (rid, payload) = rpc_request(method, params);
+                    tally.sent.fetch_add(1, Ordering::SeqCst);
+                    let Some(bytes) = client.request(&cmd, &payload, Duration::from_secs(15)).expect("NATS") else {
+                        eprintln!("caller {caller}: no reply to {method}");
+                        continue;
+                    };
+                    tally.replies.fetch_add(1, Ordering::SeqCst);
+                    let failed = parse_reply(&bytes, &rid).is_err();
+                    tally.errors.fetch_add(u64::from(failed), Ordering::SeqCst);
+                    let mut methods = tally.methods.lock().unwrap();
+                    let m = methods.entry(method).or_default();
+                    *m = (m.0 + 1, m.1 + u64::from(failed));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a soak caller panicked");
+    }
+}
+
+#[test]
+fn soak_mixed_callers() {
+    if !common::nats_installed() {
+        return;
+    }
+    let secs: u64 = std::env::var("DCD_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    // Quiet, but for the readiness line.
+    let rig = Rig::start("soak", &["--sim"], &[("RUST_LOG", "dcd=warn,dcd::mesh=info")]);
+    let (port, tenant, id, pid) = (rig.port, rig.tenant.clone(), rig.id.clone(), rig.dcd.pid());
+
+    let events = Arc::new(AtomicU64::new(0));
+    let stop_events = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let (events, stop, subject) = (events.clone(), stop_events.clone(), subject(&tenant, &id, "event.>"));
+        let mut client = Nats::connect(port).unwrap();
+        client.sub(&subject).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(Some(_)) = client.next(Instant::now() + Duration::from_millis(200)) {
+                    events.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    // The same load for a short while first, so lazily grown pools and arenas are in the baseline.
+    let warmup = Arc::new(Tally::default());
+    soak(port, &tenant, &id, 8, Instant::now() + Duration::from_secs(5), &warmup);
+    std::thread::sleep(Duration::from_secs(1));
+    let (threads0, rss0) = threads_and_rss(pid);
+
+    let tally = Arc::new(Tally::default());
+    let t = Instant::now();
+    soak(port, &tenant, &id, 8, t + Duration::from_secs(secs), &tally);
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let (threads, rss) = threads_and_rss(pid);
+    stop_events.store(true, Ordering::SeqCst);
+    listener.join().unwrap();
+
+    let (sent, replies, errors) =
+        (tally.sent.load(Ordering::SeqCst), tally.replies.load(Ordering::SeqCst), tally.errors.load(Ordering::SeqCst));
+    eprintln!(
+        "soak {secs} s: {sent} requests in {took:?} ({:.0}/s), {replies} replies ({errors} errors), {} events; \
+         threads {threads0} -> {threads}, RSS {rss0} -> {rss} KiB",
+        sent as f64 / took.as_secs_f64(),
+        events.load(Ordering::SeqCst)
+    );
+    let methods = tally.methods.lock().unwrap();
+    eprintln!("calls and errors by method: {methods:?}");
+    assert_eq!(replies, sent, "lost replies");
+    for (method, (calls, errors)) in methods.iter() {
+        assert!(*method == "no_such_method" || errors < calls, "{method} never succeeded");
+    }
+    assert!(events.load(Ordering::SeqCst) > 0, "no events during the soak");
+    assert!(threads <= threads0 + 2, "threads grew from {threads0} to {threads}");
+    assert!(rss <= rss0 + 8192, "RSS grew from {rss0} to {rss} KiB");
+}
