@@ -442,6 +442,13 @@ class Daemon:
             return ""
 
 
+def thread_group(comm: str) -> str:
+    """Thread name without its per-instance suffix: logs-<id> -> logs, worker-3 -> worker."""
+    if comm.startswith("logs-"):
+        return "logs"
+    return re.sub(r"-\d+$", "", comm)
+
+
 def pids_named(comm: str) -> list[int]:
     """Pids whose /proc/<pid>/comm is exactly `comm` (read only; never used to signal anything)."""
     out = []
@@ -754,7 +761,7 @@ class Bench:
         """Idle RSS and threads, then two bursts of n_rpcs get_status from 8 callers: growth over the
         first burst is warm-up (allocator caches, buffers reaching their working size); growth over
         the second is what a leak would show."""
-        idle_rss, idle_thr, after_rss, after_thr, warm, delta, hwm = (Agg() for _ in range(7))
+        idle_rss, idle_thr, after_rss, after_thr, warm, delta, hwm, anon, filed = (Agg() for _ in range(9))
         names = {}
         for r in range(self.rounds):
             d = Daemon(self.bin, kind, self.tenant(f"m{kind[0]}{r}"), self.logdir, self.a.nats_url)
@@ -779,6 +786,8 @@ class Bench:
                     snaps.append(d.status())
                 s1, s2 = snaps
                 idle_rss.add(s0["VmRSS"] / 1024)
+                anon.add(s0.get("RssAnon", 0) / 1024)
+                filed.add(s0.get("RssFile", 0) / 1024)
                 idle_thr.add(s0["Threads"])
                 after_rss.add(s2["VmRSS"] / 1024)
                 after_thr.add(s2["Threads"])
@@ -792,7 +801,8 @@ class Bench:
         K = kind.upper() if kind == "nats" else "Zenoh"
         goal = "≤ 8 MiB" if kind == "nats" else "(figure)"
         self.row("memory", f"{K}: idle RSS (3 s after first answer)", idle_rss.fmt("{:.2f}", " MiB"),
-                 "", "", "", goal, verdict(idle_rss.med <= 8) if kind == "nats" else "")
+                 "", "", "", goal, (verdict(idle_rss.med <= 8) + " " if kind == "nats" else "")
+                 + f"anon {anon.fmt('{:.2f}')} + file-backed {filed.fmt('{:.2f}')} MiB")
         self.row("memory", f"{K}: threads idle / after", f"{idle_thr.fmt('{:.0f}')} / {after_thr.fmt('{:.0f}')}",
                  "", "", "", "", " ".join(f"{k}×{v}" if v > 1 else k for k, v in sorted(names.items())))
         self.row("memory", f"{K}: RSS after 2×{n_rpcs} get_status (8 callers)", after_rss.fmt("{:.2f}", " MiB"),
@@ -801,6 +811,8 @@ class Bench:
                  "", "", "", "no growth", "ok" if delta.hi <= 64 else "GREW")
         self.row("memory", f"{K}: peak RSS (VmHWM)", hwm.fmt("{:.2f}", " MiB"))
         self.put(f"rss_idle_mib_{kind}", idle_rss)
+        self.put(f"rss_idle_anon_mib_{kind}", anon)
+        self.put(f"rss_idle_file_mib_{kind}", filed)
         self.put(f"rss_after_mib_{kind}", after_rss)
         self.put(f"rss_warmup_kib_{kind}", warm)
         self.put(f"rss_delta_kib_{kind}", delta)
@@ -809,6 +821,38 @@ class Bench:
         self.put(f"threads_after_{kind}", after_thr)
         self.put(f"thread_names_{kind}", names)
         return idle_rss, delta
+
+    async def memory_variants(self, nc):
+        """Idle RSS of the static musl builds (the deployed form), one sample each."""
+        variants = [("musl nats+zenoh", "target/bench-all", ("nats", "zenoh")),
+                    ("musl nats only", "target/bench-nats", ("nats",)),
+                    ("musl zenoh only", "target/bench-zenoh", ("zenoh",))]
+        out = {}
+        for label, tdir, kinds in variants:
+            binary = os.path.join(ROOT, tdir, "x86_64-unknown-linux-musl/release/dcd")
+            if not os.access(binary, os.X_OK):
+                continue
+            for kind in kinds:
+                d = Daemon(binary, kind, self.tenant(f"v{kind[0]}"), self.logdir, self.a.nats_url)
+                zs = None
+                try:
+                    if kind == "nats":
+                        await wait_answer_nats(nc, d)
+                    else:
+                        zs = wait_answer_zenoh(d)
+                    await asyncio.sleep(3.0)
+                    st = d.status()
+                finally:
+                    if zs is not None:
+                        zs.close()
+                    d.stop()
+                K = "NATS" if kind == "nats" else "Zenoh"
+                self.row("memory", f"{label}: {K} idle RSS", f"{st['VmRSS'] / 1024:.2f} MiB", "", "", "",
+                         "≤ 8 MiB" if kind == "nats" else "",
+                         f"anon {st.get('RssAnon', 0) / 1024:.2f} + file-backed {st.get('RssFile', 0) / 1024:.2f} MiB,"
+                         f" {st['Threads']} threads")
+                out[f"{label}/{kind}"] = st
+        self.put("rss_idle_musl_kib", out)
 
     # --- RPC latency ----------------------------------------------------------------------------
     def lat_rows(self, name, rpc_rounds, floor_rounds, conc, floor_name, goal_overhead=None):
@@ -1099,40 +1143,26 @@ class Bench:
         self.put("event_missed", missing)
 
     # --- log follow -----------------------------------------------------------------------------
-    def log_sink(self):
-        """A subscriber callback that counts numbered log lines exactly: unique, duplicates, and
-        the lines dcd reports dropped in `stream: "dcd"` notices."""
-        st = LogCount(0, b"")
-
-        async def on_line(m):
-            st.feed(m.data)
-
-        return st, on_line
-
     async def client_ceiling(self, nc, n=200000):
-        """How fast this very subscriber callback can take log events at all, fed by a publisher in
-        this process (so it is a lower bound): the harness must be faster than what it measures."""
-        nc2 = await nats.connect(self.a.nats_url, connect_timeout=3, max_reconnect_attempts=0,
-                                 error_cb=nats_error)
+        """How fast the log-counting subscriber takes log events at all, fed by nats-py in this
+        process (a lower bound): the harness must be faster than what it measures."""
         subj = f"{self.tenant('ceil')}.x"
-        st, cb = self.log_sink()
-        st.reset(n, b'"ceil"')
-        sub = await nc.subscribe(subj, cb=cb, pending_msgs_limit=2_000_000, pending_bytes_limit=1 << 30)
-        await nc.flush()
+        st = LogCount(n, b"")
+        sub = RawSub(self.a.nats_url, subj, st)
+        sub.start()
+        t0 = time.perf_counter()
         for i in range(1, n + 1):
             body = ('{"jsonrpc":"2.0","method":"container_log_line","params":{"_trace_id":"0123456789abcdef",'
                     f'"container_id":"ceil","event_id":"01234567","line":"{i:060d}","stream":"stdout",'
                     '"ts":"2026-11-22T07:00:00Z"}}').encode()
-            await nc2.publish(subj, body)
-            if i % 1000 == 0:
-                await asyncio.sleep(0)
-        await nc2.flush()
+            await nc.publish(subj, body)
+        await nc.flush()
+        t_pub = time.perf_counter() - t0
         deadline = time.time() + 30
         while st.unique < n and time.time() < deadline:
             await asyncio.sleep(0.05)
-        await sub.unsubscribe()
-        await nc2.close()
-        return st.rate(), st.unique
+        sub.close()
+        return st.rate(), st.unique, n / t_pub
 
     def engine_follow(self, cid: str, n: int, limit=60.0) -> "LogCount":
         """The floor for a live follow: the engine's own follow stream, read directly."""
@@ -1173,28 +1203,39 @@ class Bench:
         end with it. Floors: the engine's own follow of an identical container read directly (live),
         and the engine's own read of a finished log (replay: dcd reads it at full speed)."""
         n_lines = 200000
+        batch, pause_us = 2500, 100000  # paced: at most 25,000 lines/s offered
         awk = f'BEGIN{{for(i=1;i<={n_lines};i++) printf "%060d\\n", i}}'
-        st, on_line = self.log_sink()
+        paced = (f"i=0; while [ $i -lt {n_lines // batch} ]; do awk -v b=$((i*{batch})) "
+                 f"'BEGIN{{for(j=1;j<={batch};j++) printf \"%060d\\n\", b+j}}'; usleep {pause_us}; i=$((i+1)); done")
+        scripts = {
+            # starts writing 2 s after start (the follow is in place by then); stays up after writing
+            "live": f"sleep 2; awk '{awk}'; exec sleep 600",
+            "paced": f"sleep 2; {paced}; exec sleep 600",
+            # writes everything and exits before the follow starts
+            "replay": f"awk '{awk}'",
+        }
+        st = LogCount(n_lines, b"")
         subj = f"device-connect.{d.tenant}.{d.device_id}.event.container_log_line"
-        sub = await nc.subscribe(subj, cb=on_line, pending_msgs_limit=2_000_000, pending_bytes_limit=1 << 30)
-        await nc.flush()
+        sub = RawSub(self.a.nats_url, subj, st)
+        sub.start()
         keys = ("rate", "lost", "reported", "dups", "cpu_us", "rss", "floor_rate", "floor_lost", "floor_dups",
                 "producer")
-        res = {m: {k: Agg() for k in keys} for m in ("live", "replay")}
+        modes = ("live", "paced", "replay")
+        res = {m: {k: Agg() for k in keys} for m in modes}
+        threads_cpu: dict = {}
         for r in range(self.rounds):
-            for mode in ("live", "replay"):
+            for mode in modes:
                 x = res[mode]
-                if mode == "live":  # starts writing 2 s after start; the follow is in place by then
-                    script = f"sleep 2; awk '{awk}'; exec sleep 600"
-                else:               # writes everything and exits before the follow starts
-                    script = f"awk '{awk}'"
+                script = scripts[mode]
                 # dcd
                 name = f"dcd-bench-{self.run_id}-log{r}{mode[0]}"
-                st.reset(n_lines, f'"{name}"'.encode())
+                with sub.lock:
+                    st.reset(n_lines, f'"{name}"'.encode())
                 cid = await adocker("run", "-d", *labels(self.run_id), "--name", name, IMAGE, "sh", "-c", script)
                 if mode == "replay":
                     await adocker("wait", name, timeout=120)
                 cpu0 = d.cpu_ticks()
+                thr0 = d.thread_ticks()
                 # tail -1 (all): every line from the start, so nothing depends on when the follow begins
                 await nrpc(nc, d, "container_logs", {"container_id": name, "tail": -1, "follow": True})
                 deadline = time.time() + 120
@@ -1210,6 +1251,10 @@ class Bench:
                         break  # nothing more for 5 s: whatever is missing is lost
                 await asyncio.sleep(0.5)  # stragglers, and a last drop notice
                 cpu1 = d.cpu_ticks()
+                thr1 = d.thread_ticks()
+                for k, v in thr1.items():
+                    nm = thread_group(k.split("/")[0])
+                    threads_cpu.setdefault(mode, {}).setdefault(nm, []).append((v - thr0.get(k, 0)) / TICK)
                 try:
                     await nrpc(nc, d, "stop_container_logs", {"container_id": name})
                 except RpcError:
@@ -1220,7 +1265,7 @@ class Bench:
                 x["dups"].add(st.dups)
                 x["cpu_us"].add((cpu1 - cpu0) / TICK * 1e6 / max(1, st.count + st.dropped))
                 x["rss"].add(d.status()["VmRSS"] / 1024)
-                if mode == "live":  # the producer's own pace, from the engine's timestamps
+                if mode != "replay":  # the producer's own pace, from the engine's timestamps
                     body = await asyncio.to_thread(
                         raw_get, self.sock, f"/containers/{cid}/logs?stdout=1&stderr=1&timestamps=1", 120.0)
                     frames = [p for _, p in demux_frames(body)]
@@ -1233,7 +1278,7 @@ class Bench:
                 # the floor: the engine directly
                 name = f"dcd-bench-{self.run_id}-log{r}{mode[0]}f"
                 cid = await adocker("run", "-d", *labels(self.run_id), "--name", name, IMAGE, "sh", "-c", script)
-                if mode == "live":
+                if mode != "replay":
                     fl = await asyncio.to_thread(self.engine_follow, cid, n_lines)
                     x["floor_rate"].add(fl.rate())
                     x["floor_lost"].add(n_lines - fl.unique)
@@ -1246,8 +1291,8 @@ class Bench:
                     x["floor_rate"].add(len(nums) / (time.perf_counter() - t0))
                     x["floor_lost"].add(n_lines - len(nums))
                 await adocker("rm", "-f", name)
-        await sub.unsubscribe()
-        lv, rp = res["live"], res["replay"]
+        sub.close()
+        lv, rp, pc = res["live"], res["replay"], res["paced"]
         f0 = "{:.0f}"
         self.row("logs", f"live follow, {n_lines} lines of 60 chars", lv["rate"].fmt(f0, " lines/s"),
                  f"engine follow {lv['floor_rate'].fmt(f0, '/s')}",
@@ -1259,14 +1304,26 @@ class Bench:
                  verdict(lv["lost"].hi == 0) + f"; duplicates: dcd {lv['dups'].fmt(f0)}, engine {lv['floor_dups'].fmt(f0)}")
         self.row("logs", "  live: dcd CPU per line", lv["cpu_us"].fmt("{:.1f}", " µs"), "", "", "", "",
                  f"RSS after {lv['rss'].fmt('{:.1f}', ' MiB')}")
+        self.row("logs", f"paced follow, {batch} lines per {pause_us // 1000} ms", pc["rate"].fmt(f0, " lines/s"),
+                 f"engine follow {pc['floor_rate'].fmt(f0, '/s')}", "", "", "≥ 20000, none lost",
+                 verdict(pc["rate"].med >= 20000 and pc["lost"].hi == 0) + f" (producer {pc['producer'].fmt(f0, '/s')})")
+        self.row("logs", "  paced: lines lost (of them reported dropped)",
+                 f"{pc['lost'].fmt(f0)} ({pc['reported'].fmt(f0)})",
+                 f"engine follow lost {pc['floor_lost'].fmt(f0)}", "", "", "", f"duplicates: dcd {pc['dups'].fmt(f0)}, "
+                 f"engine {pc['floor_dups'].fmt(f0)}; {pc['cpu_us'].fmt('{:.1f}', ' µs')} CPU/line")
         self.row("logs", "  replay of a finished log (tail=all)", rp["rate"].fmt(f0, " lines/s"),
                  f"engine read {rp['floor_rate'].fmt(f0, '/s')}",
                  f"×{Agg([a / b for a, b in zip(rp['rate'].v, rp['floor_rate'].v)]).fmt('{:.2f}')}", "", "",
                  f"lost {rp['lost'].fmt(f0)} (reported {rp['reported'].fmt(f0)}),"
                  f" {rp['cpu_us'].fmt('{:.1f}', ' µs')} CPU/line")
-        for mode in ("live", "replay"):
+        for mode in modes:
             for k, v in res[mode].items():
                 self.put(f"log_{mode}_{k}", v)
+        for mode, per in threads_cpu.items():
+            tot = {k: sum(v) / self.rounds for k, v in per.items()}
+            top = sorted(((v, k) for k, v in tot.items() if v > 0), reverse=True)[:4]
+            self.row("logs", f"  {mode}: dcd CPU by thread, per follow", ", ".join(f"{k} {v:.2f} s" for v, k in top))
+            self.put(f"log_{mode}_thread_cpu_s", tot)
 
     # --- the whole run --------------------------------------------------------------------------
     async def run(self):
@@ -1284,6 +1341,8 @@ class Bench:
         startup = await self.startup(nc)
         rss_n, delta_n = await self.memory(nc, "nats", 2000 if self.quick else 10000)
         rss_z, delta_z = await self.memory(nc, "zenoh", 2000 if self.quick else 10000)
+        if not self.quick:
+            await self.memory_variants(nc)
 
         d = Daemon(self.bin, "nats", self.tenant("l"), self.logdir, self.a.nats_url)
         zd = None
@@ -1312,9 +1371,9 @@ class Bench:
             cpu = await self.idle_cpu([x for x in (d, zd) if x is not None], n_present)
             if not self.quick:
                 await self.event_latency(nc, d)
-                rate, cnt = await self.client_ceiling(nc)
-                self.row("logs", "  harness ceiling: this subscriber (publisher in-process)", f"{rate:.0f} msgs/s",
-                         "", "", "", "", f"({cnt} received)")
+                rate, cnt, pub = await self.client_ceiling(nc)
+                self.row("logs", "  harness ceiling: the counting subscriber", f"{rate:.0f} msgs/s",
+                         "", "", "", "", f"({cnt} received; fed by nats-py at {pub:.0f}/s, so a lower bound)")
                 self.put("log_client_ceiling_msgs_per_s", rate)
                 await self.log_follow(nc, d)
                 s = d.status()
@@ -1339,6 +1398,7 @@ class Bench:
 LINE_NUM = re.compile(rb"(\d{60})")
 LINE_FIELD = re.compile(rb'"line":"(\d{60})"')
 DROPPED = re.compile(r"(\d+) log lines? dropped")
+NOTICE = re.compile(rb'"line":"dcd: (\d+) log lines? dropped')
 
 
 class LogCount:
@@ -1390,6 +1450,71 @@ class LogCount:
 
     def rate(self) -> float:
         return (self.count - 1) / (self.last - self.first) if self.count > 1 and self.last > self.first else 0.0
+
+
+class RawSub(threading.Thread):
+    """A minimal NATS subscriber on a plain socket, for the log-follow count: it takes whole
+    receive buffers and splits them in C, so it keeps up with far more messages per second than
+    a nats-py callback (about 50,000/s here) and the harness is not what gets measured."""
+
+    def __init__(self, url: str, subject: str, count: "LogCount"):
+        super().__init__(daemon=True, name="raw-sub")
+        u = urllib.parse.urlparse(url)
+        self.sock = socket.create_connection((u.hostname, u.port or 4222), timeout=5)
+        self.count = count
+        self.lock = threading.Lock()
+        self.stop_flag = False
+        f = self.sock.makefile("rb")
+        if not f.readline().startswith(b"INFO "):
+            raise RuntimeError("NATS: no INFO from the server")
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"echo":false,"name":"dcd-bench"}\r\n'
+                          + f"SUB {subject} 1\r\nPING\r\n".encode())
+        line = f.readline()
+        if line.strip() != b"PONG":
+            raise RuntimeError(f"NATS: {line!r}")
+        self.rest = f.read1(1 << 20) if f.peek(1) else b""
+        self.sock.settimeout(0.2)
+
+    def run(self):
+        buf = self.rest
+        while not self.stop_flag:
+            try:
+                data = self.sock.recv(4 << 20)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            now = time.perf_counter()
+            buf += data
+            cut = buf.rfind(b"\r\n") + 2
+            if cut < 2:
+                continue
+            chunk, buf = buf[:cut], buf[cut:]
+            if b"PING\r\n" in chunk:
+                self.sock.sendall(b"PONG\r\n")
+            with self.lock:
+                c = self.count
+                for piece in chunk.split(b"\r\nMSG "):
+                    if c.tag and c.tag not in piece:
+                        continue
+                    m = LINE_FIELD.search(piece)
+                    if m:
+                        c._one(int(m.group(1)), now)
+                    elif b'"dcd"' in piece:
+                        mm = NOTICE.search(piece)
+                        if mm:
+                            c.notices += 1
+                            c.dropped += int(mm.group(1))
+
+    def close(self):
+        self.stop_flag = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.join(2)
 
 
 async def nats_error(e):

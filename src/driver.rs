@@ -112,7 +112,7 @@ pub struct Driver {
     follows: Follows,
     compose: Compose,
     pub(crate) policy: Policy,
-    info: Mutex<Option<(Instant, Value)>>,
+    info: Mutex<Option<(Instant, std::result::Result<Value, EngineError>)>>,
 }
 
 impl Driver {
@@ -141,11 +141,12 @@ impl Driver {
     pub fn call(&self, method: &str, params: Map<String, Value>) -> Result<Value> {
         let f = functions().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
         if !self.policy.serves(f.kind, self.simulate) {
-            return Err(Error::Policy(format!("{method} is disabled on this host ({})", match f.kind {
+            let how = match f.kind {
+                _ if self.policy.read_only => "read_only is set",
                 Kind::Exec => "allow with \"exec\": \"allow\"",
-                Kind::Compose => "allow with \"compose\": true",
-                _ => "read_only is set",
-            })));
+                _ => "allow with \"compose\": true",
+            };
+            return Err(Error::Policy(format!("{method} is disabled on this host ({how})")));
         }
         (f.call)(self, params)
     }
@@ -196,25 +197,30 @@ impl Driver {
         self.follows.stop_all();
     }
 
-    /// `EngineInfo` plus `connected`, from the cache unless stale or `refresh`.
+    /// `EngineInfo` plus `connected` (and `error` when not), from the cache
+    /// unless stale or `refresh`. The lock is not held while the engine is
+    /// asked, so a hung engine stalls only this caller.
     fn engine_info(&self, refresh: bool) -> Value {
-        let mut cache = self.info.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, v)) = cache.as_ref() {
+        match self.ping(refresh) {
+            Ok(v) => v,
+            Err(e) => json!({"connected": false, "error": e.to_string()}),
+        }
+    }
+
+    fn ping(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
+        if let Some((at, v)) = self.info.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             if !refresh && at.elapsed() < INFO_TTL {
                 return v.clone();
             }
         }
-        let v = match self.engine.info() {
-            Ok(mut v) => {
-                v["connected"] = json!(true);
-                if self.simulate {
-                    v["simulated"] = json!(true);
-                }
-                v
+        let v = self.engine.info().map(|mut v| {
+            v["connected"] = json!(true);
+            if self.simulate {
+                v["simulated"] = json!(true);
             }
-            Err(e) => json!({"connected": false, "error": e.to_string()}),
-        };
-        *cache = Some((Instant::now(), v.clone()));
+            v
+        });
+        *self.info.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
         v
     }
 
@@ -441,12 +447,7 @@ const FUNCTIONS: &[Function] = &[
         schema: no_params,
         call: |d, p| {
             let NoArgs {} = args(p)?;
-            let mut info = d.engine_info(true);
-            if info["connected"] != true {
-                return Err(Error::Engine(EngineError::Unreachable(
-                    info["error"].as_str().unwrap_or("no answer").to_string(),
-                )));
-            }
+            let mut info = d.ping(true)?;
             info["status"] = json!("success");
             Ok(info)
         },
@@ -517,6 +518,10 @@ const FUNCTIONS: &[Function] = &[
             let body = a.spec.create_body()?;
             d.policy.check_create(&body).map_err(Error::Policy)?;
             if let (true, Some(name)) = (a.spec.replace, &a.spec.name) {
+                match d.guard(name, Kind::Mutate) {
+                    Ok(()) | Err(Error::Engine(EngineError::NotFound(_))) => {}
+                    Err(e) => return Err(e),
+                }
                 match d.engine.remove_container(name, true) {
                     Ok(()) | Err(EngineError::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),

@@ -34,11 +34,7 @@ pub struct Follows {
 
 impl Follows {
     pub fn new(engine: Arc<dyn Engine>, events: Events) -> Self {
-        Follows {
-            engine,
-            events,
-            table: Arc::default(),
-        }
+        Follows { engine, events, table: Arc::default() }
     }
 
     /// Start following `container_id` (the caller's string, used as the key
@@ -68,23 +64,13 @@ impl Follows {
                 move || {
                     pump(&key, stream.body, tty, opts.timestamps, &events);
                     let mut t = lock(&shared);
-                    if t.follows
-                        .get(&key)
-                        .is_some_and(|f| f.generation == generation)
-                    {
+                    if t.follows.get(&key).is_some_and(|f| f.generation == generation) {
                         t.follows.remove(&key);
                     }
                 }
             })
             .map_err(|e| EngineError::Server(format!("cannot start log thread: {e}")))?;
-        table.follows.insert(
-            key,
-            Follow {
-                generation,
-                cancel: stream.cancel,
-                thread,
-            },
-        );
+        table.follows.insert(key, Follow { generation, cancel: stream.cancel, thread });
         Ok(false)
     }
 
@@ -127,11 +113,7 @@ fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 /// Read the stream to its end, one event per line.
 fn pump(key: &str, mut body: Box<dyn Read + Send>, tty: bool, timestamps: bool, events: &Events) {
     let mut demux = Demux::new(tty, timestamps);
-    let mut out = Emitter {
-        key,
-        events,
-        dropped: 0,
-    };
+    let mut out = Emitter { key, events, dropped: 0 };
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match body.read(&mut buf) {
@@ -147,10 +129,7 @@ fn pump(key: &str, mut body: Box<dyn Read + Send>, tty: bool, timestamps: bool, 
     // One last chance to tell the subscriber what it missed.
     out.notice();
     if out.dropped > 0 {
-        log::warn!(
-            "log follow {key}: {} lines dropped at the end, unreported",
-            out.dropped
-        );
+        log::warn!("log follow {key}: {} lines dropped at the end, unreported", out.dropped);
     }
 }
 
@@ -166,8 +145,7 @@ struct Emitter<'a> {
 impl Emitter<'_> {
     fn line(&mut self, l: Line) {
         self.notice();
-        let mut params =
-            json!({"container_id": self.key, "line": l.text, "stream": l.source.as_str()});
+        let mut params = json!({"container_id": self.key, "line": l.text, "stream": l.source.as_str()});
         if let Some(ts) = l.ts {
             params["ts_engine"] = json!(ts);
         }

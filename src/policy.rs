@@ -14,8 +14,18 @@ use serde_json::Value;
 /// even when a listed prefix covers them.
 const SENSITIVE: &[&str] = &["/", "/etc", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run", "/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker", "/root"];
 
-/// `security_opt` values that weaken confinement.
-const WEAKENING: &[&str] = &["seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "apparmor:unconfined", "label=disable", "label:disable", "systempaths=unconfined", "no-new-privileges=false", "no-new-privileges:false"];
+/// `security_opt` values that keep or tighten the default confinement. Any other may weaken it:
+/// an unconfined or custom seccomp or AppArmor profile, an SELinux label such as `type:spc_t`,
+/// unmasked system paths.
+const KEEPS_CONFINEMENT: &[&str] = &[
+    "no-new-privileges",
+    "no-new-privileges=true",
+    "no-new-privileges:true",
+    "seccomp=default",
+    "seccomp:default",
+    "apparmor=docker-default",
+    "apparmor:docker-default",
+];
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +69,7 @@ pub struct Policy {
     /// Host devices that may be passed in; a trailing `*` matches any suffix.
     #[serde(default)]
     pub devices: Vec<String>,
-    /// `security_opt` entries that weaken confinement.
+    /// `security_opt` entries beyond those that keep the default confinement.
     #[serde(default)]
     pub weaken_security: bool,
     /// Image reference prefixes allowed (`127.0.0.1:5000/`, `library/alpine`);
@@ -114,6 +124,11 @@ impl Policy {
             let source = bind.split(':').next().unwrap_or_default();
             if source.starts_with('/') {
                 self.check_bind(source)?;
+            } else if !volume_name(source) {
+                // The engine would refuse it today; the policy does not rely on that.
+                return Err(format!(
+                    "bind mount of {source} is not allowed: a source is a volume name or an absolute path"
+                ));
             }
         }
         for m in host["Mounts"].as_array().into_iter().flatten() {
@@ -131,6 +146,10 @@ impl Policy {
         }
         for d in host["Devices"].as_array().into_iter().flatten() {
             let path = d["PathOnHost"].as_str().unwrap_or_default();
+            // A `..` would climb out of a pattern's directory ("/dev/serial/*" to /dev/mem).
+            if !path.starts_with('/') || Path::new(path).components().any(|c| c == Component::ParentDir) {
+                return Err(format!("device {path} is not allowed: the path must be absolute, without .."));
+            }
             if !self.devices.iter().any(|p| glob_match(p, path)) {
                 return Err(format!("device {path} is not allowed (allow with \"devices\": [\"{path}\"])"));
             }
@@ -141,7 +160,7 @@ impl Policy {
         if !self.weaken_security {
             for opt in strings(&host["SecurityOpt"]) {
                 let o = opt.to_ascii_lowercase().replace(' ', "");
-                if WEAKENING.iter().any(|w| o == *w) || o.starts_with("seccomp=") && o != "seccomp=default" {
+                if !KEEPS_CONFINEMENT.contains(&o.as_str()) {
                     return Err(format!("security_opt {opt} is not allowed (allow with \"weaken_security\": true)"));
                 }
             }
@@ -150,6 +169,15 @@ impl Policy {
     }
 
     fn check_bind(&self, source: &str) -> Result<(), String> {
+        // Where `..` leads depends on the symlinks before it, and the engine creates a missing
+        // source through them: "<allowed>/link/../x" can make and mount a directory in /etc.
+        if Path::new(source).components().any(|c| c == Component::ParentDir) {
+            let shown = fold(source);
+            let shown = shown.display();
+            return Err(format!(
+                "bind mount of {shown} ({source}) is not allowed: write the path without .. (allow with \"bind_prefixes\": [\"{shown}\"])"
+            ));
+        }
         let path = resolve(source);
         let covers = |prefix: &String| {
             let prefix = resolve(prefix);
@@ -170,12 +198,21 @@ fn strings(v: &Value) -> Vec<&str> {
     v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
 }
 
-/// The path a bind source really names: `..` folded, symlinks followed when
-/// the path exists on this host.
+/// The path a bind source (absolute, without `..`) really names on this host: symlinks in the
+/// part that exists followed, since the engine creates the rest through them.
 fn resolve(source: &str) -> PathBuf {
-    if let Ok(p) = std::fs::canonicalize(source) {
-        return p;
+    let parts: Vec<_> = Path::new(source).components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    for n in (0..=parts.len()).rev() {
+        let existing: PathBuf = std::iter::once(Component::RootDir).chain(parts[..n].iter().copied()).collect();
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            return parts[n..].iter().fold(real, |p, c| p.join(c));
+        }
     }
+    fold(source)
+}
+
+/// `..` folded without looking at the filesystem.
+fn fold(source: &str) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in Path::new(source).components() {
         match c {
@@ -187,6 +224,13 @@ fn resolve(source: &str) -> PathBuf {
         }
     }
     out
+}
+
+/// The engine's rule for local volume names.
+fn volume_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn glob_match(pattern: &str, path: &str) -> bool {
@@ -227,10 +271,53 @@ mod tests {
             (json!({"Devices": [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}]}), "device /dev/mem"),
             (json!({"SecurityOpt": ["seccomp=unconfined"]}), "security_opt"),
             (json!({"SecurityOpt": ["apparmor:unconfined"]}), "security_opt"),
+            (json!({"SecurityOpt": ["label=type:spc_t"]}), "security_opt label=type:spc_t"),
+            (json!({"SecurityOpt": ["apparmor=my-lax-profile"]}), "security_opt"),
+            (json!({"SecurityOpt": ["systempaths=unconfined"]}), "security_opt"),
         ] {
             let e = p.check_create(&body(host.clone())).unwrap_err();
             assert!(e.contains(want) && e.contains("allow with"), "{host}: {e}");
         }
+    }
+
+    #[test]
+    fn paths_that_only_the_engine_would_refuse_are_refused() {
+        let p: Policy = serde_json::from_value(json!({"devices": ["/dev/null*"]})).unwrap();
+        for (host, want) in [
+            (json!({"Binds": ["../../etc:/x"]}), "volume name or an absolute path"),
+            (json!({"Binds": ["./etc:/x"]}), "volume name or an absolute path"),
+            (json!({"Binds": ["~/.ssh:/x"]}), "volume name or an absolute path"),
+            (json!({"Binds": [":/x"]}), "volume name or an absolute path"),
+            (json!({"Devices": [{"PathOnHost": "/dev/null/../mem"}]}), "without .."),
+            (json!({"Devices": [{"PathOnHost": "dev/null"}]}), "must be absolute"),
+        ] {
+            let e = p.check_create(&body(host.clone())).unwrap_err();
+            assert!(e.contains(want), "{host}: {e}");
+        }
+        assert_eq!(p.check_create(&body(json!({"Devices": [{"PathOnHost": "/dev/null"}]}))), Ok(()));
+    }
+
+    #[test]
+    fn symlinks_and_dotdot_cannot_leave_an_allowed_prefix() {
+        let dir = std::env::temp_dir().join(format!("dcd-policy-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let _ = std::fs::remove_file(dir.join("link"));
+        std::os::unix::fs::symlink("/etc", dir.join("link")).unwrap();
+        let d = dir.display();
+        let p: Policy = serde_json::from_value(json!({"bind_prefixes": [d.to_string()]})).unwrap();
+        let check = |src: String| p.check_create(&body(json!({"Binds": [format!("{src}:/x")]})));
+        assert_eq!(check(format!("{d}/data")), Ok(()));
+        assert_eq!(check(format!("{d}/data/new/deeper")), Ok(()), "a missing path inside is created inside");
+        for (src, want) in [
+            (format!("{d}/link"), "bind mount of /etc "),
+            (format!("{d}/link/not-there-yet"), "bind mount of /etc/not-there-yet"),
+            (format!("{d}/link/../sudoers.d"), "without .."),
+            (format!("{d}/data/../data"), "without .."),
+        ] {
+            let e = check(src.clone()).unwrap_err();
+            assert!(e.contains(want), "{src}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

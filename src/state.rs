@@ -36,6 +36,9 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// Destroyed ids remembered, so stale news cannot bring them back. Ids are
 /// never reused; this only has to outlast a replay (the engine keeps 256).
 const GONE_KEEP: usize = 4096;
+/// How long `State::start` waits for the baseline list. An engine that is
+/// down fails at once; only a hung one makes startup wait this long.
+const BASELINE_WAIT: Duration = Duration::from_secs(3);
 
 enum Msg {
     /// A container summary (driver shape) seen by the driver.
@@ -43,7 +46,8 @@ enum Msg {
     /// One engine event (`Type: container`).
     Engine(Value),
     /// The event stream is (re)connected: reconcile with a full list.
-    /// `replay`: it starts before the outage, so a burst of old events comes first.
+    /// `replay`: it starts at the last list or event, so a burst of what
+    /// happened since may come first.
     Connected { replay: bool },
     /// The event stream broke: poll until it is back.
     Disconnected,
@@ -79,19 +83,32 @@ pub struct State {
 
 impl State {
     /// Start the threads. `poll_hz` 0 turns the fallback poll off.
+    ///
+    /// Returns once the containers that exist now are known (or the engine
+    /// did not answer within `BASELINE_WAIT`): they are the silent baseline,
+    /// and whatever the caller does next is news.
     pub fn start(engine: Arc<dyn Engine>, poll_hz: f64, events: Events) -> State {
         let (tx, rx) = bounded(4096);
         let (stop, stop_rx) = bounded::<()>(0);
         let events_cancel = Arc::new(Mutex::new(None));
         let poll = (poll_hz > 0.0).then(|| Duration::from_secs_f64((1.0 / poll_hz).max(0.1)));
         let reconciled = Arc::new(AtomicI64::new(0));
+        let (baseline_tx, baseline) = bounded::<()>(0);
         let owner = {
             let (engine, stop, reconciled) = (engine.clone(), stop_rx.clone(), reconciled.clone());
             std::thread::Builder::new()
                 .name("state".into())
-                .spawn(move || Owner::new(engine, events, reconciled).run(rx, poll, &stop))
+                .spawn(move || {
+                    let mut owner = Owner::new(engine, events, reconciled);
+                    owner.reconcile();
+                    drop(baseline_tx);
+                    owner.run(rx, poll, &stop)
+                })
                 .expect("spawn state thread")
         };
+        let _ = baseline.recv_timeout(BASELINE_WAIT);
+        // Started after the baseline, the stream replays from it: nothing
+        // falls between the two.
         let follower = {
             let (tx, stop, cancel) = (tx.clone(), stop_rx, events_cancel.clone());
             std::thread::Builder::new()
@@ -99,28 +116,16 @@ impl State {
                 .spawn(move || follow_events(engine, tx, stop, &cancel, &reconciled))
                 .expect("spawn engine-events thread")
         };
-        State {
-            stop,
-            events_cancel,
-            threads: vec![owner, follower],
-            tx,
-        }
+        State { stop, events_cancel, threads: vec![owner, follower], tx }
     }
 
     pub fn handle(&self) -> StateHandle {
-        StateHandle {
-            tx: self.tx.clone(),
-        }
+        StateHandle { tx: self.tx.clone() }
     }
 
     pub fn shutdown(self) {
         drop(self.stop);
-        if let Some(c) = self
-            .events_cancel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(c) = self.events_cancel.lock().unwrap_or_else(|p| p.into_inner()).take() {
             c.cancel();
         }
         drop(self.tx);
@@ -162,17 +167,12 @@ impl Owner {
     }
 
     fn run(mut self, rx: Receiver<Msg>, poll: Option<Duration>, stop: &Receiver<()>) {
-        let mut next_poll = Instant::now();
+        let mut next_poll = Instant::now() + poll.unwrap_or_default();
         loop {
             // Poll only while the event stream cannot be trusted to tell us.
             let polling = poll.filter(|_| !self.stream_up || !self.seeded);
-            let due = [polling.map(|_| next_poll), self.settle.map(|(at, _)| at)]
-                .into_iter()
-                .flatten()
-                .min();
-            let wait = due.map_or(Duration::from_secs(3600), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
+            let due = [polling.map(|_| next_poll), self.settle.map(|(at, _)| at)].into_iter().flatten().min();
+            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(rx) -> m => match m {
                     // While the stream is up it is the only source: a summary
@@ -231,14 +231,7 @@ impl Owner {
             self.known.remove(&id);
             self.forget(id.clone());
         } else {
-            self.known.insert(
-                id.clone(),
-                Known {
-                    name: name.into(),
-                    image: image.into(),
-                    state: state.into(),
-                },
-            );
+            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into() });
         }
         self.events.emit(
             STATE_CHANGED,
@@ -267,10 +260,7 @@ impl Owner {
     }
 
     fn engine_event(&mut self, e: &Value) {
-        let id = e["Actor"]["ID"]
-            .as_str()
-            .or(e["id"].as_str())
-            .unwrap_or_default();
+        let id = e["Actor"]["ID"].as_str().or(e["id"].as_str()).unwrap_or_default();
         if id.is_empty() {
             return;
         }
@@ -289,11 +279,7 @@ impl Owner {
         let known = self.known.get(&short);
         let attrs = &e["Actor"]["Attributes"];
         let pick = |key: &str, of: fn(&Known) -> &String| {
-            attrs[key]
-                .as_str()
-                .map(String::from)
-                .or_else(|| known.map(|k| of(k).clone()))
-                .unwrap_or_default()
+            attrs[key].as_str().map(String::from).or_else(|| known.map(|k| of(k).clone())).unwrap_or_default()
         };
         let (name, image) = (pick("name", |k| &k.name), pick("image", |k| &k.image));
         self.set(&short, &name, &image, state);
@@ -315,11 +301,7 @@ impl Owner {
         let mut seen = HashSet::new();
         for c in &list {
             let id: String = str_of(&c["Id"]).chars().take(12).collect();
-            let name = c["Names"][0]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
+            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
             let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
             seen.insert(id.clone());
             if first {
@@ -329,12 +311,8 @@ impl Owner {
                 self.set(&id, &name, &image, &state);
             }
         }
-        let vanished: Vec<(String, Known)> = self
-            .known
-            .iter()
-            .filter(|(id, _)| !seen.contains(*id))
-            .map(|(i, k)| (i.clone(), k.clone()))
-            .collect();
+        let vanished: Vec<(String, Known)> =
+            self.known.iter().filter(|(id, _)| !seen.contains(*id)).map(|(i, k)| (i.clone(), k.clone())).collect();
         for (id, k) in vanished {
             self.set(&id, &k.name, &k.image, REMOVED);
         }
@@ -380,14 +358,7 @@ impl Delivered {
         if t == 0 {
             return true;
         }
-        let key = (
-            t,
-            format!(
-                "{}/{}",
-                ev["Actor"]["ID"],
-                ev["Action"].as_str().unwrap_or_default()
-            ),
-        );
+        let key = (t, format!("{}/{}", ev["Actor"]["ID"], ev["Action"].as_str().unwrap_or_default()));
         if !self.keys.insert(key.clone()) {
             return false;
         }

@@ -63,8 +63,10 @@ impl Rng {
     /// Up to `max` pieces of text mixing ASCII, JSON-significant characters, multibyte UTF-8 and
     /// control characters.
     fn text(&mut self, max: usize) -> String {
-        const PIECES: &[&str] =
-            &["a", "Z", "0", " ", "\"", "\\", "/", ".", "..", "?", "#", "%", "{", "]", "\n", "\u{0}", "é", "€", "😀", "\u{feff}"];
+        const PIECES: &[&str] = &[
+            "a", "Z", "0", " ", "\"", "\\", "/", ".", "..", "?", "#", "%", "{", "]", "\n", "\u{0}", "é", "€", "😀",
+            "\u{feff}",
+        ];
         (0..self.below(max + 1)).map(|_| *self.pick(PIECES)).collect()
     }
 }
@@ -186,10 +188,17 @@ impl Rig {
             .unwrap_or_else(|_| panic!("rpc::handle panicked on {} bytes: {}", payload.len(), shown()));
         let request = expected_request(payload);
         let (Some(req), Some(bytes)) = (&request, &reply) else {
-            assert_eq!(request.is_some(), reply.is_some(), "reply {:?} for {}", reply.map(|r| String::from_utf8_lossy(&r).into_owned()), shown());
+            assert_eq!(
+                request.is_some(),
+                reply.is_some(),
+                "reply {:?} for {}",
+                reply.map(|r| String::from_utf8_lossy(&r).into_owned()),
+                shown()
+            );
             return None;
         };
-        let r: Value = serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("reply is not JSON ({e}) for {}", shown()));
+        let r: Value =
+            serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("reply is not JSON ({e}) for {}", shown()));
         let obj = r.as_object().unwrap_or_else(|| panic!("reply is not an object: {r}"));
         assert!(same_id(&obj["id"], &req["id"]), "id {} not echoed for {}", obj["id"], shown());
         assert_eq!(r["jsonrpc"], "2.0");
@@ -205,18 +214,27 @@ impl Rig {
             let object_params = matches!(req.get("params"), None | Some(Value::Object(_)));
             match code {
                 Some(-32601) => {
-                    assert!(!known.contains(&method) && method != "requestRegistration", "-32601 for a known method: {r}");
+                    assert!(
+                        !known.contains(&method) && method != "requestRegistration",
+                        "-32601 for a known method: {r}"
+                    );
                     assert_eq!(message, format!("Unknown method: {method}"));
                 }
                 Some(-32000) => {
-                    assert!(known.contains(&method) || !object_params, "-32000 for unknown method {method:?} with object params: {r}");
+                    assert!(
+                        known.contains(&method) || !object_params,
+                        "-32000 for unknown method {method:?} with object params: {r}"
+                    );
                     assert!(message.starts_with(&format!("Error invoking {method}: ")), "{message}");
                 }
                 _ => panic!("error code {code:?} for {}: {r}", shown()),
             }
         } else {
             assert!(obj.contains_key("result"), "{r}");
-            assert!(known.contains(&method) || method == "requestRegistration", "a result for unknown method {method:?}: {r}");
+            assert!(
+                known.contains(&method) || method == "requestRegistration",
+                "a result for unknown method {method:?}: {r}"
+            );
             if method == "requestRegistration" {
                 assert_eq!(r["result"]["device_id"], DEVICE);
             }
@@ -315,7 +333,11 @@ fn plausible(rng: &mut Rng, schema: &Value) -> Value {
         "number" => json!(0.5),
         "array" => {
             let item = if schema["items"].is_object() { plausible(rng, &schema["items"]) } else { json!("x") };
-            if rng.one_in(4) { json!([]) } else { json!([item]) }
+            if rng.one_in(4) {
+                json!([])
+            } else {
+                json!([item])
+            }
         }
         "object" => {
             let mut m = Map::new();
@@ -460,7 +482,8 @@ fn rpc_wrong_types_for_every_param_of_every_function() {
         // One level into object params too (`spec`), where most of the surface is.
         let mut paths: Vec<Vec<String>> = props.keys().map(|k| vec![k.clone()]).collect();
         for (k, s) in &props {
-            paths.extend(s["properties"].as_object().into_iter().flatten().map(|(sub, _)| vec![k.clone(), sub.clone()]));
+            paths
+                .extend(s["properties"].as_object().into_iter().flatten().map(|(sub, _)| vec![k.clone(), sub.clone()]));
         }
         for path in &paths {
             for wrong in &odd {
@@ -520,7 +543,11 @@ fn rpc_ids_of_every_type_are_echoed_and_edges_are_dropped() {
     // Deeper than serde would recurse, built as text (a Value that deep would overflow the
     // stack of this test when dropped); and brackets inside strings, which do not nest.
     for levels in [500, 5000, 200_000] {
-        let raw = format!(r#"{{"id":1,"method":"get_status","params":{{"x":{}1{}}}}}"#, "[".repeat(levels), "]".repeat(levels));
+        let raw = format!(
+            r#"{{"id":1,"method":"get_status","params":{{"x":{}1{}}}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        );
         assert!(rig.check(&known, raw.as_bytes(), None).is_none(), "{levels} levels");
         let unbalanced = format!(r#"{{"id":1,"method":"get_status","params":{}"#, "{\"k\":".repeat(levels));
         assert!(rig.check(&known, unbalanced.as_bytes(), None).is_none());
@@ -528,7 +555,13 @@ fn rpc_ids_of_every_type_are_echoed_and_edges_are_dropped() {
         assert!(rig.check(&known, body.to_string().as_bytes(), None).is_some(), "brackets in a string, {levels}");
     }
     // Huge strings on both sides of the 1 MiB request limit.
-    for size in [MAX_REQUEST_BYTES - 200, MAX_REQUEST_BYTES - 60, MAX_REQUEST_BYTES, MAX_REQUEST_BYTES + 1, 3 * MAX_REQUEST_BYTES] {
+    for size in [
+        MAX_REQUEST_BYTES - 200,
+        MAX_REQUEST_BYTES - 60,
+        MAX_REQUEST_BYTES,
+        MAX_REQUEST_BYTES + 1,
+        3 * MAX_REQUEST_BYTES,
+    ] {
         let head = r#"{"jsonrpc":"2.0","id":7,"method":"get_container","params":{"container_id":""#;
         let tail = r#""}}"#;
         let filler = "n".repeat(size.saturating_sub(head.len() + tail.len()));
@@ -628,7 +661,12 @@ fn assert_bounded(lines: &[Line], input: &[u8], case: &str) {
 fn short(l: &Line) -> String {
     let head: String = l.text.chars().take(40).collect();
     let ts = l.ts.as_ref().map(String::len);
-    format!("{:?} line of {} bytes (timestamp {ts:?} bytes, newline at {:?}): {head:?}…", l.source, l.text.len(), l.text.find('\n'))
+    format!(
+        "{:?} line of {} bytes (timestamp {ts:?} bytes, newline at {:?}): {head:?}…",
+        l.source,
+        l.text.len(),
+        l.text.find('\n')
+    )
 }
 
 #[test]
@@ -647,7 +685,11 @@ fn stream_decoders_survive_random_bytes_and_chunking() {
         assert_bounded(&whole, &stream, &case);
         assert_bounded(&chunked, &stream, &case);
         if let Some(i) = (0..whole.len().max(chunked.len())).find(|&i| whole.get(i) != chunked.get(i)) {
-            panic!("{case}: chunking changed line {i}: {:?} became {:?}", whole.get(i).map(short), chunked.get(i).map(short));
+            panic!(
+                "{case}: chunking changed line {i}: {:?} became {:?}",
+                whole.get(i).map(short),
+                chunked.get(i).map(short)
+            );
         }
 
         let json = if round % 2 == 0 {
@@ -690,10 +732,6 @@ fn stream_decoders_bound_long_lines() {
     assert_eq!(values, vec![json!({"after": 1}), json!({"last": true})]);
 }
 
-fn one(key: &str, value: Value) -> Value {
-    Value::Object(Map::from_iter([(key.to_string(), value)]))
-}
-
 /// The smallest cases the random ones found: where a timestamp is expected (TTY logs with
 /// timestamps, after each newline), text that reaches a newline before a space is a line, not
 /// a timestamp; and text still pending as a possible timestamp when the stream ends is a line.
@@ -705,10 +743,18 @@ fn stream_timestamps_never_swallow_lines() {
         texts(demux(true, true, b"t1 one\nabc\nt2 two\n", &[usize::MAX])),
         vec![(ts("t1"), "one".into()), (None, "abc".into()), (ts("t2"), "two".into())]
     );
-    assert_eq!(texts(demux(true, true, b"t1 one\ntail", &[usize::MAX])), vec![(ts("t1"), "one".into()), (None, "tail".into())]);
+    assert_eq!(
+        texts(demux(true, true, b"t1 one\ntail", &[usize::MAX])),
+        vec![(ts("t1"), "one".into()), (None, "tail".into())]
+    );
 }
 
-/// A spec-bounds case: params for provision_container and what the error must name.
+/// `{key: value}` for a key held in a variable.
+fn one(key: &str, value: Value) -> Value {
+    Value::Object(Map::from_iter([(key.to_string(), value)]))
+}
+
+/// Spec fields provision_container must refuse, and what the error must name.
 fn bad_specs(rig: &Rig) -> Vec<(Value, &'static str)> {
     let many = |n: usize| (0..n).map(|i| (format!("K{i}"), json!("v"))).collect::<Map<_, _>>();
     let long = "L".repeat(16 * 1024 + 1);
@@ -716,26 +762,51 @@ fn bad_specs(rig: &Rig) -> Vec<(Value, &'static str)> {
         (json!({"environment": many(257)}), "environment has 257 entries"),
         (json!({"labels": many(257)}), "labels has 257 entries"),
         (json!({"ports": (0..257).map(|i| json!({"container_port": 1000 + i})).collect::<Vec<_>>()}), "ports has 257"),
-        (json!({"volumes": (0..257).map(|i| json!({"source": format!("v{i}"), "target": "/v"})).collect::<Vec<_>>()}), "volumes has 257"),
+        (
+            json!({"volumes": (0..257).map(|i| json!({"source": format!("v{i}"), "target": "/v"})).collect::<Vec<_>>()}),
+            "volumes has 257",
+        ),
         (json!({"environment": {"K": long}}), "longer than"),
         (json!({"environment": one(&long, json!("v"))}), "longer than"),
         (json!({"labels": one(&long, json!("v"))}), "longer than"),
         (json!({"volumes": [{"source": long.clone(), "target": "/x"}]}), "longer than"),
         (json!({"volumes": [{"source": "v", "target": long}]}), "longer than"),
     ];
-    for name in ["a/b", "../etc", "..", ".", "a?b", "a#b", "a%2fb", "%2e%2e", " web", "web ", "", "-x", ".x", "_x", "a\u{0}b", "a\nb", "wéb"] {
+    for name in [
+        "a/b", "../etc", "..", ".", "a?b", "a#b", "a%2fb", "%2e%2e", " web", "web ", "", "-x", ".x", "_x", "a\u{0}b",
+        "a\nb", "wéb",
+    ] {
         cases.push((json!({"name": name}), "spec.name"));
     }
     cases.push((json!({"name": "n".repeat(129)}), "spec.name"));
     for image in [
-        "busybox?x=1", "busybox#frag", "../../info", "a/../b", "a/..", "a b", " busybox", "busybox\t", "", "-a", "/a", ":a", "@a",
-        ".a", "a%2e%2e/b", "a\\b", "a\nb", "bügel", "a?fromImage=evil",
+        "busybox?x=1",
+        "busybox#frag",
+        "../../info",
+        "a/../b",
+        "a/..",
+        "a b",
+        " busybox",
+        "busybox\t",
+        "",
+        "-a",
+        "/a",
+        ":a",
+        "@a",
+        ".a",
+        "a%2e%2e/b",
+        "a\\b",
+        "a\nb",
+        "bügel",
+        "a?fromImage=evil",
     ] {
         cases.push((json!({"image": image}), "spec.image"));
     }
     cases.push((json!({"image": "i".repeat(513)}), "spec.image"));
     // Fields that newer specs add are bounded like the old ones.
-    let props = rig.functions().into_iter().find(|(n, _)| n == "provision_container").unwrap().1["properties"]["spec"]["properties"].clone();
+    let props = rig.functions().into_iter().find(|(n, _)| n == "provision_container").unwrap().1["properties"]["spec"]
+        ["properties"]
+        .clone();
     for (field, item) in [("devices", json!("/dev/null")), ("cap_add", json!("NET_ADMIN")), ("dns", json!("1.1.1.1"))] {
         if props.get(field).is_some() {
             cases.push((one(field, json!(vec![item; 257])), "257 entries"));

@@ -35,6 +35,8 @@ const DEFAULT_TCP_PORT: u16 = 2375;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `info` is our health check: an engine that takes longer is not healthy.
+const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Commands run by exec may legitimately take minutes.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -110,7 +112,7 @@ impl Docker {
             Method::GET,
             "/version",
             None,
-            Some(CALL_TIMEOUT),
+            Some(INFO_TIMEOUT),
         )?;
         let version = self.read_json(resp)?;
         let server = version["ApiVersion"]
@@ -276,7 +278,8 @@ impl Docker {
 impl Engine for Docker {
     fn info(&self) -> Result<Value> {
         let (api, version) = self.negotiate()?;
-        let info = self.call_json(Method::GET, "/info", None)?;
+        let resp = self.send(Method::GET, "/info", None, INFO_TIMEOUT)?;
+        let info = self.read_json(resp)?;
         Ok(json!({
             "docker_version": version["Version"],
             "api_version": api,

@@ -196,6 +196,10 @@ impl Demux {
 
     /// Emits what is left of unterminated lines, at the end of the stream.
     pub fn finish(&mut self, out: &mut dyn FnMut(Line)) {
+        // Bytes still held as a possible timestamp were text after all.
+        if let Some(pending) = self.ts.take().filter(|p| !p.is_empty()) {
+            self.out.buf.extend_from_slice(&pending);
+        }
         for (source, line) in [
             (Source::Stdout, &mut self.out),
             (Source::Stderr, &mut self.err),
@@ -220,8 +224,10 @@ fn text(
 ) {
     while !data.is_empty() {
         if let Some(acc) = ts {
-            match data.iter().position(|&b| b == b' ') {
-                Some(i) if acc.len() + i <= MAX_TS => {
+            // A timestamp ends at the first space; a newline first means
+            // there was none, and the bytes are text.
+            match data.iter().position(|&b| b == b' ' || b == b'\n') {
+                Some(i) if data[i] == b' ' && acc.len() + i <= MAX_TS => {
                     acc.extend_from_slice(&data[..i]);
                     data = &data[i + 1..];
                     let stamp = String::from_utf8_lossy(acc).into_owned();

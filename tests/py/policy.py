@@ -210,8 +210,10 @@ def binds(dev: Device, image: str, prefix: str, allowed: str) -> None:
     base = os.path.basename(allowed)
     for n, (what, src, words) in enumerate([
         ("symlink_to_etc", f"{allowed}/link", ["bind mount of /etc"]),
-        ("dotdot_out", f"{allowed}/../../etc", ["bind mount of /etc"]),
-        ("dotdot_deep", f"{allowed}/data/../../../etc/shadow", ["bind mount of /etc/shadow"]),
+        ("symlink_missing_child", f"{allowed}/link/dcd-not-there", ["bind mount of /etc/dcd-not-there"]),
+        ("symlink_dotdot", f"{allowed}/link/../dcd-not-there", ["without .."]),
+        ("dotdot_out", allowed + "/.." * 12 + "/etc", ["bind mount of /etc"]),
+        ("dotdot_deep", f"{allowed}/data" + "/.." * 12 + "/etc/shadow", ["bind mount of /etc/shadow"]),
         ("sibling_prefix", f"{allowed}/../{base}-sibling", [f"{base}-sibling"]),
         ("docker_sock", "/var/run/docker.sock", ["docker.sock"]),
     ]):
