@@ -74,23 +74,26 @@ pub struct Event {
     pub params: Value,
 }
 
-/// The sending side of the bounded event queue to the transport. Never
-/// blocks: when the queue is full the event is dropped and counted, so a
-/// chatty container cannot grow memory or stall an engine reader.
+/// The sending side of the two bounded event queues to the transport: one
+/// for state changes, one for log lines, so a chatty container can crowd out
+/// only its own lines, never a `container_state_changed`. Never blocks: when
+/// a queue is full the event is dropped and counted.
 #[derive(Clone)]
 pub struct Events {
-    tx: Sender<Event>,
+    state: Sender<Event>,
+    logs: Sender<Event>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Events {
-    pub fn new(tx: Sender<Event>) -> Self {
-        Events { tx, dropped: Arc::new(AtomicU64::new(0)) }
+    pub fn new(state: Sender<Event>, logs: Sender<Event>) -> Self {
+        Events { state, logs, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Queue an event; false when it was dropped.
     pub fn emit(&self, name: &'static str, params: Value) -> bool {
-        match self.tx.try_send(Event { name, params }) {
+        let queue = if name == LOG_LINE { &self.logs } else { &self.state };
+        match queue.try_send(Event { name, params }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -75,8 +75,9 @@ fn run(cfg: Config) -> Result<(), String> {
         engine.host().unwrap_or_else(|| "simulated".into())
     );
 
-    let (events_tx, events_rx) = bounded(1024);
-    let events = Events::new(events_tx);
+    let (state_tx, state_rx) = bounded(1024);
+    let (logs_tx, logs_rx) = bounded(1024);
+    let events = Events::new(state_tx, logs_tx);
     let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone());
     let driver = Arc::new(Driver::new(
         engine,
@@ -92,7 +93,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let describe = describer(driver.clone(), device_id.clone())?;
     let transport = mesh::spawn(
-        cfg.mesh, describe, inbound_tx, events_rx, publish_rx, stop_rx,
+        cfg.mesh, describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx,
     )
     .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
     let workers: Vec<_> = (0..cfg.workers)

@@ -306,7 +306,7 @@ struct Rig {
 impl Rig {
     fn new(engine: Arc<dyn Engine>, queue: usize, poll_hz: f64) -> Rig {
         let (tx, events) = bounded(queue);
-        let ev = Events::new(tx);
+        let ev = Events::new(tx.clone(), tx);
         let state = State::start(engine.clone(), poll_hz, ev.clone());
         let driver = Driver::new(engine, false, poll_hz, state.handle(), ev, Policy::default());
         Rig { driver, events, state: Some(state), chains: Chains::default() }

@@ -163,7 +163,7 @@ impl Rig {
     fn new() -> Rig {
         let engine = Arc::new(Counting { sim: Sim::new(), creates: AtomicUsize::new(0), pulls: AtomicUsize::new(0) });
         let (tx, rx) = bounded(64);
-        let events = Events::new(tx);
+        let events = Events::new(tx.clone(), tx);
         let state = State::start(engine.clone(), 2.0, events.clone());
         let driver = Driver::new(engine.clone(), true, 2.0, state.handle(), events, Policy::default());
         Rig { driver, engine, state: Some(state), _events: rx }

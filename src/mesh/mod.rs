@@ -124,11 +124,11 @@ pub fn spawn(
     cfg: MeshConfig,
     describe: Describe,
     inbound: Sender<Inbound>,
-    events: Receiver<Event>,
+    [events, log_lines]: [Receiver<Event>; 2],
     publish: Receiver<Publish>,
     stop: Receiver<()>,
 ) -> io::Result<JoinHandle<()>> {
-    let links = Links { events, publish, stop };
+    let links = Links { events, log_lines, publish, stop };
     let core = Core::new(&cfg, describe, inbound);
     match cfg.backend {
         #[cfg(feature = "nats")]
@@ -215,7 +215,9 @@ enum Out {
 /// The channels from the rest of the daemon, and the one place that knows
 /// a closed channel means "stop listening", not "stop the transport".
 struct Links {
+    /// State changes, taken before log lines whenever both wait.
     events: Receiver<Event>,
+    log_lines: Receiver<Event>,
     publish: Receiver<Publish>,
     stop: Receiver<()>,
 }
@@ -232,12 +234,22 @@ impl Links {
     /// Wait up to `timeout` for the next thing to do. `other` is the
     /// backend's own channel; it must outlive the loop.
     fn next<T>(&mut self, other: &Receiver<T>, timeout: Duration) -> Step<T> {
+        if let Ok(ev) = self.events.try_recv() {
+            return Step::Event(ev);
+        }
         crossbeam_channel::select! {
             recv(self.stop) -> _ => Step::Stop,
             recv(self.events) -> m => match m {
                 Ok(ev) => Step::Event(ev),
                 Err(_) => {
                     self.events = crossbeam_channel::never();
+                    Step::Idle
+                }
+            },
+            recv(self.log_lines) -> m => match m {
+                Ok(ev) => Step::Event(ev),
+                Err(_) => {
+                    self.log_lines = crossbeam_channel::never();
                     Step::Idle
                 }
             },

@@ -354,7 +354,7 @@ pub struct Rig {
 impl Rig {
     pub fn new(engine: Arc<dyn Engine>, simulate: bool) -> Rig {
         let (tx, events) = crossbeam_channel::bounded(10_000);
-        let ev = Events::new(tx);
+        let ev = Events::new(tx.clone(), tx);
         let state = State::start(engine.clone(), 2.0, ev.clone());
         // Compose is off on a real engine by default; these tests exercise it.
         let policy = Policy { compose: Some(true), ..Policy::default() };
