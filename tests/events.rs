@@ -174,7 +174,7 @@ impl Mesh {
             return None;
         }
         let port = common::free_port();
-        let nats = common::nats_server(port);
+        let nats = common::nats_server(port, &[]);
         let (tenant, id) = (format!("ev-{tag}-{}", std::process::id()), format!("dcd-ev-{tag}"));
         let dcd = common::dcd_on_nats(&id, &tenant, port, &[], &[]);
         dcd.expect_line(common::READY, Duration::from_secs(15));

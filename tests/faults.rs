@@ -189,7 +189,7 @@ impl Rig {
     fn spawn(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Rig {
         let (tenant, id) = (format!("fault-{tag}-{}", std::process::id()), format!("dcd-{tag}"));
         let port = free_port();
-        let nats = nats_server(port);
+        let nats = nats_server(port, &[]);
         let dcd = dcd_on_nats(&id, &tenant, port, args, env);
         let client = Nats::connect(port).expect("connect to nats-server");
         Rig { tenant, id, port, dcd, nats: Some(nats), client }
@@ -406,7 +406,7 @@ fn nats_server_restarts() {
     let (mut after_first, mut recoveries) = (None, Vec::new());
     for cycle in 1..=CYCLES {
         drop(rig.nats.take());
-        rig.nats = Some(nats_server(rig.port));
+        rig.nats = Some(nats_server(rig.port, &[]));
         let restarted = Instant::now();
         let deadline = restarted + Duration::from_secs(10);
         loop {

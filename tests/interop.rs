@@ -6,129 +6,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{free_port, nats_installed, nats_server, python, Proc};
 
 const IMAGE: &str = "dcd-test/busybox:latest";
 /// The daemon's readiness line (subscriptions in place).
 const READY: &str = "mesh ready";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A child process whose output is echoed (the harness shows it when a test fails) and can be
-/// waited on line by line. Killed and reaped on drop.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (tx, lines) = channel();
-        let outputs: [Box<dyn Read + Send>; 2] =
-            [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for out in outputs {
-            let (tx, name) = (tx.clone(), name.to_string());
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    eprintln!("[{name}] {line}");
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Proc { name: name.to_string(), child, lines }
-    }
-
-    /// Wait for an output line containing `needle`; lines before it are consumed.
-    fn wait_line(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains(needle) => return true,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return false,
-            }
-        }
-    }
-
-    fn expect_line(&self, needle: &str, timeout: Duration) {
-        assert!(self.wait_line(needle, timeout), "{}: no line with {needle:?} within {timeout:?}", self.name);
-    }
-
-    /// Its exit status, or `None` (and it is killed) when it runs longer than `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        None
-    }
-
-    fn terminate(&self) {
-        // SAFETY: signalling our own child, which has not been reaped yet (that happens in drop).
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
-}
-
 /// Names no other test or run shares (tenants keep concurrent tests apart).
 fn names(tag: &str) -> (String, String) {
     (format!("it-{tag}-{}", std::process::id()), format!("dcd-{tag}"))
-}
-
-/// The venv Python with the agent tools, if present (see `common::require`).
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("DCD_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/dcd-pyvenv/bin/python")
-    });
-    let ok = Command::new(&py)
-        .args(["-c", "import device_connect_agent_tools, device_connect_edge, nats"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    common::require(ok, &format!("the Python venv with device-connect-agent-tools at {}", py.display())).then_some(py)
-}
-
-fn nats_installed() -> bool {
-    let ok = Command::new("nats-server").arg("--version").output().is_ok_and(|o| o.status.success());
-    common::require(ok, "nats-server")
-}
-
-/// `nats-server` on 127.0.0.1:`port` (plus `extra` arguments), up and accepting connections.
-fn nats_server(port: u16, extra: &[&str]) -> Proc {
-    let p = Proc::spawn(
-        &format!("nats:{port}"),
-        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]).args(extra),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p
 }
 
 /// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside

@@ -51,7 +51,7 @@ fn run(py: &Path, image: &str, prefix: &str, mode: &str, args: &[&str], extra: &
     let tenant = format!("{prefix}-t");
     let id = format!("dcd-{mode}");
     let port = free_port();
-    let _nats = nats_server(port);
+    let _nats = nats_server(port, &[]);
     let dcd = dcd_on_nats(&id, &tenant, port, args, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
     let mut cmd = Command::new(py);

@@ -111,6 +111,11 @@ impl Proc {
         assert!(self.wait_line(needle, timeout), "{}: no line with {needle:?} within {timeout:?}", self.name);
     }
 
+    pub fn terminate(&self) {
+        // SAFETY: signalling our own child, which has not been reaped yet (that happens in drop).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+
     /// Its exit status, or `None` (and it is killed) when it runs longer than `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -150,11 +155,11 @@ pub fn nats_installed() -> bool {
     require(ok, "nats-server")
 }
 
-/// `nats-server` on 127.0.0.1:`port`, up and accepting connections.
-pub fn nats_server(port: u16) -> Proc {
+/// `nats-server` on 127.0.0.1:`port` (plus `extra` arguments), up and accepting connections.
+pub fn nats_server(port: u16, extra: &[&str]) -> Proc {
     let p = Proc::spawn(
         &format!("nats:{port}"),
-        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]).args(extra),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
