@@ -42,7 +42,7 @@ skip() {
 
 PYVENV=${DCD_PYVENV:-$HOME/.cache/dcd-pyvenv}
 PY=$PYVENV/bin/python
-BIN=${DCD_BENCH_BIN:-$ROOT/target/release/dcd}
+BIN=${DCD_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd}
 LOGROOT=$ROOT/target/bench/logs
 mkdir -p "$LOGROOT"
 
@@ -109,7 +109,7 @@ build_musl() {  # build_musl TARGET_DIR cargo-args...
     mkdir -p "$shim"
     # zenoh's libloading passes -ldl; musl has dlopen in libc.a and no libdl.a (as cross/build-aarch64.sh)
     [ -s "$shim/libdl.a" ] || { rm -f "$shim/libdl.a"; ar rcs "$shim/libdl.a"; }
-    log "cargo build --release --target $target --target-dir ${tdir#"$ROOT"/} $* (log: target/bench/logs/build-$(basename "$tdir").log)"
+    log "cargo build --release --target $target --target-dir ${tdir#"$ROOT"/} $* (log: ${LOGDIR#"$ROOT"/}/build-$(basename "$tdir").log)"
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=yes -L native=$shim" \
     CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-gcc} \

@@ -715,20 +715,35 @@ const FUNCTIONS: &[Function] = &[
         description: "Pull an image from a registry.",
         schema: || {
             json!({"type": "object", "properties": {
-                "image": {"type": "string", "description": "Image reference, e.g. alpine:3.20."}},
+                "image": {"type": "string", "description": "Image reference, e.g. alpine:3.20."},
+                "auth": {"type": ["object", "null"], "default": null,
+                         "description": "Registry credentials for this pull, instead of those the host's \
+                                         docker config.json holds for the image's registry. Never logged.",
+                         "properties": {"username": {"type": "string"}, "password": {"type": "string"},
+                                        "serveraddress": {"type": "string"}},
+                         "required": ["username", "password"], "additionalProperties": false}},
               "required": ["image"]})
         },
-        call: |d, p| {
+        call: |d, mut p| {
+            use crate::engine::docker::auth::{self, Credentials};
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct A {
                 image: String,
             }
+            // Parsed apart from `args`: serde's errors quote the value they reject.
+            let creds = match p.remove("auth") {
+                Some(v) => Credentials::from_param(&v).map_err(Error::Params)?,
+                None => None,
+            };
             let a: A = args(p)?;
             if !crate::spec::valid_image(&a.image) {
                 return Err(Error::Params(format!("image {:?} is not an image reference", a.image)));
             }
-            let mut progress = d.engine.pull_image(&a.image)?;
+            let mut progress = match creds {
+                Some(c) => auth::with_credentials(c, || d.engine.pull_image(&a.image))?,
+                None => d.engine.pull_image(&a.image)?,
+            };
             let keep = progress.len().saturating_sub(5);
             progress.drain(..keep);
             Ok(json!({"status": "success", "image": a.image, "progress": progress}))

@@ -80,7 +80,8 @@ if ! command -v curl >/dev/null; then apt_install curl ca-certificates; fi
 
 missing=()
 for p in ca-certificates file busybox-static docker-compose nats-server docker-registry \
-         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu iproute2 musl-tools; do
+         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu iproute2 musl-tools \
+         socat apache2-utils openssl; do
     pkg_installed "$p" || missing+=("$p")
 done
 command -v systemd-analyze >/dev/null || missing+=(systemd)

@@ -1,5 +1,10 @@
 //! The real engine: the Docker Engine API over HTTP/1.1 (ureq), on a unix
-//! socket or plain TCP.
+//! socket, plain TCP, or TCP with TLS.
+//!
+//! The engine and registries are reached as the Docker CLI and docker-py reach
+//! them (`Options::from_env`): `DOCKER_TLS_VERIFY` with `DOCKER_CERT_PATH` for
+//! a `tcp://` engine, `config.json` under `DOCKER_CONFIG` for registry
+//! credentials (`auth`).
 //!
 //! Nothing is asked of the engine until the first call, so the daemon starts
 //! while the engine is down. The API version is negotiated on the first call
@@ -9,13 +14,17 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use serde_json::{json, Value};
 use ureq::config::Config;
 use ureq::http::{Method, Request, Response, Uri};
+use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
@@ -25,6 +34,8 @@ use ureq::{Agent, AsSendBody, Body};
 use super::stream::{Frames, JsonLines, Source};
 use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
 
+pub mod auth;
+
 /// The newest API version we speak; a newer engine is spoken to in this one.
 const OUR_NEWEST: (u32, u32) = (1, 45);
 /// The oldest API version whose JSON shapes we rely on.
@@ -32,6 +43,7 @@ const OUR_OLDEST: (u32, u32) = (1, 40);
 
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 const DEFAULT_TCP_PORT: u16 = 2375;
+const DEFAULT_TLS_PORT: u16 = 2376;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,11 +61,43 @@ const MAX_JSON_BODY: u64 = 64 << 20;
 const MAX_ERROR_BODY: u64 = 64 << 10;
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
+/// How the engine and registries are reached besides the engine's address,
+/// read from the environment as the Docker CLI reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `DOCKER_TLS_VERIFY` (any non-empty value): a `tcp://` engine is spoken
+    /// to over TLS and must present a certificate for its host name that
+    /// chains to `ca.pem`, as docker-py checks it. docker-py's other mode, TLS
+    /// without verification when only `DOCKER_CERT_PATH` is set, is not offered.
+    pub tls_verify: bool,
+    /// `DOCKER_CERT_PATH`, default `~/.docker` under `tls_verify`: `ca.pem`,
+    /// and `cert.pem` with `key.pem`, when present, as our client certificate.
+    pub cert_path: Option<PathBuf>,
+    /// `DOCKER_CONFIG`, default `~/.docker`: its `config.json` holds registry
+    /// credentials (`auths`), read at each pull so a `docker login` counts at once.
+    pub config_dir: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Options {
+        let var = |k: &str| env(k).filter(|v| !v.is_empty());
+        let home_docker = var("HOME").map(|h| Path::new(&h).join(".docker"));
+        let tls_verify = var("DOCKER_TLS_VERIFY").is_some();
+        let cert_path = var("DOCKER_CERT_PATH").map(PathBuf::from);
+        Options {
+            tls_verify,
+            cert_path: if tls_verify { cert_path.or_else(|| home_docker.clone()) } else { cert_path },
+            config_dir: var("DOCKER_CONFIG").map(PathBuf::from).or(home_docker),
+        }
+    }
+}
+
 /// A Docker Engine reached over `unix://` or `tcp://`.
 pub struct Docker {
     host: String,
     target: Target,
     agent: Agent,
+    config_dir: Option<PathBuf>,
     /// The negotiated API version (`"1.41"`); `None` until the engine answers
     /// and again after it became unreachable.
     api: Mutex<Option<String>>,
@@ -62,8 +106,8 @@ pub struct Docker {
 #[derive(Debug, Clone)]
 enum Target {
     Unix(PathBuf),
-    /// `http://host:port`.
-    Tcp(String),
+    /// `http://host:port`, or `https://host:port` with the TLS to speak.
+    Tcp(String, Option<TlsConfig>),
 }
 
 impl Target {
@@ -72,16 +116,26 @@ impl Target {
             // The host part is only for the Host header; the connector
             // ignores it.
             Target::Unix(_) => "http://docker",
-            Target::Tcp(base) => base,
+            Target::Tcp(base, _) => base,
         }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Target::Tcp(_, Some(_)))
     }
 }
 
 impl Docker {
     /// `host` is a DOCKER_HOST value; `None` means `$DOCKER_HOST`, else the
-    /// default unix socket. Fails only for a host we cannot speak to at all,
-    /// never because the engine is down.
+    /// default unix socket. The rest comes from the environment
+    /// (`Options::from_env`). Fails only for a host we cannot speak to at all
+    /// or unusable TLS files, never because the engine is down.
     pub fn connect(host: Option<&str>) -> Result<Docker> {
+        Docker::connect_with(host, &Options::from_env(&|k| std::env::var(k).ok()))
+    }
+
+    /// `connect` with the options given rather than read from the environment.
+    pub fn connect_with(host: Option<&str>, opts: &Options) -> Result<Docker> {
         let host = match host {
             Some(h) => h.to_string(),
             None => std::env::var("DOCKER_HOST")
@@ -89,11 +143,27 @@ impl Docker {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| DEFAULT_HOST.to_string()),
         };
-        let target = parse_host(&host)?;
+        let mut target = parse_host(&host, opts.tls_verify)?;
+        if let Target::Tcp(_, tls) = &mut target {
+            match (&opts.cert_path, opts.tls_verify) {
+                (Some(dir), true) => *tls = Some(engine_tls(dir)?),
+                (None, true) => {
+                    return Err(EngineError::Unreachable(
+                        "DOCKER_TLS_VERIFY is set, but neither DOCKER_CERT_PATH nor HOME says where ca.pem is".into(),
+                    ))
+                }
+                (Some(_), false) => log::warn!(
+                    "DOCKER_CERT_PATH is set without DOCKER_TLS_VERIFY: dcd speaks TLS to an engine only \
+                     with verification, so {host} gets plain HTTP (set DOCKER_TLS_VERIFY=1 for TLS)"
+                ),
+                (None, false) => {}
+            }
+        }
         Ok(Docker {
             agent: new_agent(&target, Some(CALL_TIMEOUT)),
             host,
             target,
+            config_dir: opts.config_dir.clone(),
             api: Mutex::new(None),
         })
     }
@@ -107,13 +177,7 @@ impl Docker {
 
     /// `GET /version` (unversioned) and the API version both sides speak.
     fn negotiate(&self) -> Result<(String, Value)> {
-        let resp = self.send_to(
-            &self.agent,
-            Method::GET,
-            "/version",
-            None,
-            Some(INFO_TIMEOUT),
-        )?;
+        let resp = self.send_to(&self.agent, Method::GET, "/version", None, None, Some(INFO_TIMEOUT))?;
         let version = self.read_json(resp)?;
         let server = version["ApiVersion"]
             .as_str()
@@ -133,7 +197,7 @@ impl Docker {
     ) -> Result<Response<Body>> {
         let api = self.api_version()?;
         let path = format!("/v{api}{path}");
-        self.send_to(&self.agent, method, &path, body, Some(timeout))
+        self.send_to(&self.agent, method, &path, None, body, Some(timeout))
     }
 
     fn call_json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
@@ -151,19 +215,24 @@ impl Docker {
         self.send(method, path, body, t).map(drop)
     }
 
-    /// Sends a request and turns a non-success status into an error. 304
-    /// counts as success: it is start/stop's "already started/stopped".
+    /// Sends a request, with one extra `header` if given, and turns a
+    /// non-success status into an error. 304 counts as success: it is
+    /// start/stop's "already started/stopped".
     fn send_to(
         &self,
         agent: &Agent,
         method: Method,
         path: &str,
+        header: Option<(&str, &str)>,
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> Result<Response<Body>> {
         let uri = format!("{}{path}", self.target.base());
         let get = method == Method::GET;
-        let req = Request::builder().method(method).uri(uri);
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
         let sent = match body {
             Some(body) => {
                 let bytes = serde_json::to_vec(body).expect("a Value always serializes");
@@ -226,7 +295,14 @@ impl Docker {
             ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => {
                 EngineError::Timeout(format!("{}: {e}", self.host))
             }
+            // rustls reports a failed handshake or a bad record as invalid data.
+            ureq::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData && self.target.is_tls() => {
+                EngineError::Unreachable(format!("{}: TLS: {e}", self.host))
+            }
             ureq::Error::Io(e) => EngineError::Unreachable(format!("{}: {e}", self.host)),
+            ureq::Error::Tls(_) | ureq::Error::Pem(_) | ureq::Error::Rustls(_) => {
+                EngineError::Unreachable(format!("{}: TLS: {e}", self.host))
+            }
             ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
                 EngineError::Unreachable(format!("{}: {e}", self.host))
             }
@@ -244,13 +320,7 @@ impl Docker {
     fn stream(&self, path: &str, timeout: Option<Duration>) -> Result<Stream> {
         let api = self.api_version()?;
         let agent = new_agent(&self.target, timeout);
-        let resp = self.send_to(
-            &agent,
-            Method::GET,
-            &format!("/v{api}{path}"),
-            None,
-            timeout,
-        )?;
+        let resp = self.send_to(&agent, Method::GET, &format!("/v{api}{path}"), None, None, timeout)?;
         Ok(Stream {
             body: Box::new(resp.into_body().into_reader()),
             cancel: Canceller::new(move || agent.clone().shutdown()),
@@ -423,11 +493,20 @@ impl Engine for Docker {
 
     fn pull_image(&self, image: &str) -> Result<Vec<String>> {
         let (from, tag) = split_reference(image)?;
-        let path = format!(
-            "/images/create{}",
-            query(&[("fromImage", from), ("tag", tag)])
-        );
-        let resp = self.send(Method::POST, &path, None, PULL_TIMEOUT)?;
+        let registry = auth::registry_key(from);
+        let (creds, source) = auth::lookup(self.config_dir.as_deref(), &registry);
+        let header = creds.map(|c| c.header(&registry));
+        let path = format!("/v{}/images/create{}", self.api_version()?, query(&[("fromImage", from), ("tag", tag)]));
+        let resp = self
+            .send_to(
+                &self.agent,
+                Method::POST,
+                &path,
+                header.as_deref().map(|h| ("X-Registry-Auth", h)),
+                None,
+                Some(PULL_TIMEOUT),
+            )
+            .map_err(|e| note_credentials(e, &source))?;
         let mut body = resp.into_body().into_reader();
         let mut lines = JsonLines::new();
         let mut statuses = Vec::new();
@@ -451,8 +530,8 @@ impl Engine for Docker {
         }
         lines.finish(&mut collect);
         match error {
-            Some(m) if is_not_found(&m) => Err(EngineError::NotFound(m)),
-            Some(m) => Err(EngineError::Server(m)),
+            Some(m) if is_not_found(&m) => Err(note_credentials(EngineError::NotFound(m), &source)),
+            Some(m) => Err(note_credentials(EngineError::Server(m), &source)),
             None => Ok(statuses),
         }
     }
@@ -547,15 +626,64 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
         .timeout_global(timeout)
         // A stream without an overall deadline still gets its headers
         // promptly (the engine sends them before any log line or event).
-        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT))
-        .build();
+        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT));
     match target {
-        Target::Unix(path) => Agent::with_parts(config, UnixConnector(path.clone()), NoDns),
-        Target::Tcp(_) => Agent::new_with_config(config),
+        Target::Unix(path) => Agent::with_parts(config.build(), UnixConnector(path.clone()), NoDns),
+        Target::Tcp(_, None) => Agent::new_with_config(config.build()),
+        Target::Tcp(_, Some(tls)) => Agent::new_with_config(config.tls_config(tls.clone()).build()),
     }
 }
 
-fn parse_host(host: &str) -> Result<Target> {
+/// The TLS for a `tcp://` engine from a `DOCKER_CERT_PATH` directory: only
+/// `ca.pem` is trusted (no public roots); `cert.pem` and `key.pem` are sent
+/// when both exist, as the Docker CLI does, so an engine that wants no client
+/// certificate needs none.
+fn engine_tls(dir: &Path) -> Result<TlsConfig> {
+    let bad = |what: String| EngineError::Unreachable(format!("DOCKER_TLS_VERIFY: {what}"));
+    let read = |name: &str| match std::fs::read(dir.join(name)) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(bad(format!("cannot read {}: {e}", dir.join(name).display()))),
+    };
+    let certs = |name: &str, pem: &[u8]| {
+        let certs: Vec<Certificate<'static>> = parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(bad(format!("no certificate in {}", dir.join(name).display())));
+        }
+        Ok(certs)
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = read("ca.pem")?.ok_or_else(|| bad(format!("no {}", dir.join("ca.pem").display())))?;
+    let client = match (read("cert.pem")?, read("key.pem")?) {
+        (Some(cert), Some(key_pem)) => {
+            let key =
+                PrivateKey::from_pem(&key_pem).map_err(|e| bad(format!("{}: {e}", dir.join("key.pem").display())))?;
+            let chain = certs("cert.pem", &cert)?;
+            // ureq panics on a key rustls cannot use with its certificate: refuse it here.
+            let der_chain = chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
+            let der_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(format!("key.pem: {e}")))?;
+            CertifiedKey::from_der(der_chain, der_key, &provider)
+                .map_err(|e| bad(format!("{} and key.pem: {e}", dir.join("cert.pem").display())))?;
+            Some(ClientCert::new_with_certs(&chain, key))
+        }
+        (None, None) => None,
+        _ => return Err(bad(format!("{} has only one of cert.pem and key.pem", dir.display()))),
+    };
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::from(certs("ca.pem", &ca)?))
+        .client_cert(client)
+        .unversioned_rustls_crypto_provider(provider)
+        .build())
+}
+
+/// `tls` moves a `tcp://` host to `https://` and its default port to 2376,
+/// as in docker-py.
+fn parse_host(host: &str, tls: bool) -> Result<Target> {
     let unsupported = || {
         EngineError::Unreachable(format!(
             "unsupported docker host {host:?} (use unix:///path or tcp://host:port)"
@@ -578,13 +706,10 @@ fn parse_host(host: &str) -> Result<Target> {
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-    let base = if has_port {
-        format!("http://{authority}")
-    } else {
-        format!("http://{authority}:{DEFAULT_TCP_PORT}")
-    };
+    let (scheme, port) = if tls { ("https", DEFAULT_TLS_PORT) } else { ("http", DEFAULT_TCP_PORT) };
+    let base = if has_port { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}:{port}") };
     base.parse::<Uri>().map_err(|_| unsupported())?;
-    Ok(Target::Tcp(base))
+    Ok(Target::Tcp(base, None))
 }
 
 fn pick_version(server: &str) -> Result<String> {
@@ -711,6 +836,29 @@ fn is_not_found(message: &str) -> bool {
     ["not found", "manifest unknown", "does not exist"]
         .iter()
         .any(|s| m.contains(s))
+}
+
+/// Says which credentials a pull the registry refused was made with (never
+/// the credentials themselves): the registry's message does not tell a wrong
+/// password from a missing one, nor which file was read.
+fn note_credentials(e: EngineError, source: &auth::Source) -> EngineError {
+    let note = |m: String| {
+        let lower = m.to_ascii_lowercase();
+        let refused = ["unauthorized", "authentication required", "no basic auth credentials", "denied"]
+            .iter()
+            .any(|s| lower.contains(s));
+        if refused {
+            format!("{m} (pulled {source})")
+        } else {
+            m
+        }
+    };
+    match e {
+        EngineError::NotFound(m) => EngineError::NotFound(note(m)),
+        EngineError::BadRequest(m) => EngineError::BadRequest(note(m)),
+        EngineError::Server(m) => EngineError::Server(note(m)),
+        e => e,
+    }
 }
 
 /// Resolves every URI to a placeholder address: the unix connector ignores it.
@@ -850,16 +998,18 @@ mod tests {
 
     #[test]
     fn hosts_parse() {
-        assert!(matches!(parse_host("unix:///var/run/docker.sock"),
+        assert!(matches!(parse_host("unix:///var/run/docker.sock", true),
             Ok(Target::Unix(p)) if p == Path::new("/var/run/docker.sock")));
-        let tcp = |h: &str| match parse_host(h) {
-            Ok(Target::Tcp(base)) => base,
+        let tcp = |h: &str, tls: bool| match parse_host(h, tls) {
+            Ok(Target::Tcp(base, _)) => base,
             other => panic!("{h}: {other:?}"),
         };
-        assert_eq!(tcp("tcp://127.0.0.1:2375"), "http://127.0.0.1:2375");
-        assert_eq!(tcp("tcp://docker"), "http://docker:2375");
-        assert_eq!(tcp("tcp://[::1]"), "http://[::1]:2375");
-        assert_eq!(tcp("tcp://[::1]:1234/"), "http://[::1]:1234");
+        assert_eq!(tcp("tcp://127.0.0.1:2375", false), "http://127.0.0.1:2375");
+        assert_eq!(tcp("tcp://docker", false), "http://docker:2375");
+        assert_eq!(tcp("tcp://[::1]", false), "http://[::1]:2375");
+        assert_eq!(tcp("tcp://[::1]:1234/", false), "http://[::1]:1234");
+        assert_eq!(tcp("tcp://docker", true), "https://docker:2376");
+        assert_eq!(tcp("tcp://docker:2375", true), "https://docker:2375");
         for bad in [
             "",
             "unix://",
@@ -868,8 +1018,46 @@ mod tests {
             "tcp://a/b",
             "/var/run/docker.sock",
         ] {
-            assert!(parse_host(bad).is_err(), "{bad:?}");
+            assert!(parse_host(bad, false).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn options_come_from_the_environment_as_the_cli_reads_it() {
+        let from = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Options::from_env(&move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        };
+        let o = from(&[("HOME", "/h")]);
+        assert!(!o.tls_verify && o.cert_path.is_none());
+        assert_eq!(o.config_dir.as_deref(), Some(Path::new("/h/.docker")));
+        let o = from(&[("HOME", "/h"), ("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CONFIG", "/c")]);
+        assert!(o.tls_verify);
+        assert_eq!(o.cert_path.as_deref(), Some(Path::new("/h/.docker")));
+        assert_eq!(o.config_dir.as_deref(), Some(Path::new("/c")));
+        let o = from(&[("DOCKER_TLS_VERIFY", ""), ("DOCKER_CERT_PATH", "/certs")]);
+        assert!(!o.tls_verify && o.config_dir.is_none());
+        assert_eq!(o.cert_path.as_deref(), Some(Path::new("/certs")));
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_a_whole_client_pair() {
+        let dir = std::env::temp_dir().join(format!("dcd-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let verify = Options { tls_verify: true, cert_path: Some(dir.clone()), config_dir: None };
+        let err = |opts: &Options| match Docker::connect_with(Some("tcp://127.0.0.1:1"), opts) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connected"),
+        };
+        assert!(err(&verify).contains("ca.pem"));
+        std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
+        assert!(err(&verify).contains("no certificate in"));
+        std::fs::write(dir.join("cert.pem"), "").unwrap();
+        assert!(err(&verify).contains("only one of cert.pem and key.pem"));
+        let no_dir = Options { cert_path: None, ..verify.clone() };
+        assert!(err(&no_dir).contains("DOCKER_CERT_PATH"));
+        assert!(Docker::connect_with(Some("unix:///x.sock"), &verify).is_ok(), "TLS is for tcp:// only");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
