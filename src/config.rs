@@ -124,7 +124,9 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
         .map(PathBuf::from)
         .or_else(|| portal.then(|| newest_portal_creds(flags, env)).flatten());
     if portal && creds_path.is_none() {
-        return Err("portal mode needs credentials: --portal-credentials FILE or a *.creds.json in the credentials dir".into());
+        return Err(
+            "portal mode needs credentials: --portal-credentials FILE or a *.creds.json in the credentials dir".into(),
+        );
     }
     let creds = match &creds_path {
         Some(p) => read_creds(p, backend_name.as_deref())?,
@@ -175,11 +177,8 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
             ));
         }
     }
-    let mut tenant = flags
-        .tenant
-        .clone()
-        .or_else(|| first(env, &["TENANT", "DCD_TENANT"]))
-        .unwrap_or_else(|| "default".into());
+    let mut tenant =
+        flags.tenant.clone().or_else(|| first(env, &["TENANT", "DCD_TENANT"])).unwrap_or_else(|| "default".into());
     if tenant == "default" {
         if let Some(t) = &creds.tenant {
             tenant = t.clone();
@@ -305,7 +304,11 @@ fn newest_portal_creds(flags: &Flags, env: Env) -> Option<PathBuf> {
         .clone()
         .or_else(|| env("PORTAL_CREDENTIALS_DIR"))
         .unwrap_or_else(|| format!("{}/.config/device-connect", env("HOME").unwrap_or_default()));
-    let glob = flags.portal_credentials_glob.clone().or_else(|| env("PORTAL_CREDENTIALS_GLOB")).unwrap_or_else(|| "*.creds.json".into());
+    let glob = flags
+        .portal_credentials_glob
+        .clone()
+        .or_else(|| env("PORTAL_CREDENTIALS_GLOB"))
+        .unwrap_or_else(|| "*.creds.json".into());
     let (prefix, suffix) = glob.split_once('*').unwrap_or((glob.as_str(), ""));
     std::fs::read_dir(dir)
         .ok()?
@@ -318,7 +321,11 @@ fn newest_portal_creds(flags: &Flags, env: Env) -> Option<PathBuf> {
 
 fn read_creds(path: &Path, backend: Option<&str>) -> Result<Creds, String> {
     let json_sibling = PathBuf::from(format!("{}.json", path.display()));
-    let path = if path.extension().is_some_and(|e| e == "creds") && json_sibling.exists() { json_sibling.as_path() } else { path };
+    let path = if path.extension().is_some_and(|e| e == "creds") && json_sibling.exists() {
+        json_sibling.as_path()
+    } else {
+        path
+    };
     let text = std::fs::read_to_string(path).map_err(|e| format!("credentials {}: {e}", path.display()))?;
     if !text.trim_start().starts_with('{') {
         return Ok(Creds {

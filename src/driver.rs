@@ -173,11 +173,8 @@ impl Driver {
 
     /// `identity` of presence and registration (spec §7.1).
     pub fn identity(&self, device_id: &str) -> Value {
-        let model = if self.simulate {
-            format!("simulated ({device_id})")
-        } else {
-            format!("Docker Engine ({device_id})")
-        };
+        let model =
+            if self.simulate { format!("simulated ({device_id})") } else { format!("Docker Engine ({device_id})") };
         json!({"device_type": "docker_host", "manufacturer": "Docker", "model": model,
                "description": "Docker host \u{2014} provision and control containers via Device Connect"})
     }
@@ -508,9 +505,7 @@ const FUNCTIONS: &[Function] = &[
         name: "provision_container",
         kind: Kind::Mutate,
         description: "Create (provision) a container from a JSON specification.",
-        schema: || {
-            json!({"type": "object", "properties": {"spec": crate::spec::schema()}, "required": ["spec"]})
-        },
+        schema: || json!({"type": "object", "properties": {"spec": crate::spec::schema()}, "required": ["spec"]}),
         call: |d, p| {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -633,9 +628,10 @@ const FUNCTIONS: &[Function] = &[
             d.guard(&a.container_id, Kind::Read)?;
             let since = match a.since.as_deref() {
                 None | Some("") => None,
-                Some(s) => Some(crate::time::parse_rfc3339(s).ok_or_else(|| {
-                    Error::Params(format!("since: {s:?} is not an RFC3339 timestamp"))
-                })?),
+                Some(s) => Some(
+                    crate::time::parse_rfc3339(s)
+                        .ok_or_else(|| Error::Params(format!("since: {s:?} is not an RFC3339 timestamp")))?,
+                ),
             };
             let opts = LogOptions {
                 // Negative means all lines, as the engine's "all".
@@ -902,8 +898,11 @@ mod tests {
         let s = summary(&json!({"Id": "0123456789abcdef", "Name": "/web", "Created": "t",
             "Config": {"Image": "img", "Labels": {MANAGED_LABEL: "true"}},
             "State": {"Status": "running"}, "NetworkSettings": {"Ports": null}}));
-        assert_eq!(s, json!({"id": "0123456789ab", "name": "web", "image": "img", "status": "running",
+        assert_eq!(
+            s,
+            json!({"id": "0123456789ab", "name": "web", "image": "img", "status": "running",
             "state": "running", "labels": {MANAGED_LABEL: "true"}, "ports": {}, "created": "t",
-            "managed_by_dcd": true, "endpoints": []}));
+            "managed_by_dcd": true, "endpoints": []})
+        );
     }
 }

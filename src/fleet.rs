@@ -460,9 +460,12 @@ mod tests {
             "networks": {"eth0": {"rx_bytes": 10, "tx_bytes": 20}, "eth1": {"rx_bytes": 1, "tx_bytes": 2}},
             "blkio_stats": {"io_service_bytes_recursive": [{"op": "Read", "value": 5}, {"op": "write", "value": 7}]},
             "pids_stats": {"current": 3}});
-        assert_eq!(stats_summary(&s), json!({"cpu_percent": 40.0, "memory_usage": 800, "memory_limit": 4000,
+        assert_eq!(
+            stats_summary(&s),
+            json!({"cpu_percent": 40.0, "memory_usage": 800, "memory_limit": 4000,
             "memory_percent": 20.0, "network_rx_bytes": 11, "network_tx_bytes": 22, "block_read_bytes": 5,
-            "block_write_bytes": 7, "pids": 3}));
+            "block_write_bytes": 7, "pids": 3})
+        );
     }
 
     #[test]

@@ -35,19 +35,14 @@ fn main() {
 }
 
 fn init_logging() {
-    let level = std::env::var("DCD_LOG_LEVEL")
-        .unwrap_or_else(|_| "info".into())
-        .to_ascii_lowercase();
+    let level = std::env::var("DCD_LOG_LEVEL").unwrap_or_else(|_| "info".into()).to_ascii_lowercase();
     let default = match level.as_str() {
         "warning" => "warn",
         "critical" | "fatal" => "error",
         other => other,
     };
     // zenoh logs through `tracing` and is not bridged; keep our own crate's level.
-    env_logger::Builder::from_env(
-        env_logger::Env::new().filter_or("RUST_LOG", format!("dcd={default}")),
-    )
-    .init();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("RUST_LOG", format!("dcd={default}"))).init();
 }
 
 fn run(cfg: Config) -> Result<(), String> {
@@ -55,13 +50,8 @@ fn run(cfg: Config) -> Result<(), String> {
     let engine: Arc<dyn Engine> = if cfg.simulate {
         Arc::new(Sim::new())
     } else {
-        if cfg.in_container
-            && cfg.docker_host.is_none()
-            && !std::path::Path::new("/var/run/docker.sock").exists()
-        {
-            return Err(
-                "no /var/run/docker.sock in this container: mount it, or set DCD_SIM=1".into(),
-            );
+        if cfg.in_container && cfg.docker_host.is_none() && !std::path::Path::new("/var/run/docker.sock").exists() {
+            return Err("no /var/run/docker.sock in this container: mount it, or set DCD_SIM=1".into());
         }
         Arc::new(Docker::connect(cfg.docker_host.as_deref()).map_err(|e| e.to_string())?)
     };
@@ -79,31 +69,17 @@ fn run(cfg: Config) -> Result<(), String> {
     let (logs_tx, logs_rx) = bounded(1024);
     let events = Events::new(state_tx, logs_tx);
     let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone());
-    let driver = Arc::new(Driver::new(
-        engine,
-        cfg.simulate,
-        cfg.state_poll_hz,
-        state.handle(),
-        events,
-        cfg.policy,
-    ));
+    let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy));
 
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let (publish_tx, publish_rx) = bounded::<Publish>(256);
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let describe = describer(driver.clone(), device_id.clone())?;
-    let transport = mesh::spawn(
-        cfg.mesh, describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx,
-    )
-    .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
+    let transport = mesh::spawn(cfg.mesh, describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx)
+        .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
     let workers: Vec<_> = (0..cfg.workers)
         .map(|i| {
-            let (driver, rx, publish, id) = (
-                driver.clone(),
-                inbound_rx.clone(),
-                publish_tx.clone(),
-                device_id.clone(),
-            );
+            let (driver, rx, publish, id) = (driver.clone(), inbound_rx.clone(), publish_tx.clone(), device_id.clone());
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || work(&driver, &id, &rx, &publish))

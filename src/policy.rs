@@ -12,7 +12,20 @@ use serde_json::Value;
 
 /// Host paths never bind-mounted unless listed exactly in `bind_prefixes`,
 /// even when a listed prefix covers them.
-const SENSITIVE: &[&str] = &["/", "/etc", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run", "/var/run/docker.sock", "/run/docker.sock", "/var/lib/docker", "/root"];
+const SENSITIVE: &[&str] = &[
+    "/",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/run",
+    "/var/run",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/lib/docker",
+    "/root",
+];
 
 /// `security_opt` values that keep or tighten the default confinement. Any other may weaken it:
 /// an unconfined or custom seccomp or AppArmor profile, an SELinux label such as `type:spc_t`,
@@ -137,7 +150,14 @@ impl Policy {
             }
         }
         if !self.host_namespaces {
-            for (field, name) in [("NetworkMode", "network"), ("PidMode", "pid"), ("IpcMode", "ipc"), ("UTSMode", "uts"), ("UsernsMode", "userns"), ("CgroupnsMode", "cgroupns")] {
+            for (field, name) in [
+                ("NetworkMode", "network"),
+                ("PidMode", "pid"),
+                ("IpcMode", "ipc"),
+                ("UTSMode", "uts"),
+                ("UsernsMode", "userns"),
+                ("CgroupnsMode", "cgroupns"),
+            ] {
                 let mode = host[field].as_str().unwrap_or_default();
                 if mode == "host" || mode.starts_with("container:") {
                     return Err(format!("{name} mode {mode} is not allowed (allow with \"host_namespaces\": true)"));
@@ -323,7 +343,9 @@ mod tests {
     #[test]
     fn default_allows_plain_containers_and_named_volumes() {
         let p = Policy::default();
-        let ok = body(json!({"Binds": ["data:/data:rw"], "NetworkMode": "bridge", "CapAdd": [], "SecurityOpt": ["no-new-privileges"]}));
+        let ok = body(
+            json!({"Binds": ["data:/data:rw"], "NetworkMode": "bridge", "CapAdd": [], "SecurityOpt": ["no-new-privileges"]}),
+        );
         assert_eq!(p.check_create(&ok), Ok(()));
     }
 

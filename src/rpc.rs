@@ -71,7 +71,10 @@ pub fn handle(driver: &Driver, device_id: &str, payload: &[u8], max_payload: Opt
     let bytes = serde_json::to_vec(&reply).ok()?;
     match max_payload {
         Some(max) if bytes.len() > max => {
-            let e = Error::Params(format!("reply of {} bytes exceeds the server's max_payload of {max} bytes", bytes.len()));
+            let e = Error::Params(format!(
+                "reply of {} bytes exceeds the server's max_payload of {max} bytes",
+                bytes.len()
+            ));
             serde_json::to_vec(&error_reply(&id, &method, &e)).ok()
         }
         _ => Some(bytes),
@@ -83,12 +86,8 @@ pub fn handle(driver: &Driver, device_id: &str, payload: &[u8], max_payload: Opt
 fn call(driver: &Driver, method: &str, mut params: Map<String, Value>) -> Result<Value, Error> {
     let meta = params.remove("_dc_meta");
     let direct = params.remove("source_device");
-    let caller = meta
-        .as_ref()
-        .and_then(|m| m.get("source_device"))
-        .or(direct.as_ref())
-        .and_then(Value::as_str)
-        .unwrap_or("-");
+    let caller =
+        meta.as_ref().and_then(|m| m.get("source_device")).or(direct.as_ref()).and_then(Value::as_str).unwrap_or("-");
     log::debug!("rpc {method} from {caller}");
     let r = driver.call(method, params);
     if let Err(e) = &r {

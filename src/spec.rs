@@ -329,7 +329,9 @@ impl ContainerSpec {
         });
         if let Some(policy) = &self.restart_policy {
             if !matches!(policy.as_str(), "no" | "always" | "unless-stopped" | "on-failure") {
-                return Err(bad(format!("restart_policy {policy:?} is not one of no, always, unless-stopped, on-failure")));
+                return Err(bad(format!(
+                    "restart_policy {policy:?} is not one of no, always, unless-stopped, on-failure"
+                )));
             }
             host["RestartPolicy"] = json!({"Name": policy});
         }
@@ -359,7 +361,10 @@ impl ContainerSpec {
         }
         if let Some(u) = &self.ulimits {
             host["Ulimits"] = json!(match u {
-                Ulimits::List(l) => l.iter().map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard.unwrap_or(u.soft)})).collect::<Vec<_>>(),
+                Ulimits::List(l) => l
+                    .iter()
+                    .map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard.unwrap_or(u.soft)}))
+                    .collect::<Vec<_>>(),
                 Ulimits::Map(m) => m
                     .iter()
                     .map(|(name, v)| match v {
@@ -418,7 +423,8 @@ impl ContainerSpec {
                 Args::Many(v) => v.clone(),
             };
             let mut hc = json!({"Test": test});
-            for (field, value) in [("Interval", &h.interval), ("Timeout", &h.timeout), ("StartPeriod", &h.start_period)] {
+            for (field, value) in [("Interval", &h.interval), ("Timeout", &h.timeout), ("StartPeriod", &h.start_period)]
+            {
                 if let Some(v) = value {
                     hc[field] = json!(duration_ns(field, v)?);
                 }
@@ -443,7 +449,9 @@ impl ContainerSpec {
         }
         if let Some(name) = &self.name {
             if !valid_name(name) {
-                return Err(bad(format!("spec.name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)")));
+                return Err(bad(format!(
+                    "spec.name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)"
+                )));
             }
         }
         let counts = [
@@ -654,15 +662,24 @@ mod tests {
         assert_eq!(h["PortBindings"]["80/tcp"], json!([{"HostPort": "8080"}]));
         assert_eq!(h["PortBindings"]["90/tcp"], json!([{"HostPort": "9000", "HostIp": "127.0.0.1"}]));
         assert_eq!(h["PortBindings"]["7000/tcp"], json!([{}]));
-        assert_eq!((b["User"].as_str(), b["WorkingDir"].as_str(), b["Hostname"].as_str()), (Some("1000:1000"), Some("/w"), Some("h")));
+        assert_eq!(
+            (b["User"].as_str(), b["WorkingDir"].as_str(), b["Hostname"].as_str()),
+            (Some("1000:1000"), Some("/w"), Some("h"))
+        );
         assert_eq!((h["CapAdd"].clone(), h["CapDrop"].clone()), (json!(["NET_ADMIN"]), json!(["ALL"])));
         assert_eq!(h["ExtraHosts"], json!(["db:10.0.0.2"]));
         assert_eq!(h["Ulimits"], json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}]));
         assert_eq!(h["LogConfig"], json!({"Type": "json-file", "Config": {"max-size": "10m"}}));
-        assert_eq!(b["Healthcheck"], json!({"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000i64, "Timeout": 5_000_000_000i64, "Retries": 3}));
+        assert_eq!(
+            b["Healthcheck"],
+            json!({"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000i64, "Timeout": 5_000_000_000i64, "Retries": 3})
+        );
         assert_eq!((h["ShmSize"].clone(), h["ReadonlyRootfs"].clone()), (json!(64 << 20), json!(true)));
         assert_eq!(h["Tmpfs"], json!({"/run": "size=8m"}));
-        assert_eq!(h["Devices"], json!([{"PathOnHost": "/dev/i2c-1", "PathInContainer": "/dev/i2c-1", "CgroupPermissions": "rwm"}]));
+        assert_eq!(
+            h["Devices"],
+            json!([{"PathOnHost": "/dev/i2c-1", "PathInContainer": "/dev/i2c-1", "CgroupPermissions": "rwm"}])
+        );
         assert_eq!((h["PidsLimit"].clone(), h["NanoCpus"].clone()), (json!(100), json!(500_000_000)));
     }
 

@@ -16,180 +16,65 @@ use dcd::engine::sim::Sim;
 fn sim_serves_every_rpc() {
     let rig = Rig::new(Arc::new(Sim::new()), true);
     let st = rig.ok("get_status", json!({}));
-    assert_eq!(
-        (st["connected"].clone(), st["simulate"].clone()),
-        (json!(true), json!(true))
-    );
+    assert_eq!((st["connected"].clone(), st["simulate"].clone()), (json!(true), json!(true)));
     assert_eq!(rig.ok("ping_docker", json!({}))["simulated"], true);
-    let c = rig.ok(
-        "provision_container",
-        json!({"spec": {"image": "sim/hello", "name": "web"}}),
-    )["container"]
-        .clone();
+    let c = rig.ok("provision_container", json!({"spec": {"image": "sim/hello", "name": "web"}}))["container"].clone();
     assert_eq!(
-        (
-            c["name"].as_str(),
-            c["state"].as_str(),
-            c["managed_by_dcd"].as_bool()
-        ),
+        (c["name"].as_str(), c["state"].as_str(), c["managed_by_dcd"].as_bool()),
         (Some("web"), Some("running"), Some(true))
     );
-    let e = rig.event("state", |e| {
-        e.params["previous_state"].is_null() && e.params["name"] == "web"
-    });
+    let e = rig.event("state", |e| e.params["previous_state"].is_null() && e.params["name"] == "web");
     assert_eq!(e.params["container_id"], c["id"]);
     assert_eq!(rig.ok("list_containers", json!({}))["count"], 1);
-    assert_eq!(
-        rig.ok("get_container", json!({"container_id": "web"}))["container"]["id"],
-        c["id"]
-    );
-    assert_eq!(
-        rig.ok("stop_container", json!({"container_id": "web"}))["container"]["state"],
-        "exited"
-    );
+    assert_eq!(rig.ok("get_container", json!({"container_id": "web"}))["container"]["id"], c["id"]);
+    assert_eq!(rig.ok("stop_container", json!({"container_id": "web"}))["container"]["state"], "exited");
     assert_eq!(rig.ok("list_containers", json!({}))["count"], 0);
+    assert_eq!(rig.ok("list_containers", json!({"all_containers": true}))["count"], 1);
+    assert_eq!(rig.ok("start_container", json!({"container_id": "web"}))["container"]["state"], "running");
     assert_eq!(
-        rig.ok("list_containers", json!({"all_containers": true}))["count"],
-        1
-    );
-    assert_eq!(
-        rig.ok("start_container", json!({"container_id": "web"}))["container"]["state"],
+        rig.ok("restart_container", json!({"container_id": "web", "timeout_s": 1}))["container"]["state"],
         "running"
     );
-    assert_eq!(
-        rig.ok(
-            "restart_container",
-            json!({"container_id": "web", "timeout_s": 1})
-        )["container"]["state"],
-        "running"
-    );
-    assert!(
-        rig.ok("container_logs", json!({"container_id": "web"}))["logs"]
-            .as_str()
-            .unwrap()
-            .contains("simulated log line")
-    );
-    let f = rig.ok(
-        "container_logs",
-        json!({"container_id": "web", "follow": true}),
-    );
-    assert_eq!(f["streaming"], true);
-    assert_eq!(
-        rig.ok(
-            "container_logs",
-            json!({"container_id": "web", "follow": true})
-        )["already_following"],
-        true
-    );
-    rig.event("log line", |e| {
-        e.name == "container_log_line" && e.params["container_id"] == "web"
-    });
-    assert_eq!(
-        rig.ok("get_status", json!({}))["log_follow_active"],
-        json!(["web"])
-    );
-    assert_eq!(
-        rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"],
-        true
-    );
-    assert_eq!(
-        rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"],
-        false
-    );
-    let x = rig.ok(
-        "exec_in_container",
-        json!({"container_id": "web", "command": ["false"]}),
-    );
-    assert_eq!(
-        (x["status"].as_str(), x["exit_code"].as_i64()),
-        (Some("error"), Some(1))
-    );
-    assert_eq!(
-        rig.ok("pull_image", json!({"image": "sim/new:1"}))["image"],
-        "sim/new:1"
-    );
-    assert!(rig.ok("list_images", json!({}))["images"]
-        .as_array()
+    assert!(rig.ok("container_logs", json!({"container_id": "web"}))["logs"]
+        .as_str()
         .unwrap()
-        .iter()
-        .any(|i| i["tags"][0] == "sim/new:1"));
-    let up = rig.ok(
-        "compose_up",
-        json!({"spec": {"compose_yaml": "services: {}", "services": ["api"]}}),
-    );
+        .contains("simulated log line"));
+    let f = rig.ok("container_logs", json!({"container_id": "web", "follow": true}));
+    assert_eq!(f["streaming"], true);
+    assert_eq!(rig.ok("container_logs", json!({"container_id": "web", "follow": true}))["already_following"], true);
+    rig.event("log line", |e| e.name == "container_log_line" && e.params["container_id"] == "web");
+    assert_eq!(rig.ok("get_status", json!({}))["log_follow_active"], json!(["web"]));
+    assert_eq!(rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"], true);
+    assert_eq!(rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"], false);
+    let x = rig.ok("exec_in_container", json!({"container_id": "web", "command": ["false"]}));
+    assert_eq!((x["status"].as_str(), x["exit_code"].as_i64()), (Some("error"), Some(1)));
+    assert_eq!(rig.ok("pull_image", json!({"image": "sim/new:1"}))["image"], "sim/new:1");
+    assert!(rig.ok("list_images", json!({}))["images"].as_array().unwrap().iter().any(|i| i["tags"][0] == "sim/new:1"));
+    let up = rig.ok("compose_up", json!({"spec": {"compose_yaml": "services: {}", "services": ["api"]}}));
     assert_eq!(up["status"], "success");
     assert_eq!(rig.ok("list_managed_containers", json!({}))["count"], 2);
     rig.ok("compose_down", json!({"project_dir": up["project_dir"]}));
-    assert!(rig
-        .err("remove_container", json!({"container_id": "web"}))
-        .contains("running"));
-    rig.ok(
-        "remove_container",
-        json!({"container_id": "web", "force": true}),
-    );
-    rig.event("removed", |e| {
-        e.params["state"] == "removed" && e.params["name"] == "web"
-    });
+    assert!(rig.err("remove_container", json!({"container_id": "web"})).contains("running"));
+    rig.ok("remove_container", json!({"container_id": "web", "force": true}));
+    rig.event("removed", |e| e.params["state"] == "removed" && e.params["name"] == "web");
     bad_inputs(&rig);
 }
 
 /// The bad inputs of the foundation issue; each is a typed error with a
 /// message naming what is wrong.
 fn bad_inputs(rig: &Rig) {
-    assert!(matches!(
-        rig.call("no_such_method", json!({})),
-        Err(Error::UnknownMethod)
-    ));
-    assert!(rig
-        .err("list_containers", json!({"bogus": 1}))
-        .contains("unknown field `bogus`"));
-    assert!(rig
-        .err("get_container", json!({}))
-        .contains("missing field `container_id`"));
-    assert!(rig
-        .err("get_container", json!({"container_id": 42}))
-        .contains("invalid type"));
-    assert!(rig
-        .err("provision_container", json!({"spec": "x"}))
-        .contains("invalid type"));
-    assert!(rig
-        .err("provision_container", json!({"spec": {"name": "x"}}))
-        .contains("missing field `image`"));
-    assert!(rig
-        .err(
-            "get_container",
-            json!({"container_id": "nope-does-not-exist"})
-        )
-        .contains("not found"));
-    assert!(rig
-        .err(
-            "container_logs",
-            json!({"container_id": "x", "since": "yesterday"})
-        )
-        .contains("RFC3339"));
-    assert!(rig
-        .err(
-            "exec_in_container",
-            json!({"container_id": "x", "command": []})
-        )
-        .contains("empty"));
-    assert!(rig
-        .err("compose_up", json!({"spec": {}}))
-        .contains("project_dir or compose_yaml"));
-    for method in [
-        "get_container",
-        "start_container",
-        "stop_container",
-        "remove_container",
-        "container_logs",
-    ] {
-        assert!(
-            matches!(
-                rig.call(method, json!({"container_id": "nope-404"})),
-                Err(Error::Engine(_))
-            ),
-            "{method}"
-        );
+    assert!(matches!(rig.call("no_such_method", json!({})), Err(Error::UnknownMethod)));
+    assert!(rig.err("list_containers", json!({"bogus": 1})).contains("unknown field `bogus`"));
+    assert!(rig.err("get_container", json!({})).contains("missing field `container_id`"));
+    assert!(rig.err("get_container", json!({"container_id": 42})).contains("invalid type"));
+    assert!(rig.err("provision_container", json!({"spec": "x"})).contains("invalid type"));
+    assert!(rig.err("provision_container", json!({"spec": {"name": "x"}})).contains("missing field `image`"));
+    assert!(rig.err("get_container", json!({"container_id": "nope-does-not-exist"})).contains("not found"));
+    assert!(rig.err("container_logs", json!({"container_id": "x", "since": "yesterday"})).contains("RFC3339"));
+    assert!(rig.err("exec_in_container", json!({"container_id": "x", "command": []})).contains("empty"));
+    assert!(rig.err("compose_up", json!({"spec": {}})).contains("project_dir or compose_yaml"));
+    for method in ["get_container", "start_container", "stop_container", "remove_container", "container_logs"] {
+        assert!(matches!(rig.call(method, json!({"container_id": "nope-404"})), Err(Error::Engine(_))), "{method}");
     }
 }
 
@@ -217,18 +102,10 @@ fn real_provision_maps_every_spec_field() {
     assert_eq!(c["state"], "running", "re-inspected after start");
     assert_eq!(c["name"], name.as_str());
     assert_eq!(c["managed_by_dcd"], true);
-    assert!(
-        c["ports"]["8080/tcp"][0]["HostPort"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty()),
-        "{c}"
-    );
+    assert!(c["ports"]["8080/tcp"][0]["HostPort"].as_str().is_some_and(|p| !p.is_empty()), "{c}");
     let inspect: Value = serde_json::from_str(&common::docker(&["inspect", &name])).unwrap();
     let i = &inspect[0];
-    assert!(i["Config"]["Env"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("GREETING=hi there")));
+    assert!(i["Config"]["Env"].as_array().unwrap().contains(&json!("GREETING=hi there")));
     assert_eq!(i["Config"]["Cmd"], json!(["sleep", "300"]));
     assert_eq!(i["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
     assert_eq!(i["HostConfig"]["Memory"], 64 << 20);
@@ -238,13 +115,8 @@ fn real_provision_maps_every_spec_field() {
     assert_eq!(i["HostConfig"]["Binds"], json!([format!("{vol}:/data:ro")]));
     assert_eq!(i["Config"]["Labels"]["deviceconnect.dev/driver"], "dcd");
     assert!(i["Config"]["ExposedPorts"].get("53/udp").is_some());
-    rig.event("provision", |e| {
-        e.params["name"] == name.as_str() && e.params["previous_state"].is_null()
-    });
-    rig.ok(
-        "remove_container",
-        json!({"container_id": name, "force": true}),
-    );
+    rig.event("provision", |e| e.params["name"] == name.as_str() && e.params["previous_state"].is_null());
+    rig.ok("remove_container", json!({"container_id": name, "force": true}));
     common::docker(&["volume", "rm", &vol]);
     common::docker(&["network", "rm", &net]);
 }
@@ -255,25 +127,17 @@ fn real_lifecycle_logs_exec_and_listing() {
     let name = common::unique("life");
     let _c = Cleanup(vec![name.clone()]);
     let script = "echo out-1; echo err-1 >&2; echo out-2; sleep 2; echo late; exec sleep 300";
-    let c = rig.ok("provision_container",
-        json!({"spec": {"image": image, "name": name, "command": ["sh", "-c", script], "labels": {"dcd-test": "1"}}}))["container"]
+    let c = rig.ok(
+        "provision_container",
+        json!({"spec": {"image": image, "name": name, "command": ["sh", "-c", script], "labels": {"dcd-test": "1"}}}),
+    )["container"]
         .clone();
     let id = c["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 12);
-    assert_eq!(
-        rig.ok("get_container", json!({"container_id": &id[..6]}))["container"]["name"],
-        name.as_str()
-    );
-    assert_eq!(
-        rig.ok("get_container", json!({"container_id": name}))["container"]["id"],
-        id.as_str()
-    );
+    assert_eq!(rig.ok("get_container", json!({"container_id": &id[..6]}))["container"]["name"], name.as_str());
+    assert_eq!(rig.ok("get_container", json!({"container_id": name}))["container"]["id"], id.as_str());
     let listed = rig.ok("list_containers", json!({}));
-    assert!(listed["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["id"] == id.as_str()));
+    assert!(listed["containers"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str()));
     assert!(rig.ok("list_managed_containers", json!({}))["containers"]
         .as_array()
         .unwrap()
@@ -281,46 +145,18 @@ fn real_lifecycle_logs_exec_and_listing() {
         .any(|c| c["id"] == id.as_str()));
     std::thread::sleep(Duration::from_millis(2500));
 
-    let logs = rig.ok("container_logs", json!({"container_id": name}))["logs"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let logs = rig.ok("container_logs", json!({"container_id": name}))["logs"].as_str().unwrap().to_string();
     for want in ["out-1", "err-1", "out-2", "late"] {
-        assert!(
-            logs.lines().any(|l| l.ends_with(want)),
-            "{want} missing from {logs:?}"
-        );
+        assert!(logs.lines().any(|l| l.ends_with(want)), "{want} missing from {logs:?}");
     }
-    assert!(
-        logs.lines()
-            .all(|l| dcd::time::parse_rfc3339(l.split(' ').next().unwrap()).is_some()),
-        "{logs}"
-    );
-    let tail = rig.ok("container_logs", json!({"container_id": name, "tail": 1}))["logs"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert!(logs.lines().all(|l| dcd::time::parse_rfc3339(l.split(' ').next().unwrap()).is_some()), "{logs}");
+    let tail = rig.ok("container_logs", json!({"container_id": name, "tail": 1}))["logs"].as_str().unwrap().to_string();
     assert_eq!(tail.lines().count(), 1);
     assert!(tail.ends_with("late\n"), "{tail}");
-    let late_ts = logs
-        .lines()
-        .find(|l| l.ends_with("late"))
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    let since = rig.ok(
-        "container_logs",
-        json!({"container_id": name, "since": late_ts}),
-    )["logs"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        since.contains("late") && !since.contains("out-1"),
-        "{since}"
-    );
+    let late_ts = logs.lines().find(|l| l.ends_with("late")).unwrap().split(' ').next().unwrap().to_string();
+    let since =
+        rig.ok("container_logs", json!({"container_id": name, "since": late_ts}))["logs"].as_str().unwrap().to_string();
+    assert!(since.contains("late") && !since.contains("out-1"), "{since}");
 
     let x = rig.ok(
         "exec_in_container",
@@ -328,60 +164,24 @@ fn real_lifecycle_logs_exec_and_listing() {
         "command": ["sh", "-c", "echo to-out; echo to-err >&2; echo $FOO; pwd; exit 3"],
         "environment": {"FOO": "bar"}, "workdir": "/tmp"}),
     );
-    assert_eq!(
-        (x["status"].as_str(), x["exit_code"].as_i64()),
-        (Some("error"), Some(3))
-    );
+    assert_eq!((x["status"].as_str(), x["exit_code"].as_i64()), (Some("error"), Some(3)));
     assert_eq!(x["stdout"], "to-out\nbar\n/tmp\n");
     assert_eq!(x["stderr"], "to-err\n");
-    assert_eq!(
-        rig.ok(
-            "exec_in_container",
-            json!({"container_id": name, "command": ["true"]})
-        )["status"],
-        "success"
-    );
+    assert_eq!(rig.ok("exec_in_container", json!({"container_id": name, "command": ["true"]}))["status"], "success");
 
+    assert_eq!(rig.ok("stop_container", json!({"container_id": name, "timeout_s": 1}))["container"]["state"], "exited");
+    rig.event("stop", |e| e.params["container_id"] == id.as_str() && e.params["state"] == "exited");
+    assert!(rig.err("exec_in_container", json!({"container_id": name, "command": ["true"]})).contains("conflict"));
+    assert_eq!(rig.ok("start_container", json!({"container_id": name}))["container"]["state"], "running");
     assert_eq!(
-        rig.ok(
-            "stop_container",
-            json!({"container_id": name, "timeout_s": 1})
-        )["container"]["state"],
-        "exited"
-    );
-    rig.event("stop", |e| {
-        e.params["container_id"] == id.as_str() && e.params["state"] == "exited"
-    });
-    assert!(rig
-        .err(
-            "exec_in_container",
-            json!({"container_id": name, "command": ["true"]})
-        )
-        .contains("conflict"));
-    assert_eq!(
-        rig.ok("start_container", json!({"container_id": name}))["container"]["state"],
-        "running"
-    );
-    assert_eq!(
-        rig.ok(
-            "restart_container",
-            json!({"container_id": name, "timeout_s": 1})
-        )["container"]["state"],
+        rig.ok("restart_container", json!({"container_id": name, "timeout_s": 1}))["container"]["state"],
         "running"
     );
     let e = rig.err("remove_container", json!({"container_id": name}));
     assert!(e.contains("running") || e.contains("stop"), "{e}");
-    let r = rig.ok(
-        "remove_container",
-        json!({"container_id": name, "force": true}),
-    );
-    assert_eq!(
-        (r["container_id"].as_str(), r["force"].as_bool()),
-        (Some(name.as_str()), Some(true))
-    );
-    rig.event("removed", |e| {
-        e.params["container_id"] == id.as_str() && e.params["state"] == "removed"
-    });
+    let r = rig.ok("remove_container", json!({"container_id": name, "force": true}));
+    assert_eq!((r["container_id"].as_str(), r["force"].as_bool()), (Some(name.as_str()), Some(true)));
+    rig.event("removed", |e| e.params["container_id"] == id.as_str() && e.params["state"] == "removed");
     bad_inputs(&rig);
 }
 
@@ -395,49 +195,25 @@ fn real_follow_emits_lines_and_stops() {
         json!({"spec": {"image": image, "name": name, "labels": {"dcd-test": "1"},
         "command": ["sh", "-c", "echo first; echo oops >&2; sleep 300"]}}),
     );
-    assert_eq!(
-        rig.ok(
-            "container_logs",
-            json!({"container_id": name, "follow": true})
-        )["streaming"],
-        true
-    );
-    let e = rig.event("stderr line", |e| {
-        e.name == "container_log_line" && e.params["line"] == "oops"
-    });
+    assert_eq!(rig.ok("container_logs", json!({"container_id": name, "follow": true}))["streaming"], true);
+    let e = rig.event("stderr line", |e| e.name == "container_log_line" && e.params["line"] == "oops");
     assert_eq!(e.params["stream"], "stderr");
     let started = Instant::now();
-    assert_eq!(
-        rig.ok("stop_container_logs", json!({"container_id": name}))["stopped"],
-        true
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "stop took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        rig.ok("get_status", json!({}))["log_follow_active"],
-        json!([])
-    );
+    assert_eq!(rig.ok("stop_container_logs", json!({"container_id": name}))["stopped"], true);
+    assert!(started.elapsed() < Duration::from_millis(500), "stop took {:?}", started.elapsed());
+    assert_eq!(rig.ok("get_status", json!({}))["log_follow_active"], json!([]));
 }
 
 #[test]
 fn real_images_pull_and_failure() {
     let Some((rig, _image)) = real() else { return };
     let registry = std::env::var("DCD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
-    let reachable =
-        std::net::TcpStream::connect_timeout(&registry.parse().unwrap(), Duration::from_secs(1))
-            .is_ok();
+    let reachable = std::net::TcpStream::connect_timeout(&registry.parse().unwrap(), Duration::from_secs(1)).is_ok();
     if common::require(reachable, &format!("a local registry on {registry}")) {
         let reference = format!("{registry}/dcd-test/busybox:latest");
         common::docker(&["rmi", &reference]);
         let p = rig.ok("pull_image", json!({"image": reference}));
-        assert!(
-            !p["progress"].as_array().unwrap().is_empty()
-                && p["progress"].as_array().unwrap().len() <= 5,
-            "{p}"
-        );
+        assert!(!p["progress"].as_array().unwrap().is_empty() && p["progress"].as_array().unwrap().len() <= 5, "{p}");
         let images = rig.ok("list_images", json!({}));
         assert!(images["images"]
             .as_array()
@@ -447,10 +223,7 @@ fn real_images_pull_and_failure() {
         assert!(images["images"][0]["id"].as_str().unwrap().len() == "sha256:".len() + 12);
         common::docker(&["rmi", &reference]);
     }
-    let e = rig.err(
-        "pull_image",
-        json!({"image": "127.0.0.1:1/nope/never:latest"}),
-    );
+    let e = rig.err("pull_image", json!({"image": "127.0.0.1:1/nope/never:latest"}));
     assert!(e.contains("127.0.0.1:1"), "{e}");
 }
 
@@ -474,11 +247,6 @@ fn real_compose_up_and_down_inline() {
     ]);
     assert!(!running.is_empty(), "compose started nothing ({project})");
     rig.ok("compose_down", json!({"project_dir": dir}));
-    assert!(
-        !std::path::Path::new(&dir).exists(),
-        "temp project dir removed"
-    );
-    assert!(rig
-        .err("compose_down", json!({"project_dir": "/nonexistent-dcd"}))
-        .contains("not a directory"));
+    assert!(!std::path::Path::new(&dir).exists(), "temp project dir removed");
+    assert!(rig.err("compose_down", json!({"project_dir": "/nonexistent-dcd"})).contains("not a directory"));
 }

@@ -38,11 +38,7 @@ fn engine() -> Option<Docker> {
         return skip(&format!("no Docker Engine ({e})"));
     }
     let images = d.list_images().unwrap();
-    let has_image = images.iter().any(|i| {
-        i["RepoTags"]
-            .as_array()
-            .is_some_and(|t| t.contains(&json!(IMAGE)))
-    });
+    let has_image = images.iter().any(|i| i["RepoTags"].as_array().is_some_and(|t| t.contains(&json!(IMAGE))));
     if !has_image {
         return skip(&format!("image {IMAGE} missing: run tests/setup.sh"));
     }
@@ -50,10 +46,7 @@ fn engine() -> Option<Docker> {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 /// Containers made by one test, force-removed when it ends (even by panic).
@@ -99,10 +92,7 @@ fn name(tag: &str) -> String {
 }
 
 fn state(d: &Docker, id: &str) -> String {
-    d.inspect_container(id).unwrap()["State"]["Status"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    d.inspect_container(id).unwrap()["State"]["Status"].as_str().unwrap().to_string()
 }
 
 fn wait_exited(d: &Docker, id: &str) {
@@ -151,29 +141,17 @@ fn logs(d: &Docker, id: &str, opts: LogOptions) -> Vec<Line> {
 fn info_and_list_images() {
     let Some(d) = engine() else { return };
     let info = d.info().unwrap();
-    for key in [
-        "docker_version",
-        "api_version",
-        "os",
-        "arch",
-        "server_version",
-    ] {
+    for key in ["docker_version", "api_version", "os", "arch", "server_version"] {
         assert!(info[key].is_string(), "{key} in {info}");
     }
-    assert!(
-        info["containers"].is_u64() && info["images"].is_u64(),
-        "{info}"
-    );
+    assert!(info["containers"].is_u64() && info["images"].is_u64(), "{info}");
     let api = info["api_version"].as_str().unwrap();
     let minor: u32 = api.strip_prefix("1.").unwrap().parse().unwrap();
     assert!((40..=45).contains(&minor), "{api}");
     assert_eq!(d.host().as_deref(), Some("unix:///var/run/docker.sock"));
 
     let images = d.list_images().unwrap();
-    let ours = images
-        .iter()
-        .find(|i| i["RepoTags"].as_array().unwrap().contains(&json!(IMAGE)))
-        .unwrap();
+    let ours = images.iter().find(|i| i["RepoTags"].as_array().unwrap().contains(&json!(IMAGE))).unwrap();
     assert!(ours["Id"].as_str().unwrap().starts_with("sha256:"));
     assert!(ours["Size"].is_u64() && ours["Created"].is_i64());
 }
@@ -208,18 +186,12 @@ fn create_with_options_then_inspect() {
     assert_eq!(c["Name"], json!(format!("/{}", name("opts"))));
     assert_eq!(c["State"]["Status"], "created");
     assert_eq!(c["Config"]["Image"], IMAGE);
-    assert!(c["Config"]["Env"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("GREETING=hi there")));
+    assert!(c["Config"]["Env"].as_array().unwrap().contains(&json!("GREETING=hi there")));
     assert_eq!(c["Config"]["Labels"]["deviceconnect.dev/managed"], "true");
     assert_eq!(c["HostConfig"]["Binds"], json!([bind]));
     assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
     assert_eq!(c["HostConfig"]["Memory"], json!(64 << 20));
-    assert_eq!(
-        c["HostConfig"]["PortBindings"]["80/tcp"][0]["HostIp"],
-        "127.0.0.1"
-    );
+    assert_eq!(c["HostConfig"]["PortBindings"]["80/tcp"][0]["HostIp"], "127.0.0.1");
 
     // Prefixes and the list API's "/name" spelling work as ids too.
     assert_eq!(d.inspect_container(&id[..12]).unwrap()["Id"], json!(id));
@@ -230,13 +202,8 @@ fn create_with_options_then_inspect() {
     let c = d.inspect_container(&id).unwrap();
     let port = &c["NetworkSettings"]["Ports"]["80/tcp"][0];
     assert_eq!(port["HostIp"], "127.0.0.1");
-    assert!(
-        port["HostPort"].as_str().unwrap().parse::<u16>().unwrap() > 0,
-        "{port}"
-    );
-    let out = d
-        .exec(&id, &["cat".into(), "/data/hello.txt".into()], &[], None)
-        .unwrap();
+    assert!(port["HostPort"].as_str().unwrap().parse::<u16>().unwrap() > 0, "{port}");
+    let out = d.exec(&id, &["cat".into(), "/data/hello.txt".into()], &[], None).unwrap();
     assert_eq!(out.stdout, "from the host\n");
 
     let listed = d.list_containers(false).unwrap();
@@ -244,16 +211,10 @@ fn create_with_options_then_inspect() {
 
     let dup = d.create_container(Some(&name("opts")), &json!({"Image": IMAGE}));
     assert!(matches!(dup, Err(EngineError::Conflict(_))), "{dup:?}");
-    let bad = d.create_container(
-        Some("bad?name=../x"),
-        &json!({"Image": IMAGE, "Labels": {"dcd-test": "1"}}),
-    );
+    let bad = d.create_container(Some("bad?name=../x"), &json!({"Image": IMAGE, "Labels": {"dcd-test": "1"}}));
     assert!(matches!(bad, Err(EngineError::BadRequest(_))), "{bad:?}");
     let missing = d.create_container(None, &json!({"Image": "dcd-test/absent:nope"}));
-    assert!(
-        matches!(missing, Err(EngineError::NotFound(_))),
-        "{missing:?}"
-    );
+    assert!(matches!(missing, Err(EngineError::NotFound(_))), "{missing:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -265,11 +226,7 @@ fn start_stop_restart_remove() {
     d.start_container(&id).unwrap();
     d.start_container(&id).unwrap(); // 304: already started
     assert_eq!(state(&d, &id), "running");
-    assert!(d
-        .list_containers(false)
-        .unwrap()
-        .iter()
-        .any(|c| c["Id"] == json!(id)));
+    assert!(d.list_containers(false).unwrap().iter().any(|c| c["Id"] == json!(id)));
 
     let err = d.remove_container(&id, false).unwrap_err();
     assert!(matches!(err, EngineError::Conflict(_)), "{err:?}");
@@ -277,16 +234,8 @@ fn start_stop_restart_remove() {
     d.stop_container(&id, 1).unwrap();
     assert_eq!(state(&d, &id), "exited");
     d.stop_container(&id, 1).unwrap(); // 304: already stopped
-    assert!(!d
-        .list_containers(false)
-        .unwrap()
-        .iter()
-        .any(|c| c["Id"] == json!(id)));
-    assert!(d
-        .list_containers(true)
-        .unwrap()
-        .iter()
-        .any(|c| c["Id"] == json!(id)));
+    assert!(!d.list_containers(false).unwrap().iter().any(|c| c["Id"] == json!(id)));
+    assert!(d.list_containers(true).unwrap().iter().any(|c| c["Id"] == json!(id)));
 
     d.restart_container(&id, 1).unwrap();
     assert_eq!(state(&d, &id), "running");
@@ -313,53 +262,26 @@ fn logs_split_streams_tail_since_and_long_lines() {
 
     let all = logs(&d, &id, LogOptions::default());
     // The engine logs the 64 KiB line as 16 KiB pieces: they come back whole.
-    assert_eq!(
-        texts(&all, Source::Stdout),
-        ["out1", "out2", "out3", "été", "<65536 × a>", "late"]
-    );
+    assert_eq!(texts(&all, Source::Stdout), ["out1", "out2", "out3", "été", "<65536 × a>", "late"]);
     assert_eq!(texts(&all, Source::Stderr), ["err1", "err2", "err3"]);
     assert!(all.iter().all(|l| l.ts.is_none()));
 
-    let stamped = logs(
-        &d,
-        &id,
-        LogOptions {
-            timestamps: true,
-            ..Default::default()
-        },
-    );
+    let stamped = logs(&d, &id, LogOptions { timestamps: true, ..Default::default() });
     for source in [Source::Stdout, Source::Stderr] {
         let (with, without) = (texts(&stamped, source), texts(&all, source));
         assert_eq!(with, without, "timestamps stripped, long line joined");
     }
     for l in &stamped {
         let ts = l.ts.as_deref().unwrap();
-        assert!(
-            ts.starts_with("20") && ts.ends_with('Z') && ts.contains('T'),
-            "{ts}"
-        );
+        assert!(ts.starts_with("20") && ts.ends_with('Z') && ts.contains('T'), "{ts}");
     }
 
     // The engine counts log entries, not lines: a long line is several.
-    let tail = logs(
-        &d,
-        &id,
-        LogOptions {
-            tail: Some(1),
-            ..Default::default()
-        },
-    );
+    let tail = logs(&d, &id, LogOptions { tail: Some(1), ..Default::default() });
     assert_eq!(texts(&tail, Source::Stdout), ["late"]);
     assert!(texts(&tail, Source::Stderr).is_empty());
 
-    let since = logs(
-        &d,
-        &id,
-        LogOptions {
-            since: Some(middle),
-            ..Default::default()
-        },
-    );
+    let since = logs(&d, &id, LogOptions { since: Some(middle), ..Default::default() });
     assert_eq!(texts(&since, Source::Stdout), ["late"]);
     assert!(texts(&since, Source::Stderr).is_empty());
 
@@ -387,14 +309,10 @@ fn follow(s: Stream) -> (mpsc::Receiver<Line>, mpsc::Receiver<()>) {
 }
 
 fn assert_cancel_is_prompt(cancel: impl FnOnce(), done: &mpsc::Receiver<()>) {
-    assert!(
-        done.recv_timeout(Duration::from_millis(300)).is_err(),
-        "read blocks"
-    );
+    assert!(done.recv_timeout(Duration::from_millis(300)).is_err(), "read blocks");
     let t = Instant::now();
     cancel();
-    done.recv_timeout(Duration::from_secs(5))
-        .expect("read ended");
+    done.recv_timeout(Duration::from_secs(5)).expect("read ended");
     let took = t.elapsed();
     assert!(took < Duration::from_millis(100), "cancel took {took:?}");
 }
@@ -403,10 +321,7 @@ fn assert_cancel_is_prompt(cancel: impl FnOnce(), done: &mpsc::Receiver<()>) {
 fn follow_logs_and_cancel() {
     let Some(d) = engine() else { return };
     let mut made = Made::new(&d);
-    let follow_opts = LogOptions {
-        follow: true,
-        ..Default::default()
-    };
+    let follow_opts = LogOptions { follow: true, ..Default::default() };
 
     let silent = made.run("silent", &["sleep", "1000"]);
     let stream = d.logs(&silent, &follow_opts).unwrap();
@@ -416,10 +331,7 @@ fn follow_logs_and_cancel() {
     d.list_containers(false).unwrap();
     assert_cancel_is_prompt(|| cancel.cancel(), &done);
 
-    let chatty = made.run(
-        "chatty",
-        &["sh", "-c", "echo first; sleep 1; echo second; sleep 1000"],
-    );
+    let chatty = made.run("chatty", &["sh", "-c", "echo first; sleep 1; echo second; sleep 1000"]);
     let stream = d.logs(&chatty, &follow_opts).unwrap();
     let cancel = stream.cancel.clone();
     let (lines, done) = follow(stream);
@@ -433,12 +345,8 @@ fn follow_logs_and_cancel() {
     // A follow ends by itself when the container exits.
     let brief = made.run("brief", &["sh", "-c", "sleep 1; echo bye"]);
     let (lines, done) = follow(d.logs(&brief, &follow_opts).unwrap());
-    assert_eq!(
-        lines.recv_timeout(Duration::from_secs(10)).unwrap().text,
-        "bye"
-    );
-    done.recv_timeout(Duration::from_secs(10))
-        .expect("stream ends at exit");
+    assert_eq!(lines.recv_timeout(Duration::from_secs(10)).unwrap().text, "bye");
+    done.recv_timeout(Duration::from_secs(10)).expect("stream ends at exit");
 }
 
 #[test]
@@ -448,27 +356,16 @@ fn exec_collects_output_and_exit_code() {
     let id = made.run("exec", &["sleep", "1000"]);
     let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
 
-    let out = d
-        .exec(
-            &id,
-            &sh("echo out; echo err >&2; echo more; exit 3"),
-            &[],
-            None,
-        )
-        .unwrap();
+    let out = d.exec(&id, &sh("echo out; echo err >&2; echo more; exit 3"), &[], None).unwrap();
     assert_eq!(out.exit_code, 3);
     assert_eq!(out.stdout, "out\nmore\n");
     assert_eq!(out.stderr, "err\n");
 
     let env = ["FOO=bar baz".to_string()];
-    let out = d
-        .exec(&id, &sh("echo \"$FOO\"; pwd"), &env, Some("/tmp"))
-        .unwrap();
+    let out = d.exec(&id, &sh("echo \"$FOO\"; pwd"), &env, Some("/tmp")).unwrap();
     assert_eq!((out.exit_code, out.stdout.as_str()), (0, "bar baz\n/tmp\n"));
 
-    let out = d
-        .exec(&id, &sh("head -c 200000 /dev/zero | tr '\\0' x"), &[], None)
-        .unwrap();
+    let out = d.exec(&id, &sh("head -c 200000 /dev/zero | tr '\\0' x"), &[], None).unwrap();
     assert_eq!(out.stdout.len(), 200000);
 
     d.stop_container(&id, 0).unwrap();
@@ -477,9 +374,7 @@ fn exec_collects_output_and_exit_code() {
         EngineError::Conflict(m) => assert!(m.contains("not running"), "{m}"),
         other => panic!("{other:?}"),
     }
-    let err = d
-        .exec("dcd-test-no-such-container", &sh("true"), &[], None)
-        .unwrap_err();
+    let err = d.exec("dcd-test-no-such-container", &sh("true"), &[], None).unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
 }
 
@@ -496,39 +391,24 @@ fn pull_from_local_registry() {
     }
     remove_image(REGISTRY_IMAGE);
     let progress = d.pull_image(REGISTRY_IMAGE).unwrap();
-    assert!(
-        progress
-            .iter()
-            .any(|s| s.starts_with("Status: Downloaded newer image")),
-        "{progress:?}"
-    );
-    let digest = progress
+    assert!(progress.iter().any(|s| s.starts_with("Status: Downloaded newer image")), "{progress:?}");
+    let digest =
+        progress.iter().find_map(|s| s.strip_prefix("Digest: ")).expect("a digest in the progress").to_string();
+    let tagged = d
+        .list_images()
+        .unwrap()
         .iter()
-        .find_map(|s| s.strip_prefix("Digest: "))
-        .expect("a digest in the progress")
-        .to_string();
-    let tagged = d.list_images().unwrap().iter().any(|i| {
-        i["RepoTags"]
-            .as_array()
-            .is_some_and(|t| t.contains(&json!(REGISTRY_IMAGE)))
-    });
+        .any(|i| i["RepoTags"].as_array().is_some_and(|t| t.contains(&json!(REGISTRY_IMAGE))));
     let again = d.pull_image(REGISTRY_IMAGE).unwrap();
     let by_digest = format!("127.0.0.1:5000/dcd-test/busybox@{digest}");
     let pinned = d.pull_image(&by_digest);
     remove_image(REGISTRY_IMAGE);
     remove_image(&by_digest);
     assert!(tagged, "pulled image is listed");
-    assert!(
-        again
-            .iter()
-            .any(|s| s.starts_with("Status: Image is up to date")),
-        "{again:?}"
-    );
+    assert!(again.iter().any(|s| s.starts_with("Status: Image is up to date")), "{again:?}");
     assert!(pinned.is_ok(), "{pinned:?}");
 
-    let err = d
-        .pull_image("127.0.0.1:5000/dcd-test/absent:latest")
-        .unwrap_err();
+    let err = d.pull_image("127.0.0.1:5000/dcd-test/absent:latest").unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
 }
 
@@ -583,9 +463,7 @@ fn events_show_a_start() {
 #[test]
 fn unknown_and_hostile_ids_stay_in_their_segment() {
     let Some(d) = engine() else { return };
-    let err = d
-        .inspect_container("dcd-test-no-such-container")
-        .unwrap_err();
+    let err = d.inspect_container("dcd-test-no-such-container").unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
     for id in [
         "",
@@ -607,13 +485,7 @@ fn unknown_and_hostile_ids_stay_in_their_segment() {
             d.remove_container(id, true),
             d.logs(id, &LogOptions::default()).map(drop),
         ] {
-            assert!(
-                matches!(
-                    result,
-                    Err(EngineError::NotFound(_) | EngineError::BadRequest(_))
-                ),
-                "{id:?}: {result:?}"
-            );
+            assert!(matches!(result, Err(EngineError::NotFound(_) | EngineError::BadRequest(_))), "{id:?}: {result:?}");
         }
     }
 }
@@ -663,11 +535,7 @@ impl FakeEngine {
                 }
             })
         };
-        FakeEngine {
-            path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
-        }
+        FakeEngine { path: path.to_path_buf(), stop, thread: Some(thread) }
     }
 }
 
@@ -694,14 +562,7 @@ fn version_is_negotiated_lazily_and_again_after_outage() {
     let fake = FakeEngine::start(&sock, "1.43", seen.clone());
     d.list_containers(true).unwrap();
     d.list_images().unwrap();
-    assert_eq!(
-        take(),
-        [
-            "/version",
-            "/v1.43/containers/json?all=1",
-            "/v1.43/images/json"
-        ]
-    );
+    assert_eq!(take(), ["/version", "/v1.43/containers/json?all=1", "/v1.43/images/json"]);
     drop(fake);
 
     let err = d.list_images().unwrap_err();
@@ -709,10 +570,7 @@ fn version_is_negotiated_lazily_and_again_after_outage() {
 
     let fake = FakeEngine::start(&sock, "1.39", seen.clone());
     let err = d.list_images().unwrap_err();
-    assert!(
-        matches!(&err, EngineError::TooOld(m) if m.contains("1.39")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, EngineError::TooOld(m) if m.contains("1.39")), "{err:?}");
     drop(fake);
     take();
 
@@ -727,15 +585,9 @@ fn unreachable_hosts_fail_calls_not_construction() {
         let d = Docker::connect(Some(host)).unwrap();
         assert_eq!(d.host().as_deref(), Some(host));
         let err = d.info().unwrap_err();
-        assert!(
-            matches!(err, EngineError::Unreachable(_)),
-            "{host}: {err:?}"
-        );
+        assert!(matches!(err, EngineError::Unreachable(_)), "{host}: {err:?}");
         let err = d.events(None).err().unwrap();
-        assert!(
-            matches!(err, EngineError::Unreachable(_)),
-            "{host}: {err:?}"
-        );
+        assert!(matches!(err, EngineError::Unreachable(_)), "{host}: {err:?}");
     }
     assert!(Docker::connect(Some("ssh://example")).is_err());
 }

@@ -56,8 +56,15 @@ fn networks_volumes_and_images() {
     let _c = Cleanup(vec![name.clone()]);
     rig.ok("create_network", json!({"name": net, "labels": {"dcd-test": "1"}}));
     let nets = rig.ok("list_networks", json!({}));
-    assert!(nets["networks"].as_array().unwrap().iter().any(|n| n["name"] == net.as_str() && n["managed_by_dcd"] == true));
-    rig.ok("provision_container", json!({"spec": {"image": image, "name": name, "command": ["sleep", "300"], "labels": {"dcd-test": "1"}}}));
+    assert!(nets["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == net.as_str() && n["managed_by_dcd"] == true));
+    rig.ok(
+        "provision_container",
+        json!({"spec": {"image": image, "name": name, "command": ["sleep", "300"], "labels": {"dcd-test": "1"}}}),
+    );
     rig.ok("connect_network", json!({"network": net, "container_id": name}));
     let inspect: serde_json::Value = serde_json::from_str(&common::docker(&["inspect", &name])).unwrap();
     assert!(inspect[0]["NetworkSettings"]["Networks"].get(&net).is_some());
@@ -69,7 +76,11 @@ fn networks_volumes_and_images() {
     rig.ok("create_volume", json!({"name": vol}));
     assert!(rig.ok("list_volumes", json!({}))["volumes"].as_array().unwrap().iter().any(|v| v["name"] == vol.as_str()));
     rig.ok("remove_volume", json!({"name": vol}));
-    assert!(!rig.ok("list_volumes", json!({}))["volumes"].as_array().unwrap().iter().any(|v| v["name"] == vol.as_str()));
+    assert!(!rig.ok("list_volumes", json!({}))["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == vol.as_str()));
 
     let tag = format!("dcd-test/fleet-tag:{}", std::process::id());
     common::docker(&["tag", &image, &tag]);
@@ -89,8 +100,11 @@ fn deprovision_converges() {
     // Only this test's containers: other tests run beside it on the same engine.
     let label = format!("dcd-test-run={}", std::process::id());
     for n in [&a, &b] {
-        rig.ok("provision_container", json!({"spec": {"image": image, "name": n, "command": ["sleep", "300"],
-            "labels": {"dcd-test": "1", "dcd-test-run": std::process::id().to_string()}}}));
+        rig.ok(
+            "provision_container",
+            json!({"spec": {"image": image, "name": n, "command": ["sleep", "300"],
+            "labels": {"dcd-test": "1", "dcd-test-run": std::process::id().to_string()}}}),
+        );
     }
     let r = rig.ok("deprovision_managed", json!({"label": label}));
     assert_eq!(r["count"], 2, "{r}");

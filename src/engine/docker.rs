@@ -138,10 +138,9 @@ impl Docker {
     pub fn connect_with(host: Option<&str>, opts: &Options) -> Result<Docker> {
         let host = match host {
             Some(h) => h.to_string(),
-            None => std::env::var("DOCKER_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| DEFAULT_HOST.to_string()),
+            None => {
+                std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| DEFAULT_HOST.to_string())
+            }
         };
         let mut target = parse_host(&host, opts.tls_verify)?;
         if let Target::Tcp(_, tls) = &mut target {
@@ -188,13 +187,7 @@ impl Docker {
     }
 
     /// A versioned call on the shared agent.
-    fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        timeout: Duration,
-    ) -> Result<Response<Body>> {
+    fn send(&self, method: Method, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Response<Body>> {
         let api = self.api_version()?;
         let path = format!("/v{api}{path}");
         self.send_to(&self.agent, method, &path, None, body, Some(timeout))
@@ -205,13 +198,7 @@ impl Docker {
         self.read_json(resp)
     }
 
-    fn call_empty(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        t: Duration,
-    ) -> Result<()> {
+    fn call_empty(&self, method: Method, path: &str, body: Option<&Value>, t: Duration) -> Result<()> {
         self.send(method, path, body, t).map(drop)
     }
 
@@ -249,22 +236,13 @@ impl Docker {
         if (200..300).contains(&status) || status == 304 {
             return Ok(resp);
         }
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_ERROR_BODY)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
+        let text =
+            resp.body_mut().with_config().limit(MAX_ERROR_BODY).lossy_utf8(true).read_to_string().unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.trim().to_string());
-        let message = if message.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            message
-        };
+        let message = if message.is_empty() { format!("HTTP {status}") } else { message };
         Err(match status {
             404 => EngineError::NotFound(message),
             409 => EngineError::Conflict(message),
@@ -277,14 +255,8 @@ impl Docker {
     }
 
     fn read_json(&self, resp: Response<Body>) -> Result<Value> {
-        let bytes = resp
-            .into_body()
-            .into_with_config()
-            .limit(MAX_JSON_BODY)
-            .read_to_vec()
-            .map_err(|e| self.fail(e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| EngineError::Server(format!("engine sent invalid JSON: {e}")))
+        let bytes = resp.into_body().into_with_config().limit(MAX_JSON_BODY).read_to_vec().map_err(|e| self.fail(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| EngineError::Server(format!("engine sent invalid JSON: {e}")))
     }
 
     /// Maps a transport error, forgetting the API version if the engine is
@@ -333,15 +305,12 @@ impl Docker {
         let path = format!("/exec/{}/json", segment(exec_id)?);
         for _ in 0..40 {
             let inspect = self.call_json(Method::GET, &path, None)?;
-            if let (Some(code), false) = (inspect["ExitCode"].as_i64(), inspect["Running"] == true)
-            {
+            if let (Some(code), false) = (inspect["ExitCode"].as_i64(), inspect["Running"] == true) {
                 return Ok(code);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(EngineError::Server(format!(
-            "exec {exec_id} finished its output but reports no exit code"
-        )))
+        Err(EngineError::Server(format!("exec {exec_id} finished its output but reports no exit code")))
     }
 }
 
@@ -376,8 +345,7 @@ impl Engine for Docker {
             Some(n) => query(&[("name", n)]),
             None => String::new(),
         };
-        let created =
-            self.call_json(Method::POST, &format!("/containers/create{q}"), Some(body))?;
+        let created = self.call_json(Method::POST, &format!("/containers/create{q}"), Some(body))?;
         if let Some(warnings) = created["Warnings"].as_array().filter(|w| !w.is_empty()) {
             log::warn!("engine warnings creating container: {warnings:?}");
         }
@@ -414,9 +382,7 @@ impl Engine for Docker {
     }
 
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
-        let tail = opts
-            .tail
-            .map_or_else(|| "all".to_string(), |n| n.to_string());
+        let tail = opts.tail.map_or_else(|| "all".to_string(), |n| n.to_string());
         let mut q = vec![
             ("stdout", "1".to_string()),
             ("stderr", "1".to_string()),
@@ -432,13 +398,7 @@ impl Engine for Docker {
         self.stream(&path, (!opts.follow).then_some(LOG_READ_TIMEOUT))
     }
 
-    fn exec(
-        &self,
-        id: &str,
-        cmd: &[String],
-        env: &[String],
-        workdir: Option<&str>,
-    ) -> Result<ExecOutput> {
+    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
         let mut create = json!({
             "AttachStdin": false,
             "AttachStdout": true,
@@ -452,9 +412,7 @@ impl Engine for Docker {
         }
         let path = format!("/containers/{}/exec", container(id)?);
         let created = self.call_json(Method::POST, &path, Some(&create))?;
-        let exec_id = created["Id"]
-            .as_str()
-            .ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+        let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
 
         let start = json!({ "Detach": false, "Tty": false });
         let path = format!("/exec/{}/start", segment(exec_id)?);
@@ -609,10 +567,7 @@ fn run(
     req: std::result::Result<Request<impl AsSendBody>, ureq::http::Error>,
     timeout: Option<Duration>,
 ) -> std::result::Result<Response<Body>, ureq::Error> {
-    let req = agent
-        .configure_request(req.map_err(ureq::Error::Http)?)
-        .timeout_global(timeout)
-        .build();
+    let req = agent.configure_request(req.map_err(ureq::Error::Http)?).timeout_global(timeout).build();
     agent.run(req)
 }
 
@@ -684,11 +639,8 @@ fn engine_tls(dir: &Path) -> Result<TlsConfig> {
 /// `tls` moves a `tcp://` host to `https://` and its default port to 2376,
 /// as in docker-py.
 fn parse_host(host: &str, tls: bool) -> Result<Target> {
-    let unsupported = || {
-        EngineError::Unreachable(format!(
-            "unsupported docker host {host:?} (use unix:///path or tcp://host:port)"
-        ))
-    };
+    let unsupported =
+        || EngineError::Unreachable(format!("unsupported docker host {host:?} (use unix:///path or tcp://host:port)"));
     if let Some(path) = host.strip_prefix("unix://") {
         if path.is_empty() {
             return Err(unsupported());
@@ -703,9 +655,7 @@ fn parse_host(host: &str, tls: bool) -> Result<Target> {
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
         return Err(unsupported());
     }
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
     let (scheme, port) = if tls { ("https", DEFAULT_TLS_PORT) } else { ("http", DEFAULT_TCP_PORT) };
     let base = if has_port { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}:{port}") };
     base.parse::<Uri>().map_err(|_| unsupported())?;
@@ -713,14 +663,9 @@ fn parse_host(host: &str, tls: bool) -> Result<Target> {
 }
 
 fn pick_version(server: &str) -> Result<String> {
-    let parsed = server
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
-    let theirs = parsed.ok_or_else(|| {
-        EngineError::Server(format!(
-            "engine reported an unreadable API version {server:?}"
-        ))
-    })?;
+    let parsed = server.split_once('.').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+    let theirs =
+        parsed.ok_or_else(|| EngineError::Server(format!("engine reported an unreadable API version {server:?}")))?;
     if theirs < OUR_OLDEST {
         return Err(EngineError::TooOld(format!(
             "engine speaks API {server}, dcd needs at least {}.{}",
@@ -798,9 +743,7 @@ fn grace_deadline(timeout_s: i64) -> Duration {
 fn list(v: Value) -> Result<Vec<Value>> {
     match v {
         Value::Array(items) => Ok(items),
-        other => Err(EngineError::Server(format!(
-            "engine sent {other} where a list was expected"
-        ))),
+        other => Err(EngineError::Server(format!("engine sent {other} where a list was expected"))),
     }
 }
 
@@ -833,9 +776,7 @@ fn split_tag(name: &str) -> (&str, Option<&str>) {
 /// Whether an error inside a pull stream means the image does not exist.
 fn is_not_found(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    ["not found", "manifest unknown", "does not exist"]
-        .iter()
-        .any(|s| m.contains(s))
+    ["not found", "manifest unknown", "does not exist"].iter().any(|s| m.contains(s))
 }
 
 /// Says which credentials a pull the registry refused was made with (never
@@ -866,12 +807,7 @@ fn note_credentials(e: EngineError, source: &auth::Source) -> EngineError {
 struct NoDns;
 
 impl Resolver for NoDns {
-    fn resolve(
-        &self,
-        _: &Uri,
-        _: &Config,
-        _: NextTimeout,
-    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+    fn resolve(&self, _: &Uri, _: &Config, _: NextTimeout) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
         let mut addrs = self.empty();
         addrs.push(SocketAddr::from(([127, 0, 0, 1], 0)));
         Ok(addrs)
@@ -892,10 +828,7 @@ impl Connector for UnixConnector {
         let sock = Arc::new(Sock(UnixStream::connect(&self.0)?));
         // Lets `Agent::shutdown` (a stream's cancel) wake a blocked read.
         (details.register_shutdown)(Arc::downgrade(&sock) as Weak<dyn ShutdownHandle>)?;
-        let buffers = LazyBuffers::new(
-            details.config.input_buffer_size(),
-            details.config.output_buffer_size(),
-        );
+        let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
         Ok(Some(UnixTransport { sock, buffers }))
     }
 }
@@ -921,17 +854,11 @@ impl Transport for UnixTransport {
         &mut self.buffers
     }
 
-    fn transmit_output(
-        &mut self,
-        amount: usize,
-        timeout: NextTimeout,
-    ) -> std::result::Result<(), ureq::Error> {
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> std::result::Result<(), ureq::Error> {
         let timeout = timeout.for_write();
         self.sock.0.set_write_timeout(io_timeout(timeout)?)?;
         let output = &self.buffers.output()[..amount];
-        (&self.sock.0)
-            .write_all(output)
-            .map_err(|e| io_error(e, timeout))
+        (&self.sock.0).write_all(output).map_err(|e| io_error(e, timeout))
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> std::result::Result<bool, ureq::Error> {
@@ -1010,14 +937,7 @@ mod tests {
         assert_eq!(tcp("tcp://[::1]:1234/", false), "http://[::1]:1234");
         assert_eq!(tcp("tcp://docker", true), "https://docker:2376");
         assert_eq!(tcp("tcp://docker:2375", true), "https://docker:2375");
-        for bad in [
-            "",
-            "unix://",
-            "ssh://host",
-            "tcp://",
-            "tcp://a/b",
-            "/var/run/docker.sock",
-        ] {
+        for bad in ["", "unix://", "ssh://host", "tcp://", "tcp://a/b", "/var/run/docker.sock"] {
             assert!(parse_host(bad, false).is_err(), "{bad:?}");
         }
     }
@@ -1071,17 +991,11 @@ mod tests {
 
     #[test]
     fn values_cannot_escape_their_segment() {
-        assert_eq!(
-            encode("a/../b?c=d&e#f %"),
-            "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25"
-        );
+        assert_eq!(encode("a/../b?c=d&e#f %"), "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25");
         assert_eq!(container("/web-1").unwrap(), "web-1");
         for bad in ["", ".", "..", "/.."] {
             assert!(container(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            query(&[("a", "1 2"), ("b", "{\"x\":[]}")]),
-            "?a=1%202&b=%7B%22x%22%3A%5B%5D%7D"
-        );
+        assert_eq!(query(&[("a", "1 2"), ("b", "{\"x\":[]}")]), "?a=1%202&b=%7B%22x%22%3A%5B%5D%7D");
     }
 }

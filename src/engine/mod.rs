@@ -121,8 +121,7 @@ pub trait Engine: Send + Sync {
     /// The raw log stream: multiplexed frames unless `tty`, in which case raw bytes.
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream>;
     /// Run `cmd` once (no TTY) and collect its output and exit code.
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>)
-        -> Result<ExecOutput>;
+    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput>;
     /// Pull `image` (a reference with optional tag or digest). Returns the
     /// status strings of the progress stream, in order.
     fn pull_image(&self, image: &str) -> Result<Vec<String>>;

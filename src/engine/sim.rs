@@ -245,7 +245,11 @@ impl Engine for Sim {
 
     fn pull_image(&self, image: &str) -> Result<Vec<String>> {
         let mut w = self.world();
-        let full = if image.rsplit('/').next().is_some_and(|l| l.contains(':')) { image.to_string() } else { format!("{image}:latest") };
+        let full = if image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+            image.to_string()
+        } else {
+            format!("{image}:latest")
+        };
         if !w.images.contains(&full) {
             w.images.push(full.clone());
         }
@@ -294,7 +298,8 @@ impl Engine for Sim {
 
     fn remove_object(&self, kind: Object, id: &str, _force: bool) -> Result<()> {
         let mut w = self.world();
-        let key = w.objects.iter().find(|((k, n), v)| *k == kind as u8 && (n == id || v["Id"] == id)).map(|(k, _)| k.clone());
+        let key =
+            w.objects.iter().find(|((k, n), v)| *k == kind as u8 && (n == id || v["Id"] == id)).map(|(k, _)| k.clone());
         match key {
             Some(k) => {
                 w.objects.remove(&k);

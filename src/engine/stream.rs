@@ -67,14 +67,7 @@ pub struct Frames {
 impl Frames {
     /// `tty`: the stream is raw bytes (a TTY container), all stdout.
     pub fn new(tty: bool) -> Self {
-        Frames {
-            raw: tty,
-            header: [0; 8],
-            have: 0,
-            remaining: 0,
-            source: Source::Stdout,
-            start: false,
-        }
+        Frames { raw: tty, header: [0; 8], have: 0, remaining: 0, source: Source::Stdout, start: false }
     }
 
     /// Calls `out(source, payload, at)` for each piece of payload in `data`.
@@ -112,11 +105,7 @@ impl Frames {
                 continue;
             }
             let n = data.len().min(self.remaining as usize);
-            let at = if self.start {
-                At::FrameStart
-            } else {
-                At::InFrame
-            };
+            let at = if self.start { At::FrameStart } else { At::InFrame };
             out(self.source, &data[..n], at);
             self.start = false;
             self.remaining -= n as u32;
@@ -175,13 +164,7 @@ impl Demux {
     }
 
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Line)) {
-        let Demux {
-            frames,
-            timestamps,
-            ts,
-            out: o,
-            err: e,
-        } = self;
+        let Demux { frames, timestamps, ts, out: o, err: e } = self;
         frames.push(data, &mut |source, payload, at| {
             if at == At::FrameStart && *timestamps {
                 *ts = Some(Vec::new());
@@ -200,10 +183,7 @@ impl Demux {
         if let Some(pending) = self.ts.take().filter(|p| !p.is_empty()) {
             self.out.buf.extend_from_slice(&pending);
         }
-        for (source, line) in [
-            (Source::Stdout, &mut self.out),
-            (Source::Stderr, &mut self.err),
-        ] {
+        for (source, line) in [(Source::Stdout, &mut self.out), (Source::Stderr, &mut self.err)] {
             if !line.buf.is_empty() {
                 emit(source, line, out);
                 line.ts = None;
@@ -287,11 +267,7 @@ fn append(source: Source, mut data: &[u8], line: &mut Partial, out: &mut dyn FnM
 fn emit(source: Source, line: &mut Partial, out: &mut dyn FnMut(Line)) {
     let text = String::from_utf8_lossy(&line.buf).into_owned();
     line.buf.clear();
-    out(Line {
-        source,
-        ts: line.ts.clone(),
-        text,
-    });
+    out(Line { source, ts: line.ts.clone(), text });
 }
 
 /// Length of a UTF-8 sequence cut short at the end of `b`, so a line split
@@ -391,11 +367,7 @@ mod tests {
     }
 
     fn line(source: Source, ts: Option<&str>, text: &str) -> Line {
-        Line {
-            source,
-            ts: ts.map(str::to_string),
-            text: text.to_string(),
-        }
+        Line { source, ts: ts.map(str::to_string), text: text.to_string() }
     }
 
     use Source::{Stderr, Stdout};
@@ -458,11 +430,8 @@ mod tests {
         buf.extend(frame(1, &euro[1..2]));
         buf.extend(frame(1, &euro[2..]));
         buf.extend(frame(1, b"\xff\xfe ok\n\xe2\x82"));
-        let want = vec![
-            line(Stderr, None, "x"),
-            line(Stdout, None, "€\u{fffd}\u{fffd} ok"),
-            line(Stdout, None, "\u{fffd}"),
-        ];
+        let want =
+            vec![line(Stderr, None, "x"), line(Stdout, None, "€\u{fffd}\u{fffd} ok"), line(Stdout, None, "\u{fffd}")];
         assert_eq!(lines(false, false, &[&buf]), want);
     }
 
@@ -524,11 +493,7 @@ mod tests {
     #[test]
     fn tty_is_raw_stdout() {
         let data = b"one\r\ntw\xc3\xa9\n\x02\x00\x00\x00three";
-        let want = vec![
-            line(Stdout, None, "one"),
-            line(Stdout, None, "twé"),
-            line(Stdout, None, "\u{2}\0\0\0three"),
-        ];
+        let want = vec![line(Stdout, None, "one"), line(Stdout, None, "twé"), line(Stdout, None, "\u{2}\0\0\0three")];
         for cut in 0..=data.len() {
             assert_eq!(lines(true, false, &[&data[..cut], &data[cut..]]), want);
         }
@@ -549,32 +514,16 @@ mod tests {
     #[test]
     fn unframed_stream_falls_back_to_raw() {
         let got = lines(false, false, &[b"plain text\nmore\n"]);
+        assert_eq!(got, vec![line(Stdout, None, "plain text"), line(Stdout, None, "more")]);
+        let got = lines(false, true, &[b"2024-01-02T03:04:05Z a b\n2024-01-02T03:04:06Z c\n"]);
         assert_eq!(
             got,
-            vec![line(Stdout, None, "plain text"), line(Stdout, None, "more")]
-        );
-        let got = lines(
-            false,
-            true,
-            &[b"2024-01-02T03:04:05Z a b\n2024-01-02T03:04:06Z c\n"],
-        );
-        assert_eq!(
-            got,
-            vec![
-                line(Stdout, Some("2024-01-02T03:04:05Z"), "a b"),
-                line(Stdout, Some("2024-01-02T03:04:06Z"), "c"),
-            ]
+            vec![line(Stdout, Some("2024-01-02T03:04:05Z"), "a b"), line(Stdout, Some("2024-01-02T03:04:06Z"), "c"),]
         );
         let mut buf = frame(2, b"framed\n");
         buf.extend_from_slice(b"not a header\n");
         let got = lines(false, false, &[&buf]);
-        assert_eq!(
-            got,
-            vec![
-                line(Stderr, None, "framed"),
-                line(Stdout, None, "not a header")
-            ]
-        );
+        assert_eq!(got, vec![line(Stderr, None, "framed"), line(Stdout, None, "not a header")]);
     }
 
     #[test]
@@ -623,10 +572,7 @@ mod tests {
             j.finish(&mut |v| got.push(v));
             assert_eq!(
                 got,
-                vec![
-                    serde_json::json!({"status": "a"}),
-                    serde_json::json!({"x": [1, 2]}),
-                ],
+                vec![serde_json::json!({"status": "a"}), serde_json::json!({"x": [1, 2]}),],
                 "cut at {cut}"
             );
         }
