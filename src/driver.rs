@@ -372,7 +372,7 @@ pub(crate) struct Function {
     pub call: fn(&Driver, Map<String, Value>) -> Result<Value>,
 }
 
-fn no_params() -> Value {
+pub(crate) fn no_params() -> Value {
     json!({"type": "object", "properties": {}, "required": []})
 }
 
@@ -394,7 +394,7 @@ pub(crate) fn id_only_schema() -> Value {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoArgs {}
+pub(crate) struct NoArgs {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

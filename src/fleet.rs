@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::driver::{args, id_only_schema, Driver, Error, Function, IdArgs, MANAGED_LABEL};
+use crate::driver::{args, id_only_schema, no_params, Driver, Error, Function, IdArgs, NoArgs, MANAGED_LABEL};
 use crate::engine::{EngineError, Object};
 use crate::policy::Kind;
 
@@ -291,12 +291,9 @@ pub(crate) const FUNCTIONS: &[Function] = &[
         name: "list_networks",
         kind: Kind::Read,
         description: "List networks on this Docker host.",
-        schema: || object_schema(json!({}), &[]),
+        schema: no_params,
         call: |d, p| {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct A {}
-            let A {} = args(p)?;
+            let NoArgs {} = args(p)?;
             list_objects(d, Object::Network, "networks")
         },
     },
@@ -353,12 +350,9 @@ pub(crate) const FUNCTIONS: &[Function] = &[
         name: "list_volumes",
         kind: Kind::Read,
         description: "List volumes on this Docker host.",
-        schema: || object_schema(json!({}), &[]),
+        schema: no_params,
         call: |d, p| {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct A {}
-            let A {} = args(p)?;
+            let NoArgs {} = args(p)?;
             list_objects(d, Object::Volume, "volumes")
         },
     },
