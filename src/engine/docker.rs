@@ -581,7 +581,12 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
         .timeout_global(timeout)
         // A stream without an overall deadline still gets its headers
         // promptly (the engine sends them before any log line or event).
-        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT));
+        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT))
+        // ureq's 128 KiB defaults are zero-filled, so resident, per open
+        // connection; engine headers and our request bodies are far smaller
+        // (BENCHMARKS.md, idle RSS).
+        .input_buffer_size(32 * 1024)
+        .output_buffer_size(16 * 1024);
     match target {
         Target::Unix(path) => Agent::with_parts(config.build(), UnixConnector(path.clone()), NoDns),
         Target::Tcp(_, None) => Agent::new_with_config(config.build()),
