@@ -6,6 +6,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -210,23 +211,40 @@ async fn run(
     tx: UnboundedSender<Msg>,
     mut rx: UnboundedReceiver<Msg>,
 ) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let bridge = {
-        let tx = tx.clone();
-        tokio::task::spawn_blocking(move || bridge(links, tx))
+        let (tx, in_flight) = (tx.clone(), in_flight.clone());
+        tokio::task::spawn_blocking(move || bridge(links, tx, &in_flight))
     };
-    if let Err(e) = serve(options, servers, core, &tx, &mut rx).await {
+    if let Err(e) = serve(options, servers, core, &tx, &mut rx, &in_flight).await {
         log::error!("mesh: {e}");
         while !matches!(rx.recv().await, Some(Msg::Stop) | None) {}
     }
     let _ = bridge.await;
 }
 
+/// Events the bridge may have handed to the runtime and the mesh task not yet
+/// taken. Past this the bridge stops taking from the daemon's bounded queues,
+/// so a flood waits (or is dropped and counted) there instead of growing the
+/// runtime's unbounded channel.
+const BRIDGE_IN_FLIGHT: usize = 1024;
+
 /// Forward the daemon's channels into the runtime until `stop`.
-fn bridge(mut links: Links, tx: UnboundedSender<Msg>) {
+fn bridge(mut links: Links, tx: UnboundedSender<Msg>, in_flight: &AtomicUsize) {
     let nothing = crossbeam_channel::never::<()>();
     loop {
+        while in_flight.load(Ordering::Acquire) >= BRIDGE_IN_FLIGHT {
+            if matches!(links.stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)) {
+                let _ = tx.send(Msg::Stop);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let msg = match links.next(&nothing, IDLE_WAIT) {
-            Step::Event(ev) => Msg::Event(ev),
+            Step::Event(ev) => {
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                Msg::Event(ev)
+            }
             Step::Publish(p) => Msg::Publish(p),
             Step::Stop => Msg::Stop,
             Step::Other(()) | Step::Idle => continue,
@@ -244,6 +262,7 @@ async fn serve(
     mut core: Core,
     tx: &UnboundedSender<Msg>,
     rx: &mut UnboundedReceiver<Msg>,
+    in_flight: &AtomicUsize,
 ) -> Result<(), String> {
     let client = options.connect(servers).await.map_err(|e| format!("NATS: {e}"))?;
     for (sub, subject) in core.subscriptions() {
@@ -271,7 +290,10 @@ async fn serve(
         let now = Instant::now();
         match msg {
             None | Some(Msg::Stop) => break,
-            Some(Msg::Event(ev)) => core.push_event(ev),
+            Some(Msg::Event(ev)) => {
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                core.push_event(ev);
+            }
             Some(Msg::Publish(p)) => core.push_publish(p),
             Some(Msg::Up) => {
                 last_note.clear();
