@@ -105,16 +105,7 @@ struct Subscriber {
 
 impl Subscriber {
     fn spawn(py: &Path, id: &str, tenant: &str, port: u16) -> Subscriber {
-        let mut child = Command::new(py)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("MESSAGING_BACKEND", "nats")
-            .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-            .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-            .env("TENANT", tenant)
-            .arg(format!("{}/tests/py/events.py", env!("CARGO_MANIFEST_DIR")))
+        let mut child = common::python_on_nats(py, "events.py", tenant, port)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

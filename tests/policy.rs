@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{dcd_on_nats, docker, free_port, nats_server, Proc, READY};
@@ -54,18 +53,8 @@ fn run(py: &Path, image: &str, prefix: &str, mode: &str, args: &[&str], extra: &
     let _nats = nats_server(port, &[]);
     let dcd = dcd_on_nats(&id, &tenant, port, args, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
-    let mut cmd = Command::new(py);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("MESSAGING_BACKEND", "nats")
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-        .env("TENANT", &tenant)
-        .arg(format!("{}/tests/py/policy.py", env!("CARGO_MANIFEST_DIR")))
-        .args([mode, &id, image, prefix])
-        .args(extra);
+    let mut cmd = common::python_on_nats(py, "policy.py", &tenant, port);
+    cmd.args([mode, &id, image, prefix]).args(extra);
     let mut script = Proc::spawn(&format!("policy.py {mode}"), &mut cmd);
     let status = script.wait_exit(SCRIPT_TIMEOUT);
     assert!(status.is_some_and(|s| s.success()), "policy.py {mode} failed: {status:?} (its checks are above)");

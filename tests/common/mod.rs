@@ -53,7 +53,7 @@ pub fn docker(args: &[&str]) -> String {
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
@@ -180,6 +180,22 @@ pub fn python() -> Option<PathBuf> {
     let ok =
         Command::new(&py).args(["-c", "import device_connect_agent_tools"]).output().is_ok_and(|o| o.status.success());
     require(ok, &format!("the Python venv with device-connect-agent-tools at {}", py.display())).then_some(py)
+}
+
+/// One of our Python scripts (`tests/py/<script>`) as an agent-tools client of the NATS server
+/// at `port` in `tenant`, with nothing from our environment but PATH and HOME.
+pub fn python_on_nats(py: &Path, script: &str, tenant: &str, port: u16) -> Command {
+    let mut cmd = Command::new(py);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("MESSAGING_BACKEND", "nats")
+        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
+        .env("TENANT", tenant)
+        .arg(format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR")));
+    cmd
 }
 
 /// The daemon as a D2D device on the NATS server at `port`, with nothing from our environment
