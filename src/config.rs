@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::mesh::{Backend, MeshConfig, Tls};
 use crate::policy::Policy;
+use crate::state::Forward;
 
 /// dcd: the Docker host for the Device Connect mesh.
 ///
@@ -71,6 +72,9 @@ pub struct Flags {
     /// serve only the functions that change nothing (env DCD_READ_ONLY)
     #[argh(switch)]
     pub read_only: bool,
+    /// emit the engine's container events as `engine_event` (env DCD_FORWARD_ENGINE_EVENTS)
+    #[argh(switch)]
+    pub forward_engine_events: bool,
 }
 
 /// The resolved configuration.
@@ -83,6 +87,9 @@ pub struct Config {
     /// Running inside the container image: refuse to start without the socket.
     pub in_container: bool,
     pub policy: Policy,
+    /// Which engine events go out as `engine_event`: only our own containers'
+    /// under `owned_only`.
+    pub forward: Forward,
     pub mesh: MeshConfig,
 }
 
@@ -224,14 +231,20 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
 
     let zenoh_multicast = match flags.zenoh_multicast {
         Some(b) => b,
-        None => env("DCD_ZENOH_MULTICAST").map_or(true, |v| truthy(Some(v))),
+        None => env("DCD_ZENOH_MULTICAST").is_none_or(|v| truthy(Some(v))),
     };
     let mut policy = match flags.policy.clone().or_else(|| env("DCD_POLICY")) {
         Some(path) => Policy::load(Path::new(&path))?,
         None => Policy::default(),
     };
     policy.read_only |= flags.read_only || truthy(env("DCD_READ_ONLY"));
+    let forward = match flags.forward_engine_events || truthy(env("DCD_FORWARD_ENGINE_EVENTS")) {
+        false => Forward::Off,
+        true if policy.owned_only => Forward::Managed,
+        true => Forward::All,
+    };
     Ok(Config {
+        forward,
         policy,
         simulate: flags.sim || truthy(first(env, &["DCD_SIM", "DCD_SIMULATE"])),
         docker_host: flags.docker_host.clone().or_else(|| env("DOCKER_HOST")),
@@ -416,6 +429,20 @@ mod tests {
         assert_eq!(zenoh_endpoint("h:1").as_deref(), Some("tcp/h:1"));
         let c = cfg(&[], &[("ZENOH_CONNECT", "tcp/127.0.0.1:7447")]).unwrap();
         assert_eq!((c.mesh.backend, c.mesh.d2d), (Backend::Zenoh, false));
+    }
+
+    #[test]
+    fn engine_events_are_forwarded_on_request_and_under_the_policy() {
+        assert_eq!(cfg(&[], &[]).unwrap().forward, Forward::Off);
+        assert_eq!(cfg(&["--forward-engine-events"], &[]).unwrap().forward, Forward::All);
+        assert_eq!(cfg(&[], &[("DCD_FORWARD_ENGINE_EVENTS", "1")]).unwrap().forward, Forward::All);
+        let dir = std::env::temp_dir().join(format!("dcd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.json");
+        std::fs::write(&policy, r#"{"owned_only": true}"#).unwrap();
+        let c = cfg(&["--forward-engine-events", "--policy", policy.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(c.forward, Forward::Managed);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

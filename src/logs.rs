@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -16,6 +17,9 @@ use crate::engine::{Canceller, Engine, EngineError, LogOptions};
 
 struct Follow {
     generation: u64,
+    /// Set before `cancel`, so a follow waiting for room in the event queue
+    /// gives up at once instead of after `LOG_WAIT`.
+    stopped: Arc<AtomicBool>,
     cancel: Canceller,
     thread: JoinHandle<()>,
 }
@@ -57,12 +61,14 @@ impl Follows {
         let generation = table.next_generation;
         let key = container_id.to_string();
         let (events, shared) = (self.events.clone(), self.table.clone());
+        let stopped = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name(format!("logs-{}", key.chars().take(8).collect::<String>()))
             .spawn({
-                let key = key.clone();
+                let (key, stopped) = (key.clone(), stopped.clone());
                 move || {
-                    pump(&key, stream.body, tty, opts.timestamps, &events);
+                    let out = Emitter { key: &key, events: &events, stopped: &stopped, dropped: 0 };
+                    pump(stream.body, tty, opts.timestamps, out);
                     let mut t = lock(&shared);
                     if t.follows.get(&key).is_some_and(|f| f.generation == generation) {
                         t.follows.remove(&key);
@@ -70,7 +76,7 @@ impl Follows {
                 }
             })
             .map_err(|e| EngineError::Server(format!("cannot start log thread: {e}")))?;
-        table.follows.insert(key, Follow { generation, cancel: stream.cancel, thread });
+        table.follows.insert(key, Follow { generation, stopped, cancel: stream.cancel, thread });
         Ok(false)
     }
 
@@ -80,6 +86,7 @@ impl Follows {
         let follow = lock(&self.table).follows.remove(container_id);
         match follow {
             Some(f) => {
+                f.stopped.store(true, Ordering::Relaxed);
                 f.cancel.cancel();
                 let _ = f.thread.join();
                 true
@@ -91,6 +98,7 @@ impl Follows {
     pub fn stop_all(&self) {
         let all: Vec<Follow> = lock(&self.table).follows.drain().map(|(_, f)| f).collect();
         for f in &all {
+            f.stopped.store(true, Ordering::Relaxed);
             f.cancel.cancel();
         }
         for f in all {
@@ -111,60 +119,77 @@ fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 }
 
 /// Read the stream to its end, one event per line.
-fn pump(key: &str, mut body: Box<dyn Read + Send>, tty: bool, timestamps: bool, events: &Events) {
+fn pump(mut body: Box<dyn Read + Send>, tty: bool, timestamps: bool, mut out: Emitter) {
     let mut demux = Demux::new(tty, timestamps);
-    let mut out = Emitter { key, events, dropped: 0 };
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match body.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => demux.push(&buf[..n], &mut |l| out.line(l)),
             Err(e) => {
-                log::debug!("log follow {key} ended: {e}");
+                log::debug!("log follow {} ended: {e}", out.key);
                 break;
             }
         }
     }
     demux.finish(&mut |l| out.line(l));
-    // One last chance to tell the subscriber what it missed.
-    out.notice();
-    if out.dropped > 0 {
-        log::warn!("log follow {key}: {} lines dropped at the end, unreported", out.dropped);
-    }
+    out.finish();
 }
 
-/// Emits a follow's lines. Lines that do not fit the event queue are counted,
-/// and the count is reported in a `stream: "dcd"` line as soon as the queue
-/// has room again, so a chatty container neither grows memory nor stalls.
+/// Emits a follow's lines. A line waits for room in the event queue (the
+/// engine keeps the log meanwhile, so a burst is delivered late, not lost).
+/// Only when the transport is stuck does a follow drop lines: it counts them
+/// without waiting until the queue has room again, then reports the count in
+/// a `stream: "dcd"` line, so a stuck mesh neither grows memory nor stalls
+/// the follow for long.
 struct Emitter<'a> {
     key: &'a str,
     events: &'a Events,
+    stopped: &'a AtomicBool,
     dropped: u64,
 }
 
 impl Emitter<'_> {
     fn line(&mut self, l: Line) {
-        self.notice();
+        self.notice(false);
         let mut params = json!({"container_id": self.key, "line": l.text, "stream": l.source.as_str()});
         if let Some(ts) = l.ts {
             params["ts_engine"] = json!(ts);
         }
-        if !self.events.emit(LOG_LINE, params) {
+        let sent = if self.dropped == 0 {
+            self.events.emit_line(params, self.stopped)
+        } else {
+            self.events.emit(LOG_LINE, params)
+        };
+        if !sent {
             self.dropped += 1;
         }
     }
 
-    fn notice(&mut self) {
+    /// Report the lines dropped so far, if any; `wait` for room to do it.
+    fn notice(&mut self, wait: bool) {
         let n = self.dropped;
-        if n > 0
-            && self.events.emit(
-                LOG_LINE,
-                json!({"container_id": self.key, "stream": "dcd",
-                       "line": format!("dcd: {n} log lines dropped (event queue full)")}),
-            )
-        {
+        if n == 0 {
+            return;
+        }
+        let params = json!({"container_id": self.key, "stream": "dcd",
+                            "line": format!("dcd: {n} log lines dropped (event queue full)")});
+        let sent = if wait { self.events.emit_line(params, self.stopped) } else { self.events.emit(LOG_LINE, params) };
+        if sent {
             log::warn!("log follow {}: {n} lines dropped", self.key);
             self.dropped = 0;
+        }
+    }
+
+    /// The stream ended: the last chance to tell the subscriber what it
+    /// missed. Nothing to tell when the follow was stopped on purpose.
+    fn finish(mut self) {
+        if self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        self.notice(true);
+        if self.dropped > 0 {
+            log::warn!("log follow {}: {} lines dropped at the end, unreported", self.key, self.dropped);
         }
     }
 }

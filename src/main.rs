@@ -68,7 +68,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let (state_tx, state_rx) = bounded(1024);
     let (logs_tx, logs_rx) = bounded(1024);
     let events = Events::new(state_tx, logs_tx);
-    let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone());
+    let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone(), cfg.forward);
     let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy));
 
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);

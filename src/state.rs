@@ -6,7 +6,9 @@
 //! lists all containers only while the event stream is down and once after
 //! every reconnect, so nothing changes silently.
 //!
-//! Extension: a container that disappears is reported with `state: "removed"`.
+//! Extensions: a container that disappears is reported with `state:
+//! "removed"`; with `--forward-engine-events` the engine's container events
+//! also go out as they are, as `engine_event`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use serde_json::{json, Value};
 
-use crate::driver::{Events, STATE_CHANGED};
+use crate::driver::{Events, ENGINE_EVENT, MANAGED_LABEL, STATE_CHANGED};
 use crate::engine::stream::JsonLines;
 use crate::engine::{Canceller, Engine};
 
@@ -60,15 +62,31 @@ struct Known {
     state: String,
 }
 
+/// Which engine events go out as `engine_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    Off,
+    All,
+    /// Only events of containers with our managed label (under `owned_only`,
+    /// other containers are none of the mesh's business).
+    Managed,
+}
+
 /// What the driver holds to tell the state thread about containers it touched.
 #[derive(Clone)]
 pub struct StateHandle {
     tx: Sender<Msg>,
+    forward: Forward,
 }
 
 impl StateHandle {
     pub fn observed(&self, summary: &Value) {
         let _ = self.tx.try_send(Msg::Observed(summary.clone()));
+    }
+
+    /// Whether `engine_event` is emitted (and so advertised).
+    pub fn forwards_engine_events(&self) -> bool {
+        self.forward != Forward::Off
     }
 }
 
@@ -79,6 +97,7 @@ pub struct State {
     events_cancel: Arc<Mutex<Option<Canceller>>>,
     threads: Vec<JoinHandle<()>>,
     tx: Sender<Msg>,
+    forward: Forward,
 }
 
 impl State {
@@ -87,7 +106,7 @@ impl State {
     /// Returns once the containers that exist now are known (or the engine
     /// did not answer within `BASELINE_WAIT`): they are the silent baseline,
     /// and whatever the caller does next is news.
-    pub fn start(engine: Arc<dyn Engine>, poll_hz: f64, events: Events) -> State {
+    pub fn start(engine: Arc<dyn Engine>, poll_hz: f64, events: Events, forward: Forward) -> State {
         let (tx, rx) = bounded(4096);
         let (stop, stop_rx) = bounded::<()>(0);
         let events_cancel = Arc::new(Mutex::new(None));
@@ -99,7 +118,7 @@ impl State {
             std::thread::Builder::new()
                 .name("state".into())
                 .spawn(move || {
-                    let mut owner = Owner::new(engine, events, reconciled);
+                    let mut owner = Owner::new(engine, events, forward, reconciled);
                     owner.reconcile();
                     drop(baseline_tx);
                     owner.run(rx, poll, &stop)
@@ -116,11 +135,11 @@ impl State {
                 .spawn(move || follow_events(engine, tx, stop, &cancel, &reconciled))
                 .expect("spawn engine-events thread")
         };
-        State { stop, events_cancel, threads: vec![owner, follower], tx }
+        State { stop, events_cancel, threads: vec![owner, follower], tx, forward }
     }
 
     pub fn handle(&self) -> StateHandle {
-        StateHandle { tx: self.tx.clone() }
+        StateHandle { tx: self.tx.clone(), forward: self.forward }
     }
 
     pub fn shutdown(self) {
@@ -138,6 +157,7 @@ impl State {
 struct Owner {
     engine: Arc<dyn Engine>,
     events: Events,
+    forward: Forward,
     known: HashMap<String, Known>,
     /// Ids the engine reported destroyed (oldest first).
     gone: HashSet<String>,
@@ -152,10 +172,11 @@ struct Owner {
 }
 
 impl Owner {
-    fn new(engine: Arc<dyn Engine>, events: Events, reconciled: Arc<AtomicI64>) -> Self {
+    fn new(engine: Arc<dyn Engine>, events: Events, forward: Forward, reconciled: Arc<AtomicI64>) -> Self {
         Owner {
             engine,
             events,
+            forward,
             known: HashMap::new(),
             gone: HashSet::new(),
             gone_order: VecDeque::new(),
@@ -264,6 +285,7 @@ impl Owner {
         if id.is_empty() {
             return;
         }
+        self.forward(e, id);
         // Only these name the state they lead to. `kill`, `oom` and health
         // changes do not change it by themselves: a `die` follows if the
         // container ends.
@@ -283,6 +305,24 @@ impl Owner {
         };
         let (name, image) = (pick("name", |k| &k.name), pick("image", |k| &k.image));
         self.set(&short, &name, &image, state);
+    }
+
+    /// Pass an engine event on as it came (without waiting: a flood of them
+    /// is dropped and counted rather than delay a state change).
+    fn forward(&self, e: &Value, id: &str) {
+        let attributes = &e["Actor"]["Attributes"];
+        let wanted = match self.forward {
+            Forward::Off => false,
+            Forward::All => true,
+            Forward::Managed => attributes[MANAGED_LABEL] == "true",
+        };
+        if wanted {
+            self.events.emit(
+                ENGINE_EVENT,
+                json!({"type": e["Type"], "action": e["Action"], "id": id, "name": attributes["name"],
+                       "attributes": attributes, "time_nano": e["timeNano"]}),
+            );
+        }
     }
 
     /// List every container and emit whatever differs from what we know.

@@ -23,8 +23,8 @@ fn sim_serves_every_rpc() {
         (c["name"].as_str(), c["state"].as_str(), c["managed_by_dcd"].as_bool()),
         (Some("web"), Some("running"), Some(true))
     );
-    let e = rig.event("state", |e| e.params["previous_state"].is_null() && e.params["name"] == "web");
-    assert_eq!(e.params["container_id"], c["id"]);
+    let e = rig.event("state", |e| common::params(e)["previous_state"].is_null() && common::params(e)["name"] == "web");
+    assert_eq!(common::params(&e)["container_id"], c["id"]);
     assert_eq!(rig.ok("list_containers", json!({}))["count"], 1);
     assert_eq!(rig.ok("get_container", json!({"container_id": "web"}))["container"]["id"], c["id"]);
     assert_eq!(rig.ok("stop_container", json!({"container_id": "web"}))["container"]["state"], "exited");
@@ -42,7 +42,7 @@ fn sim_serves_every_rpc() {
     let f = rig.ok("container_logs", json!({"container_id": "web", "follow": true}));
     assert_eq!(f["streaming"], true);
     assert_eq!(rig.ok("container_logs", json!({"container_id": "web", "follow": true}))["already_following"], true);
-    rig.event("log line", |e| e.name == "container_log_line" && e.params["container_id"] == "web");
+    rig.event("log line", |e| e.name == "container_log_line" && common::params(e)["container_id"] == "web");
     assert_eq!(rig.ok("get_status", json!({}))["log_follow_active"], json!(["web"]));
     assert_eq!(rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"], true);
     assert_eq!(rig.ok("stop_container_logs", json!({"container_id": "web"}))["stopped"], false);
@@ -56,7 +56,7 @@ fn sim_serves_every_rpc() {
     rig.ok("compose_down", json!({"project_dir": up["project_dir"]}));
     assert!(rig.err("remove_container", json!({"container_id": "web"})).contains("running"));
     rig.ok("remove_container", json!({"container_id": "web", "force": true}));
-    rig.event("removed", |e| e.params["state"] == "removed" && e.params["name"] == "web");
+    rig.event("removed", |e| common::params(e)["state"] == "removed" && common::params(e)["name"] == "web");
     bad_inputs(&rig);
 }
 
@@ -115,7 +115,9 @@ fn real_provision_maps_every_spec_field() {
     assert_eq!(i["HostConfig"]["Binds"], json!([format!("{vol}:/data:ro")]));
     assert_eq!(i["Config"]["Labels"]["deviceconnect.dev/driver"], "dcd");
     assert!(i["Config"]["ExposedPorts"].get("53/udp").is_some());
-    rig.event("provision", |e| e.params["name"] == name.as_str() && e.params["previous_state"].is_null());
+    rig.event("provision", |e| {
+        common::params(e)["name"] == name.as_str() && common::params(e)["previous_state"].is_null()
+    });
     rig.ok("remove_container", json!({"container_id": name, "force": true}));
     common::docker(&["volume", "rm", &vol]);
     common::docker(&["network", "rm", &net]);
@@ -170,7 +172,7 @@ fn real_lifecycle_logs_exec_and_listing() {
     assert_eq!(rig.ok("exec_in_container", json!({"container_id": name, "command": ["true"]}))["status"], "success");
 
     assert_eq!(rig.ok("stop_container", json!({"container_id": name, "timeout_s": 1}))["container"]["state"], "exited");
-    rig.event("stop", |e| e.params["container_id"] == id.as_str() && e.params["state"] == "exited");
+    rig.event("stop", |e| common::params(e)["container_id"] == id.as_str() && common::params(e)["state"] == "exited");
     assert!(rig.err("exec_in_container", json!({"container_id": name, "command": ["true"]})).contains("conflict"));
     assert_eq!(rig.ok("start_container", json!({"container_id": name}))["container"]["state"], "running");
     assert_eq!(
@@ -181,7 +183,9 @@ fn real_lifecycle_logs_exec_and_listing() {
     assert!(e.contains("running") || e.contains("stop"), "{e}");
     let r = rig.ok("remove_container", json!({"container_id": name, "force": true}));
     assert_eq!((r["container_id"].as_str(), r["force"].as_bool()), (Some(name.as_str()), Some(true)));
-    rig.event("removed", |e| e.params["container_id"] == id.as_str() && e.params["state"] == "removed");
+    rig.event("removed", |e| {
+        common::params(e)["container_id"] == id.as_str() && common::params(e)["state"] == "removed"
+    });
     bad_inputs(&rig);
 }
 
@@ -196,8 +200,8 @@ fn real_follow_emits_lines_and_stops() {
         "command": ["sh", "-c", "echo first; echo oops >&2; sleep 300"]}}),
     );
     assert_eq!(rig.ok("container_logs", json!({"container_id": name, "follow": true}))["streaming"], true);
-    let e = rig.event("stderr line", |e| e.name == "container_log_line" && e.params["line"] == "oops");
-    assert_eq!(e.params["stream"], "stderr");
+    let e = rig.event("stderr line", |e| e.name == "container_log_line" && common::params(e)["line"] == "oops");
+    assert_eq!(common::params(&e)["stream"], "stderr");
     let started = Instant::now();
     assert_eq!(rig.ok("stop_container_logs", json!({"container_id": name}))["stopped"], true);
     assert!(started.elapsed() < Duration::from_millis(500), "stop took {:?}", started.elapsed());

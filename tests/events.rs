@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use dcd::driver::{Driver, Error, Event, Events, LOG_LINE, STATE_CHANGED};
 use dcd::engine::{docker::Docker, Engine};
 use dcd::policy::Policy;
-use dcd::state::State;
+use dcd::state::{Forward, State};
 
 const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const WAIT: Duration = Duration::from_secs(20);
@@ -104,9 +104,9 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn spawn(py: &Path, id: &str, tenant: &str, port: u16) -> Subscriber {
+    fn spawn(py: &Path, id: &str, tenant: &str, port: u16, selector: &str) -> Subscriber {
         let mut child = common::python_on_nats(py, "events.py", tenant, port)
-            .arg(id)
+            .args([id, "--selector", selector])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -129,11 +129,11 @@ impl Subscriber {
         s
     }
 
-    /// The params of the next `container_state_changed` before `deadline`.
-    fn next_state(&self, deadline: Instant) -> Option<Value> {
+    /// The params of the next `method` event before `deadline`.
+    fn next(&self, method: &str, deadline: Instant) -> Option<Value> {
         loop {
             let m = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()?;
-            if m["method"] == STATE_CHANGED {
+            if m["method"] == method {
                 return Some(m["params"].clone());
             }
         }
@@ -150,6 +150,9 @@ impl Drop for Subscriber {
 /// nats-server, the daemon on the real engine and a Python subscriber, all on loopback.
 struct Mesh {
     sub: Subscriber,
+    port: u16,
+    tenant: String,
+    id: String,
     _dcd: common::Proc,
     _nats: common::Proc,
     image: String,
@@ -158,6 +161,11 @@ struct Mesh {
 
 impl Mesh {
     fn start(tag: &str) -> Option<Mesh> {
+        Mesh::start_with(tag, &[], "event(container_state_changed)")
+    }
+
+    /// The daemon with `args`; the subscriber listens to `selector`.
+    fn start_with(tag: &str, args: &[&str], selector: &str) -> Option<Mesh> {
         common::engine()?;
         let image = common::test_image()?;
         let py = common::python()?;
@@ -167,19 +175,30 @@ impl Mesh {
         let port = common::free_port();
         let nats = common::nats_server(port, &[]);
         let (tenant, id) = (format!("ev-{tag}-{}", std::process::id()), format!("dcd-ev-{tag}"));
-        let dcd = common::dcd_on_nats(&id, &tenant, port, &[], &[]);
+        let dcd = common::dcd_on_nats(&id, &tenant, port, args, &[]);
         dcd.expect_line(common::READY, Duration::from_secs(15));
-        let sub = Subscriber::spawn(&py, &id, &tenant, port);
-        Some(Mesh { sub, _dcd: dcd, _nats: nats, image, chains: Chains::default() })
+        let sub = Subscriber::spawn(&py, &id, &tenant, port, selector);
+        Some(Mesh { sub, port, tenant, id, _dcd: dcd, _nats: nats, image, chains: Chains::default() })
     }
 
     fn chain(&mut self, name: &str, want: usize) -> Vec<String> {
         self.chain_within(name, want, WAIT)
     }
 
+    /// The event names in the daemon's presence (asked for with a discovery probe).
+    fn advertised_events(&self) -> Vec<String> {
+        let mut nats = common::Nats::connect(self.port).expect("nats");
+        nats.sub(&common::subject(&self.tenant, &self.id, "presence")).unwrap();
+        nats.publish(&format!("device-connect.{}.discovery.probe", self.tenant), None, b"{}").unwrap();
+        let msg = nats.next(Instant::now() + WAIT).unwrap().expect("presence after a probe");
+        let presence: Value = serde_json::from_slice(&msg.payload).unwrap();
+        let events = presence["capabilities"]["events"].as_array().expect("events").iter();
+        events.map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    }
+
     fn chain_within(&mut self, name: &str, want: usize, within: Duration) -> Vec<String> {
         let sub = &self.sub;
-        self.chains.wait(name, want, within, |d| sub.next_state(d))
+        self.chains.wait(name, want, within, |d| sub.next(STATE_CHANGED, d))
     }
 }
 
@@ -221,6 +240,7 @@ fn mesh_fast_flips_arrive_in_order() {
     let Some(mut mesh) = Mesh::start("flips") else {
         return;
     };
+    assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE], "engine_event is opt-in");
     let since = dcd::time::now_epoch() - 1.0;
     let names = ["flip", "burst", "kill50"].map(common::unique);
     let [flip, burst, kill] = &names;
@@ -282,6 +302,63 @@ fn mesh_engine_side_changes_arrive() {
     assert_eq!(mesh.chain(&names[2], 4)[2..], ["running>exited", "exited>removed"]);
 }
 
+/// `--forward-engine-events`: the engine's container events reach the Python client as
+/// `engine_event`, in the engine's order; under `owned_only` only our own containers' do.
+#[test]
+fn mesh_engine_events_are_forwarded() {
+    let dir = std::env::temp_dir().join(common::unique("fwd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, r#"{"owned_only": true}"#).unwrap();
+    for owned_only in [false, true] {
+        let mut args = vec!["--forward-engine-events"];
+        if owned_only {
+            args.extend(["--policy", policy.to_str().unwrap()]);
+        }
+        let Some(mesh) = Mesh::start_with(if owned_only { "fwd-own" } else { "fwd" }, &args, "event(engine_event)")
+        else {
+            return;
+        };
+        assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE, "engine_event"]);
+        let (foreign, ours) = (common::unique("fwd-foreign"), common::unique("fwd-ours"));
+        let _c = Cleanup(vec![foreign.clone(), ours.clone()]);
+        // The foreign container's events all come first: the engine sends events in order.
+        docker(&["run", "-d", "--name", &foreign, &mesh.image, "sleep", "300"]);
+        docker(&["rm", "-f", &foreign]);
+        let label = format!("{}=true", dcd::driver::MANAGED_LABEL);
+        docker(&["run", "-d", "--label", &label, "--name", &ours, &mesh.image, "sleep", "300"]);
+        docker(&["stop", "-t", "0", &ours]);
+        docker(&["rm", &ours]);
+
+        let deadline = Instant::now() + WAIT;
+        let mut seen: Vec<(String, String)> = Vec::new();
+        while !seen.contains(&(ours.clone(), "destroy".into())) {
+            let p = mesh.sub.next("engine_event", deadline).unwrap_or_else(|| panic!("no destroy of {ours}: {seen:?}"));
+            assert_eq!(p["type"], "container", "{p}");
+            assert_eq!(p["id"].as_str().map(str::len), Some(64), "{p}");
+            assert_eq!(p["attributes"]["name"], p["name"], "{p}");
+            assert_eq!(p["attributes"]["image"], mesh.image.as_str(), "{p}");
+            assert!(p["time_nano"].as_i64().is_some_and(|t| t > 0), "{p}");
+            let name = p["name"].as_str().unwrap().to_string();
+            if name == ours || name == foreign {
+                seen.push((name, p["action"].as_str().unwrap().to_string()));
+            }
+        }
+        let actions =
+            |who: &str| -> Vec<&str> { seen.iter().filter(|(n, _)| n == who).map(|(_, a)| a.as_str()).collect() };
+        // `docker stop -t 0` kills twice (TERM, then KILL at once): compare without the kills.
+        let life = |who: &str| -> Vec<&str> { actions(who).into_iter().filter(|a| *a != "kill").collect() };
+        assert!(actions(&ours).contains(&"kill"), "{seen:?}");
+        assert_eq!(life(&ours), ["create", "start", "die", "stop", "destroy"], "{seen:?}");
+        if owned_only {
+            assert_eq!(actions(&foreign), Vec::<&str>::new(), "a foreign container under owned_only");
+        } else {
+            assert_eq!(life(&foreign), ["create", "start", "die", "destroy"], "{seen:?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // In process: driver and state threads
 // ---------------------------------------------------------------------------------------------
@@ -298,7 +375,7 @@ impl Rig {
     fn new(engine: Arc<dyn Engine>, queue: usize, poll_hz: f64) -> Rig {
         let (tx, events) = bounded(queue);
         let ev = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), poll_hz, ev.clone());
+        let state = State::start(engine.clone(), poll_hz, ev.clone(), Forward::Off);
         let driver = Driver::new(engine, false, poll_hz, state.handle(), ev, Policy::default());
         Rig { driver, events, state: Some(state), chains: Chains::default() }
     }
@@ -330,7 +407,7 @@ impl Rig {
         self.chains.wait(name, want, WAIT, |deadline| loop {
             let e = events.recv_deadline(deadline).ok()?;
             if e.name == STATE_CHANGED {
-                return Some(e.params);
+                return Some(common::params(&e));
             }
         })
     }
@@ -339,8 +416,12 @@ impl Rig {
     /// (their containers exited).
     fn finished_log(&self, key: &str) -> Vec<Value> {
         self.follows_end();
-        let mine = |e: &Event| e.name == LOG_LINE && e.params["container_id"] == key;
-        self.events.try_iter().filter(mine).map(|e| e.params).collect()
+        self.events
+            .try_iter()
+            .filter(|e| e.name == LOG_LINE)
+            .map(|e| common::params(&e))
+            .filter(|p| p["container_id"] == key)
+            .collect()
     }
 }
 
@@ -746,8 +827,8 @@ fn follows_do_not_leak() {
 }
 
 #[test]
-fn backpressure_drops_and_says_so() {
-    if !isolated("backpressure_drops_and_says_so") {
+fn backpressure_waits_then_drops_and_says_so() {
+    if !isolated("backpressure_waits_then_drops_and_says_so") {
         return;
     }
     let Some((rig, image)) = real_rig(8) else {
@@ -755,15 +836,21 @@ fn backpressure_drops_and_says_so() {
     };
     let name = common::unique("chatty");
     let _c = Cleanup(vec![name.clone()]);
-    // About 7 MB in the json-file log: a follow across a log rotation (10 MB is a common
-    // max-size) loses and reorders lines in the engine itself (20.10, even `docker logs -f`).
-    const LINES: usize = 40_000;
+    // Two bursts of numbered lines, far faster than the consumer below, then "end" once the
+    // consumer is back from its stall.
+    const BURST: usize = 4_000;
     let pad = "x".repeat(100);
-    let script = format!("sleep 1; seq {LINES} | sed 's/$/ {pad}/'; sleep 1; echo end");
+    let script = format!(
+        "sleep 1; seq {BURST} | sed 's/$/ {pad}/'; sleep 4; seq {} {} | sed 's/$/ {pad}/'; sleep 6; echo end",
+        BURST + 1,
+        2 * BURST
+    );
     provision(&rig, &image, &name, &script);
     let (_, rss0) = threads_and_rss();
     rig.ok("container_logs", json!({"container_id": name, "follow": true, "tail": -1}));
-    // A slow consumer: one event a millisecond.
+    // A slow consumer (one event every 0.2 ms) gets every line of the first burst: the follow
+    // waits for room instead of dropping. Then the consumer stalls for longer than a follow
+    // waits (2 s), as a stuck transport would: lines of the second burst are dropped and counted.
     let (mut numbered, mut notices, mut dropped, mut last) = (0usize, 0usize, 0usize, 0usize);
     let mut peak = rss0;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -772,8 +859,9 @@ fn backpressure_drops_and_says_so() {
         if e.name != LOG_LINE {
             continue;
         }
-        let line = e.params["line"].as_str().unwrap();
-        if e.params["stream"] == "dcd" {
+        let p = common::params(&e);
+        let line = p["line"].as_str().unwrap();
+        if p["stream"] == "dcd" {
             let n: usize = line.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
             notices += 1;
             dropped += n;
@@ -782,17 +870,25 @@ fn backpressure_drops_and_says_so() {
         } else {
             let n: usize = line.split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
             assert!(n > last, "line {n} after {last}");
+            if n <= BURST {
+                assert_eq!(n, last + 1, "the first burst is delivered whole, in order");
+            }
             last = n;
             numbered += 1;
+            if n == BURST + 1 {
+                std::thread::sleep(Duration::from_secs(3));
+            }
         }
         peak = peak.max(threads_and_rss().1);
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_micros(200));
     }
     eprintln!(
-        "{LINES} lines: {numbered} delivered, {dropped} dropped in {notices} notices; RSS {rss0} KiB, peak {peak} KiB"
+        "{} lines: {numbered} delivered, {dropped} dropped in {notices} notices; RSS {rss0} KiB, peak {peak} KiB",
+        2 * BURST
     );
-    assert!(notices > 0, "nothing was dropped");
-    assert_eq!(numbered + dropped, LINES, "every line is delivered or counted");
+    assert!(last > BURST, "the second burst arrived");
+    assert!(notices > 0, "a stalled consumer makes the follow drop");
+    assert_eq!(numbered + dropped, 2 * BURST, "every line is delivered or counted");
     assert!(peak <= rss0 + 8192, "RSS grew from {rss0} KiB to {peak} KiB");
     rig.follows_end();
 }

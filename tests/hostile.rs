@@ -15,7 +15,7 @@ use dcd::engine::stream::{Demux, JsonLines, Line, MAX_LINE};
 use dcd::engine::{sim::Sim, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
 use dcd::policy::Policy;
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
-use dcd::state::State;
+use dcd::state::{Forward, State};
 
 const DEVICE: &str = "fuzz-host";
 /// How deep `rpc` lets JSON nest before dropping it unread.
@@ -164,7 +164,7 @@ impl Rig {
         let engine = Arc::new(Counting { sim: Sim::new(), creates: AtomicUsize::new(0), pulls: AtomicUsize::new(0) });
         let (tx, rx) = bounded(64);
         let events = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), 2.0, events.clone());
+        let state = State::start(engine.clone(), 2.0, events.clone(), Forward::Off);
         let driver = Driver::new(engine.clone(), true, 2.0, state.handle(), events, Policy::default());
         Rig { driver, engine, state: Some(state), _events: rx }
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::driver::Event;
 use crate::rpc::random_hex;
-use crate::time::{now_epoch, now_rfc3339};
+use crate::time::now_epoch;
 
 /// Which messaging backend carries the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +301,8 @@ struct Core {
     d2d: bool,
     queue: VecDeque<(String, Vec<u8>)>,
     dropped: u64,
+    /// `device-connect.<tenant>.<device_id>.event.`
+    event_prefix: String,
 }
 
 impl Core {
@@ -319,6 +321,7 @@ impl Core {
             d2d: cfg.d2d,
             queue: VecDeque::new(),
             dropped: 0,
+            event_prefix: format!("{SUBJECT_ROOT}.{}.{}.event.", cfg.tenant, cfg.device_id),
         }
     }
 
@@ -455,18 +458,10 @@ impl Core {
         }
     }
 
-    /// Wrap a driver event in its JSON-RPC notification (spec §4.1) and queue it.
+    /// Queue a driver event (already a JSON-RPC notification) on its subject.
     fn push_event(&mut self, ev: Event) {
-        let mut params = match ev.params {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
-        params.insert("event_id".into(), json!(random_hex(8)));
-        params.insert("ts".into(), json!(now_rfc3339()));
-        params.insert("_trace_id".into(), json!(random_hex(16)));
-        let body = json!({"jsonrpc": "2.0", "method": ev.name, "params": params});
-        let token = ev.name.split_once('/').map_or(ev.name, |(_, tail)| tail);
-        self.enqueue(self.own(&format!("event.{token}")), body.to_string().into_bytes());
+        let subject = format!("{}{}", self.event_prefix, ev.name);
+        self.enqueue(subject, ev.payload);
     }
 
     fn push_publish(&mut self, p: Publish) {
@@ -585,6 +580,7 @@ fn jitter(max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::now_rfc3339;
 
     fn cfg(d2d: bool) -> MeshConfig {
         MeshConfig {
@@ -753,12 +749,9 @@ mod tests {
     }
 
     #[test]
-    fn events_get_the_envelope_and_wait_for_the_session() {
+    fn events_wait_for_the_session() {
         let (mut c, _) = core(true);
-        c.push_event(Event {
-            name: "container_state_changed",
-            params: json!({"container_id": "abc", "previous_state": null}),
-        });
+        c.push_event(Event::new("container_state_changed", json!({"container_id": "abc"})));
         c.push_publish(Publish { topic: "event.async_reply.br-1".into(), payload: b"{}".to_vec() });
         let t0 = Instant::now();
         assert!(c.due(t0).is_empty());
@@ -769,21 +762,7 @@ mod tests {
             &subjects(&out)[..2],
             ["device-connect.t.dev-1.event.container_state_changed", "device-connect.t.dev-1.event.async_reply.br-1"]
         );
-        let ev = body(&out[0]);
-        assert_eq!(ev["jsonrpc"], "2.0");
-        assert_eq!(ev["method"], "container_state_changed");
-        assert!(ev.get("id").is_none());
-        let p = &ev["params"];
-        assert_eq!(p["container_id"], "abc");
-        assert!(p["previous_state"].is_null());
-        let hex = |v: &Value, n: usize| {
-            let s = v.as_str().unwrap();
-            s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        assert!(hex(&p["event_id"], 8), "{p}");
-        assert!(hex(&p["_trace_id"], 16), "{p}");
-        assert!(crate::time::parse_rfc3339(p["ts"].as_str().unwrap()).is_some());
-        assert!(p["ts"].as_str().unwrap().ends_with('Z') && p["ts"].as_str().unwrap().len() == 20);
+        assert_eq!(body(&out[0])["params"]["container_id"], "abc");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::Value;
 use dcd::driver::{Driver, Error, Event, Events};
 use dcd::engine::{docker::Docker, Engine};
 use dcd::policy::Policy;
-use dcd::state::State;
+use dcd::state::{Forward, State};
 
 /// `false` (skip) when `ok` is false outside CI; a failure under CI.
 pub fn require(ok: bool, what: &str) -> bool {
@@ -376,7 +376,7 @@ impl Rig {
     pub fn new(engine: Arc<dyn Engine>, simulate: bool) -> Rig {
         let (tx, events) = crossbeam_channel::bounded(10_000);
         let ev = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), 2.0, ev.clone());
+        let state = State::start(engine.clone(), 2.0, ev.clone(), Forward::Off);
         // Compose is off on a real engine by default; these tests exercise it.
         let policy = Policy { compose: Some(true), ..Policy::default() };
         let driver = Driver::new(engine, simulate, 2.0, state.handle(), ev, policy);
@@ -421,6 +421,12 @@ impl Drop for Rig {
             s.shutdown();
         }
     }
+}
+
+/// The params of an event's JSON-RPC notification.
+pub fn params(e: &Event) -> Value {
+    let mut body: Value = serde_json::from_slice(&e.payload).expect("an event is JSON");
+    body["params"].take()
 }
 
 /// A labelled container name for the real-engine test, removed on drop.
