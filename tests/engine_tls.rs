@@ -1,8 +1,8 @@
 //! `Docker` reaching an engine over TLS as docker-py does with `DOCKER_TLS_VERIFY` and
-//! `DOCKER_CERT_PATH`: the real engine behind `socat`, a TLS terminator on loopback that demands
-//! a client certificate from the test CA. Certificates are made with `openssl` in a temporary
-//! directory. Needs openssl, socat, the engine and the test image: skipped without them, failed
-//! under `CI`.
+//! `DOCKER_CERT_PATH`: the real engine behind `socat`, a TLS terminator on loopback that demands a
+//! client certificate from the test CA; and the daemon so configured, called through the mesh.
+//! Certificates are made with `openssl` in a temporary directory. Needs openssl, socat, the engine
+//! and the test image: skipped without them, failed under `CI`.
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::Proc;
+use common::{MeshRig, Proc};
 use dcd::engine::docker::{Docker, Options};
 use dcd::engine::{Engine, EngineError, LogOptions};
 
@@ -217,4 +217,26 @@ fn a_key_that_is_not_the_certificates_fails_at_connect() {
     std::fs::copy(pki.path("server-key.pem"), pki.path("client/key.pem")).unwrap();
     let e = Docker::connect_with(Some("tcp://127.0.0.1:2376"), &pki.verify_with("client")).err().expect("connected");
     assert!(e.to_string().contains("key.pem"), "{e}");
+}
+
+#[test]
+fn the_daemon_over_verified_tls_answers_the_mesh() {
+    let Some(image) = ready() else { return };
+    let Some((py, _)) = common::mesh_parts() else { return };
+    let pki = Pki::new("mesh");
+    let (_socat, port) = terminator(&pki, "server");
+    let name = common::unique("tls-mesh");
+    let _cleanup = common::Cleanup(vec![name.clone()]);
+    // Made by the CLI on the socket, so the daemon can only list it by reaching the same engine.
+    assert!(!common::docker(&["create", "--name", &name, "--label", "dcd-test=1", &image]).is_empty());
+    let host = format!("tcp://127.0.0.1:{port}");
+    let certs = pki.path("client");
+    let env =
+        [("DOCKER_HOST", host.as_str()), ("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", certs.to_str().unwrap())];
+    let rig = MeshRig::start(&py, &[], &env);
+
+    let s = rig.ok("get_status", json!({}));
+    assert!(s["connected"] == true && s["docker_host"] == host.as_str(), "{s}");
+    let l = rig.ok("list_containers", json!({"all_containers": true}));
+    assert!(l["containers"].as_array().unwrap().iter().any(|c| c["name"] == name.as_str()), "{l}");
 }

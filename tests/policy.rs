@@ -34,16 +34,6 @@ impl Drop for Cleanup {
     }
 }
 
-/// What a policy test needs: the engine, the test image, nats-server and the Python tools.
-fn parts() -> Option<(PathBuf, String)> {
-    let _engine = common::engine()?;
-    let image = common::test_image()?;
-    if !common::nats_installed() {
-        return None;
-    }
-    Some((common::python()?, image))
-}
-
 /// Runs policy.py `mode` against a fresh daemon started with `args`; the script must pass.
 /// Containers it asks for are named `<prefix>-…`.
 fn run(py: &Path, image: &str, prefix: &str, mode: &str, args: &[&str], extra: &[&str]) {
@@ -76,7 +66,7 @@ fn policy_file(dir: &Path, json: &str) -> String {
 
 #[test]
 fn default_policy_refuses_every_escape() {
-    let Some((py, image)) = parts() else { return };
+    let Some((py, image)) = common::mesh_parts() else { return };
     let prefix = common::unique("pol-esc");
     let _c = Cleanup { prefix: prefix.clone(), dir: None };
     run(&py, &image, &prefix, "escapes", &[], &[]);
@@ -85,7 +75,7 @@ fn default_policy_refuses_every_escape() {
 
 #[test]
 fn read_only_hides_and_refuses_mutations() {
-    let Some((py, image)) = parts() else { return };
+    let Some((py, image)) = common::mesh_parts() else { return };
     let prefix = common::unique("pol-ro");
     let _c = Cleanup { prefix: prefix.clone(), dir: None };
     run(&py, &image, &prefix, "read-only", &["--read-only"], &[]);
@@ -94,7 +84,7 @@ fn read_only_hides_and_refuses_mutations() {
 
 #[test]
 fn exec_deny_hides_exec() {
-    let Some((py, image)) = parts() else { return };
+    let Some((py, image)) = common::mesh_parts() else { return };
     let prefix = common::unique("pol-noexec");
     let dir = std::env::temp_dir().join(&prefix);
     let _c = Cleanup { prefix: prefix.clone(), dir: Some(dir.clone()) };
@@ -104,7 +94,7 @@ fn exec_deny_hides_exec() {
 
 #[test]
 fn owned_only_leaves_foreign_containers_alone() {
-    let Some((py, image)) = parts() else { return };
+    let Some((py, image)) = common::mesh_parts() else { return };
     let prefix = common::unique("pol-own");
     let dir = std::env::temp_dir().join(&prefix);
     let _c = Cleanup { prefix: prefix.clone(), dir: Some(dir.clone()) };
@@ -119,7 +109,7 @@ fn owned_only_leaves_foreign_containers_alone() {
 
 #[test]
 fn bind_prefixes_hold_against_symlinks_and_traversal() {
-    let Some((py, image)) = parts() else { return };
+    let Some((py, image)) = common::mesh_parts() else { return };
     let prefix = common::unique("pol-bind");
     let dir = std::env::temp_dir().join(&prefix);
     let _c = Cleanup { prefix: prefix.clone(), dir: Some(dir.clone()) };

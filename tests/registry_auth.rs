@@ -1,10 +1,10 @@
 //! `pull_image` from a registry that wants a password: credentials from a `config.json` (as
 //! `docker login` writes it, and in the username/password form) and from the `auth` parameter,
-//! which wins; wrong and missing credentials fail with a message that names where the
-//! credentials came from and never holds the password. Each test runs its own Debian
-//! `docker-registry` with htpasswd (bcrypt) auth on a free loopback port, with storage, htpasswd
-//! and the docker CLI's config in a temporary directory. Needs docker-registry, htpasswd, the
-//! engine and the test image: skipped without them, failed under `CI`.
+//! which wins, in process and through the mesh; wrong and missing credentials fail with a message
+//! that names where the credentials came from and never holds the password. Each test runs its
+//! own Debian `docker-registry` with htpasswd (bcrypt) auth on a free loopback port, with storage,
+//! htpasswd and the docker CLI's config in a temporary directory. Needs docker-registry, htpasswd,
+//! the engine and the test image: skipped without them, failed under `CI`.
 
 mod common;
 
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{Proc, Rig};
+use common::{MeshRig, Proc, Rig};
 use dcd::engine::docker::{Docker, Options};
 use dcd::engine::{Engine, EngineError};
 
@@ -189,5 +189,22 @@ fn the_auth_parameter_overrides_config_json() {
         let e = rig.err("pull_image", json!({"image": r.image, "auth": bad}));
         assert!(e.starts_with("invalid params: auth") && !e.contains(PASSWORD), "{e}");
     }
+    assert!(!r.pulled());
+}
+
+#[test]
+fn the_auth_parameter_through_the_mesh() {
+    let Some((py, _)) = common::mesh_parts() else { return };
+    let Some(r) = Registry::start("mesh") else { return };
+    // A wrong config.json on the host: only the parameter can make the pull succeed.
+    let wrong = r.config_dir("wrong", json!({"auths": {r.registry(): {"username": USER, "password": WRONG}}}));
+    let rig = MeshRig::start(&py, &[], &[("DOCKER_CONFIG", wrong.to_str().unwrap())]);
+
+    let p = rig.ok("pull_image", json!({"image": r.image, "auth": {"username": USER, "password": PASSWORD}}));
+    assert_eq!(p["status"], "success");
+    assert!(r.pulled());
+    let e = rig.err("pull_image", json!({"image": r.image, "auth": {"username": USER, "password": WRONG}}));
+    assert!(e.contains("unauthorized") && e.contains("given in `auth`"), "{e}");
+    assert!(!e.contains(WRONG) && !e.contains(PASSWORD), "{e}");
     assert!(!r.pulled());
 }

@@ -54,7 +54,7 @@ pub fn docker(args: &[&str]) -> String {
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        Proc::start(name, cmd.stdin(Stdio::null()))
+    }
+
+    /// `spawn`, with a pipe to its stdin.
+    pub fn spawn_piped(name: &str, cmd: &mut Command) -> (Proc, ChildStdin) {
+        let mut p = Proc::start(name, cmd.stdin(Stdio::piped()));
+        let stdin = p.child.stdin.take().unwrap();
+        (p, stdin)
+    }
+
+    fn start(name: &str, cmd: &mut Command) -> Proc {
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -445,4 +455,101 @@ pub fn real_rig() -> Option<(Rig, String)> {
     let engine = engine()?;
     let image = test_image()?;
     Some((Rig::new(engine, false), image))
+}
+
+/// What a test through the mesh needs: the engine, the test image, nats-server and the Python
+/// agent tools (see `require`).
+pub fn mesh_parts() -> Option<(PathBuf, String)> {
+    engine()?;
+    let image = test_image()?;
+    if !nats_installed() {
+        return None;
+    }
+    Some((python()?, image))
+}
+
+/// How long one call through the mesh may take; serve.py's own timeout (30 s) comes first, so a
+/// lost reply shows as its error rather than as this.
+const MESH_CALL: Duration = Duration::from_secs(40);
+
+/// The daemon on a loopback nats-server, called by the unmodified Python agent tools
+/// (tests/py/serve.py) as an agent on another host would call it. `ok` and `err` mean what
+/// `Rig`'s do. Everything is killed on drop, the client first.
+pub struct MeshRig {
+    pub id: String,
+    client: Proc,
+    /// serve.py's stdin and the last request id; one call at a time.
+    requests: std::sync::Mutex<(ChildStdin, u64)>,
+    _dcd: Proc,
+    _nats: Proc,
+}
+
+impl MeshRig {
+    /// The daemon started with `args` and `env` besides its NATS settings, once the Python
+    /// client has discovered it.
+    pub fn start(py: &Path, args: &[&str], env: &[(&str, &str)]) -> MeshRig {
+        let (id, tenant, port) = ("dcd-mesh".to_string(), unique("mesh"), free_port());
+        let nats = nats_server(port, &[]);
+        let dcd = dcd_on_nats(&id, &tenant, port, args, env);
+        dcd.expect_line(READY, Duration::from_secs(15));
+        let (client, stdin) = Proc::spawn_piped("serve.py", python_on_nats(py, "serve.py", &tenant, port).arg(&id));
+        client.expect_line(r#"{"ready": true}"#, Duration::from_secs(30));
+        MeshRig { id, client, requests: std::sync::Mutex::new((stdin, 0)), _dcd: dcd, _nats: nats }
+    }
+
+    /// serve.py's reply to `request` (which gets an id).
+    fn send(&self, mut request: Value) -> Value {
+        let mut guard = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let (stdin, last) = &mut *guard;
+        *last += 1;
+        request["id"] = (*last).into();
+        writeln!(stdin, "{request}").expect("serve.py's stdin");
+        let deadline = Instant::now() + MESH_CALL;
+        while let Ok(line) = self.client.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            // Its stderr comes on the same channel, and so would a reply given up on earlier.
+            match serde_json::from_str::<Value>(&line) {
+                Ok(reply) if reply["id"] == request["id"] => return reply,
+                _ => {}
+            }
+        }
+        panic!("serve.py did not answer {request} within {MESH_CALL:?}");
+    }
+
+    /// The JSON-RPC result, or the error object.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let mut reply = self.send(serde_json::json!({"method": method, "params": params}));
+        match reply.get_mut("result") {
+            Some(result) => Ok(result.take()),
+            None => Err(reply["error"].take()),
+        }
+    }
+
+    pub fn ok(&self, method: &str, params: Value) -> Value {
+        self.call(method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e}"))
+    }
+
+    /// The device's refusal (-32000) with the "Error invoking <method>: " of the wire stripped,
+    /// so it reads as `Rig::err`'s.
+    pub fn err(&self, method: &str, params: Value) -> String {
+        let e = match self.call(method, params.clone()) {
+            Ok(v) => panic!("{method} {params} succeeded: {v}"),
+            Err(e) => e,
+        };
+        let message = e["message"].as_str().and_then(|m| m.strip_prefix(&format!("Error invoking {method}: ")));
+        match message {
+            Some(m) if e["code"] == -32000 => m.to_string(),
+            _ => panic!("{method} {params}: not a refusal by the device: {e}"),
+        }
+    }
+
+    /// What `discover(selector)` of the agent tools answers.
+    pub fn discover(&self, selector: &str) -> Value {
+        self.send(serde_json::json!({"discover": selector}))["result"].take()
+    }
+}
+
+/// A mesh rig on the real engine with the default policy, and the test image.
+pub fn real_mesh_rig() -> Option<(MeshRig, String)> {
+    let (py, image) = mesh_parts()?;
+    Some((MeshRig::start(&py, &[], &[]), image))
 }

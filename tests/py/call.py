@@ -4,7 +4,7 @@
     call.py DEVICE_ID FUNCTION [PARAMS_JSON]
 
 Connects with ``device_connect_agent_tools.connect()``, waits until DEVICE_ID shows up in
-``discover("device(DEVICE_ID)")`` (default 15 s; a discovery probe is re-sent every second while
+``discover("device(DEVICE_ID)")`` (default 15 s; a discovery probe is re-sent every half second while
 waiting), invokes ``device(DEVICE_ID).function(FUNCTION)`` with PARAMS_JSON (a JSON object,
 default ``{}``), prints the JSON result on stdout and exits 0. On any failure it prints the reason
 (and the agent tools' error envelope, if any) on stderr and exits 1.
@@ -32,7 +32,8 @@ import json
 import logging
 import os
 import sys
-import time
+
+from common import find_device
 
 
 def _fail(msg: str, detail: object | None = None) -> int:
@@ -40,17 +41,6 @@ def _fail(msg: str, detail: object | None = None) -> int:
     if detail is not None:
         print(json.dumps(detail, indent=2, default=str), file=sys.stderr)
     return 1
-
-
-def _probe(conn) -> None:
-    """Best-effort: ask D2D devices to announce themselves now (agent tools probe only once)."""
-    collector = getattr(conn, "_d2d_collector", None)
-    if collector is None:
-        return
-    try:
-        conn._run(collector.send_discovery_probe())
-    except Exception:  # noqa: BLE001 - purely an optimisation
-        pass
 
 
 def main(argv: list[str]) -> int:
@@ -102,26 +92,10 @@ def main(argv: list[str]) -> int:
 
     try:
         conn = get_connection()
-        deadline = time.monotonic() + args.discover_timeout
-        found = None
-        last = None
-        while True:
-            last = dc.discover(f"device({args.device_id})")
-            if "error" not in last:
-                found = next(
-                    (d for d in last.get("results", []) if d.get("device_id") == args.device_id),
-                    None,
-                )
-            if found is not None or time.monotonic() >= deadline:
-                break
-            _probe(conn)
-            time.sleep(1.0)
-        if found is None:
-            return _fail(
-                f"device {args.device_id!r} not discovered within {args.discover_timeout:g} s "
-                f"(tenant {conn.zone!r})",
-                last,
-            )
+        try:
+            find_device(dc, conn, args.device_id, args.discover_timeout)
+        except LookupError as e:
+            return _fail(str(e))
 
         if args.raw:
             try:

@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+from common import find_device
+
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="events.py")
@@ -45,20 +47,11 @@ def main(argv: list[str]) -> int:
         return 1
     sub = dc.subscribe(args.selector.replace("DEVICE_ID", args.device_id))
 
-    conn = get_connection()
-    deadline = time.monotonic() + args.discover_timeout
-    while True:
-        res = dc.discover(f"device({args.device_id})")
-        if any(d.get("device_id") == args.device_id for d in res.get("results", [])):
-            break
-        if time.monotonic() >= deadline:
-            print(f"events.py: {args.device_id} not discovered: {res}", file=sys.stderr)
-            return 1
-        # The agent tools probe only once, in connect().
-        collector = getattr(conn, "_d2d_collector", None)
-        if collector is not None:
-            conn._run(collector.send_discovery_probe())
-        time.sleep(0.5)
+    try:
+        find_device(dc, get_connection(), args.device_id, args.discover_timeout)
+    except LookupError as e:
+        print(f"events.py: {e}", file=sys.stderr)
+        return 1
     res = dc.invoke(f"device({args.device_id}).function(get_status)", {})
     if not res.get("success"):
         print(f"events.py: get_status failed: {res}", file=sys.stderr)

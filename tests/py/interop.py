@@ -27,6 +27,8 @@ import sys
 import time
 import uuid
 
+from common import find_device
+
 FUNCTIONS = [
     "get_status", "ping_docker", "list_containers", "get_container", "provision_container",
     "start_container", "stop_container", "restart_container", "remove_container",
@@ -64,23 +66,6 @@ def params_of(msg: dict) -> dict:
     return p if isinstance(p, dict) else {}
 
 
-def discover_device(dc, conn, device_id: str, timeout: float) -> dict | None:
-    """Poll discovery until the device shows up. D2D: re-probe (the tools probe only once);
-    infra: drop the registry client's 30 s cache between attempts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = dc.discover("device(*)")
-        found = next((d for d in res.get("results", []) if d.get("device_id") == device_id), None)
-        if found is not None or time.monotonic() >= deadline:
-            return found
-        collector = getattr(conn, "_d2d_collector", None)
-        if collector is not None:
-            conn._run(collector.send_discovery_probe())
-        else:
-            conn.invalidate_cache()
-        time.sleep(0.5)
-
-
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="interop.py")
     ap.add_argument("device_id")
@@ -98,9 +83,12 @@ def main(argv: list[str]) -> int:
     conn = get_connection()
     report("connect", True, tenant=conn.zone, d2d=conn._d2d_mode)
 
-    found = discover_device(dc, conn, dev, args.discover_timeout)
-    if not report("discover", found is not None, seconds=round(time.monotonic() - t0, 2)):
+    try:
+        found = find_device(dc, conn, dev, args.discover_timeout)
+    except LookupError as e:
+        report("discover", False, reason=str(e))
         return 1
+    report("discover", True, seconds=round(time.monotonic() - t0, 2))
 
     def invoke(fn: str, params: dict | None = None) -> dict:
         return dc.invoke(f"device({dev}).function({fn})", params or {})

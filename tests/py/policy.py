@@ -30,7 +30,8 @@ import argparse
 import json
 import os
 import sys
-import time
+
+from common import find_device
 
 MUTATING = [
     "provision_container", "start_container", "stop_container", "restart_container",
@@ -51,22 +52,6 @@ def report(check: str, ok: bool, **detail) -> bool:
     if not ok:
         failures.append(check)
     return bool(ok)
-
-
-def find_device(dc, conn, device_id: str, timeout: float = 15.0) -> dict | None:
-    """The device's flattened record, re-probing D2D presence while waiting."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = next((d for d in dc.discover("device(*)").get("results", [])
-                      if d.get("device_id") == device_id), None)
-        if found is not None:
-            return conn.get_device(device_id)
-        if time.monotonic() >= deadline:
-            return None
-        collector = getattr(conn, "_d2d_collector", None)
-        if collector is not None:
-            conn._run(collector.send_discovery_probe())
-        time.sleep(0.5)
 
 
 class Device:
@@ -237,8 +222,10 @@ def main(argv: list[str]) -> int:
     dc.connect()
     conn = get_connection()
     try:
-        record = find_device(dc, conn, args.device_id)
-        if not report("discover", record is not None):
+        try:
+            record = find_device(dc, conn, args.device_id, 15.0)
+        except LookupError as e:
+            report("discover", False, reason=str(e))
             return 1
         dev = Device(dc, conn, args.device_id, record)
         if args.mode == "escapes":
