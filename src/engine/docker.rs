@@ -12,7 +12,8 @@
 //! it may have come back as another version.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -25,9 +26,9 @@ use serde_json::{json, Value};
 use ureq::config::Config;
 use ureq::http::{Method, Request, Response, Uri};
 use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, RustlsConnector, ShutdownHandle, Transport,
 };
 use ureq::{Agent, AsSendBody, Body};
 
@@ -588,9 +589,14 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
         .input_buffer_size(32 * 1024)
         .output_buffer_size(16 * 1024);
     match target {
-        Target::Unix(path) => Agent::with_parts(config.build(), UnixConnector(path.clone()), NoDns),
-        Target::Tcp(_, None) => Agent::new_with_config(config.build()),
-        Target::Tcp(_, Some(tls)) => Agent::new_with_config(config.tls_config(tls.clone()).build()),
+        Target::Unix(path) => Agent::with_parts(config.build(), Dial::Unix(path.clone()), NoDns),
+        Target::Tcp(_, tls) => {
+            let config = match tls {
+                Some(tls) => config.tls_config(tls.clone()),
+                None => config,
+            };
+            Agent::with_parts(config.build(), Dial::Tcp.chain(RustlsConnector::default()), DefaultResolver::default())
+        }
     }
 }
 
@@ -819,59 +825,173 @@ impl Resolver for NoDns {
     }
 }
 
+/// Opens the socket to the engine. TCP gets keepalive: a stream that waits
+/// for news (events, a quiet log follow) would otherwise never notice an
+/// engine host that vanished without closing the connection.
 #[derive(Debug)]
-struct UnixConnector(PathBuf);
+enum Dial {
+    Unix(PathBuf),
+    Tcp,
+}
 
-impl Connector for UnixConnector {
-    type Out = UnixTransport;
+/// Idle time before the first keepalive probe, the time between probes, and
+/// how many go unanswered before the connection is dead: about a minute.
+const KEEPALIVE: (libc::c_int, libc::c_int, libc::c_int) = (30, 10, 3);
+
+impl<In: Transport> Connector<In> for Dial {
+    type Out = SockTransport;
 
     fn connect(
         &self,
         details: &ConnectionDetails,
-        _: Option<()>,
-    ) -> std::result::Result<Option<UnixTransport>, ureq::Error> {
-        let sock = Arc::new(Sock(UnixStream::connect(&self.0)?));
+        _: Option<In>,
+    ) -> std::result::Result<Option<SockTransport>, ureq::Error> {
+        let sock = match self {
+            Dial::Unix(path) => Sock::Unix(UnixStream::connect(path)?),
+            Dial::Tcp => Sock::Tcp(tcp_connect(&details.addrs, details.timeout.not_zero().map(|t| *t))?),
+        };
+        let sock = Arc::new(sock);
         // Lets `Agent::shutdown` (a stream's cancel) wake a blocked read.
         (details.register_shutdown)(Arc::downgrade(&sock) as Weak<dyn ShutdownHandle>)?;
         let buffers = LazyBuffers::new(details.config.input_buffer_size(), details.config.output_buffer_size());
-        Ok(Some(UnixTransport { sock, buffers }))
+        Ok(Some(SockTransport { sock, buffers }))
     }
 }
 
+/// The first of `addrs` that answers, with keepalive on.
+fn tcp_connect(addrs: &[SocketAddr], timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the engine host resolved to no address");
+    for addr in addrs {
+        let stream = match timeout {
+            Some(t) => TcpStream::connect_timeout(addr, t),
+            None => TcpStream::connect(addr),
+        };
+        match stream {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                keepalive(&s)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn keepalive(s: &TcpStream) -> io::Result<()> {
+    let (idle, interval, count) = KEEPALIVE;
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+    ] {
+        // SAFETY: an int option on a socket we own, with its size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
-struct Sock(UnixStream);
+enum Sock {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Sock {
+    fn io(&self) -> &dyn ReadWrite {
+        match self {
+            Sock::Unix(s) => s,
+            Sock::Tcp(s) => s,
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Unix(s) => s.set_read_timeout(t),
+            Sock::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Unix(s) => s.set_write_timeout(t),
+            Sock::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Sock::Unix(s) => s.set_nonblocking(on),
+            Sock::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+}
+
+/// What both socket kinds offer by shared reference.
+trait ReadWrite {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn write_all(&self, buf: &[u8]) -> io::Result<()>;
+}
+
+impl<T> ReadWrite for T
+where
+    for<'a> &'a T: Read + Write,
+{
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(&mut &*self, buf)
+    }
+
+    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        Write::write_all(&mut &*self, buf)
+    }
+}
 
 impl ShutdownHandle for Sock {
     fn shutdown(&self) {
         // Fails only if already shut down or closed.
-        let _ = self.0.shutdown(Shutdown::Both);
+        let _ = match self {
+            Sock::Unix(s) => s.shutdown(Shutdown::Both),
+            Sock::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
     }
 }
 
 #[derive(Debug)]
-struct UnixTransport {
+struct SockTransport {
     sock: Arc<Sock>,
     buffers: LazyBuffers,
 }
 
-impl Transport for UnixTransport {
+impl Transport for SockTransport {
     fn buffers(&mut self) -> &mut dyn Buffers {
         &mut self.buffers
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> std::result::Result<(), ureq::Error> {
         let timeout = timeout.for_write();
-        self.sock.0.set_write_timeout(io_timeout(timeout)?)?;
+        self.sock.set_write_timeout(io_timeout(timeout)?)?;
         let output = &self.buffers.output()[..amount];
-        (&self.sock.0).write_all(output).map_err(|e| io_error(e, timeout))
+        self.sock.io().write_all(output).map_err(|e| io_error(e, timeout))
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> std::result::Result<bool, ureq::Error> {
         let timeout = timeout.for_read();
-        self.sock.0.set_read_timeout(io_timeout(timeout)?)?;
+        self.sock.set_read_timeout(io_timeout(timeout)?)?;
         let input = self.buffers.input_append_buf();
         let n = loop {
-            match (&self.sock.0).read(input) {
+            match self.sock.io().read(input) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r.map_err(|e| io_error(e, timeout))?,
             }
@@ -883,11 +1003,11 @@ impl Transport for UnixTransport {
     fn is_open(&mut self) -> bool {
         // A pooled connection is reusable only if the engine has neither
         // closed it nor sent anything unasked.
-        let s = &self.sock.0;
+        let s = &self.sock;
         if s.set_nonblocking(true).is_err() {
             return false;
         }
-        let idle = matches!((&*s).read(&mut [0]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let idle = matches!(s.io().read(&mut [0]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         idle && s.set_nonblocking(false).is_ok()
     }
 }
@@ -911,6 +1031,29 @@ fn io_error(e: io::Error, t: NextTimeout) -> ureq::Error {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn tcp_connections_keep_alive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let s = tcp_connect(&[dead, listener.local_addr().unwrap()], Some(Duration::from_secs(1))).unwrap();
+        let get = |level, name| {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: reads an int option of a socket we own into `v`.
+            let r =
+                unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len) };
+            assert_eq!(r, 0);
+            v
+        };
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(
+            (get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL)),
+            (KEEPALIVE.0, KEEPALIVE.1)
+        );
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), KEEPALIVE.2);
+        assert!(tcp_connect(&[], None).is_err());
+    }
 
     #[test]
     fn references_split_into_image_and_tag() {
