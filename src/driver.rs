@@ -26,8 +26,8 @@ use crate::state::StateHandle;
 pub const MANAGED_LABEL: &str = "deviceconnect.dev/managed";
 pub const DRIVER_LABEL: &str = "deviceconnect.dev/driver";
 
-/// How long a cached `EngineInfo` answers `get_status` and presence before the
-/// engine is asked again.
+/// How long a cached `EngineInfo` (`get_status`), or whether the engine
+/// answers at all (presence), is reused before the engine is asked again.
 const INFO_TTL: Duration = Duration::from_secs(5);
 /// Non-follow `container_logs` returns at most this much text (the newest part),
 /// so a reply stays under the NATS server's default 1 MiB `max_payload`.
@@ -156,6 +156,29 @@ impl Events {
     }
 }
 
+/// An answer of the engine, reused for `INFO_TTL`. The lock is not held
+/// while the engine is asked, so a hung engine stalls only the caller asking.
+struct Cached<T>(Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    fn get(&self, refresh: bool, ask: impl FnOnce() -> T) -> T {
+        if let Some((at, v)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if !refresh && at.elapsed() < INFO_TTL {
+                return v.clone();
+            }
+        }
+        let v = ask();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
+        v
+    }
+}
+
 pub struct Driver {
     pub(crate) engine: Arc<dyn Engine>,
     simulate: bool,
@@ -164,7 +187,8 @@ pub struct Driver {
     follows: Follows,
     compose: Compose,
     pub(crate) policy: Policy,
-    info: Mutex<Option<(Instant, std::result::Result<Value, EngineError>)>>,
+    info: Cached<std::result::Result<Value, EngineError>>,
+    alive: Cached<std::result::Result<(), String>>,
 }
 
 impl Driver {
@@ -184,7 +208,8 @@ impl Driver {
             simulate,
             state_poll_hz,
             state,
-            info: Mutex::new(None),
+            info: Cached::default(),
+            alive: Cached::default(),
         }
     }
 
@@ -229,14 +254,15 @@ impl Driver {
     }
 
     /// `status` of presence and registration: "idle" while the engine answers,
-    /// "offline" with `error_state` when it does not.
+    /// "offline" with `error_state` when it does not. Asked every few seconds
+    /// for as long as the daemon runs, so it only pings the engine.
     pub fn status(&self) -> Value {
-        let info = self.engine_info(false);
+        let alive = self.alive.get(false, || self.engine.ping().map_err(|e| e.to_string()));
         let mut s = json!({"ts": crate::time::now_rfc3339(), "availability": "idle",
                            "busy_score": 0.0, "online": true});
-        if info["connected"] != true {
+        if let Err(e) = alive {
             s["availability"] = json!("offline");
-            s["error_state"] = info["error"].clone();
+            s["error_state"] = json!(e);
         }
         s
     }
@@ -247,30 +273,24 @@ impl Driver {
     }
 
     /// `EngineInfo` plus `connected` (and `error` when not), from the cache
-    /// unless stale or `refresh`. The lock is not held while the engine is
-    /// asked, so a hung engine stalls only this caller.
-    fn engine_info(&self, refresh: bool) -> Value {
-        match self.ping(refresh) {
+    /// unless stale.
+    fn engine_info(&self) -> Value {
+        match self.cached_info(false) {
             Ok(v) => v,
             Err(e) => json!({"connected": false, "error": e.to_string()}),
         }
     }
 
-    fn ping(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
-        if let Some((at, v)) = self.info.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            if !refresh && at.elapsed() < INFO_TTL {
-                return v.clone();
-            }
-        }
-        let v = self.engine.info().map(|mut v| {
-            v["connected"] = json!(true);
-            if self.simulate {
-                v["simulated"] = json!(true);
-            }
-            v
-        });
-        *self.info.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
-        v
+    fn cached_info(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
+        self.info.get(refresh, || {
+            self.engine.info().map(|mut v| {
+                v["connected"] = json!(true);
+                if self.simulate {
+                    v["simulated"] = json!(true);
+                }
+                v
+            })
+        })
     }
 
     /// Refuse to touch a container the policy keeps us away from: with
@@ -495,7 +515,7 @@ const FUNCTIONS: &[Function] = &[
         schema: no_params,
         call: |d, p| {
             let NoArgs {} = args(p)?;
-            let docker = d.engine_info(false);
+            let docker = d.engine_info();
             Ok(json!({
                 "status": "success",
                 "connected": docker["connected"],
@@ -515,7 +535,7 @@ const FUNCTIONS: &[Function] = &[
         schema: no_params,
         call: |d, p| {
             let NoArgs {} = args(p)?;
-            let mut info = d.ping(true)?;
+            let mut info = d.cached_info(true)?;
             info["status"] = json!("success");
             Ok(info)
         },

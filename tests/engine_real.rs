@@ -140,6 +140,9 @@ fn logs(d: &Docker, id: &str, opts: LogOptions) -> Vec<Line> {
 #[test]
 fn info_and_list_images() {
     let Some(d) = engine() else { return };
+    for _ in 0..3 {
+        d.ping().expect("the engine answers /_ping, on one pooled connection after another");
+    }
     let info = d.info().unwrap();
     for key in ["docker_version", "api_version", "os", "arch", "server_version"] {
         assert!(info[key].is_string(), "{key} in {info}");
@@ -586,6 +589,7 @@ fn unreachable_hosts_fail_calls_not_construction() {
         assert_eq!(d.host().as_deref(), Some(host));
         let err = d.info().unwrap_err();
         assert!(matches!(err, EngineError::Unreachable(_)), "{host}: {err:?}");
+        assert!(matches!(d.ping(), Err(EngineError::Unreachable(_))), "{host}");
         let err = d.events(None).err().unwrap();
         assert!(matches!(err, EngineError::Unreachable(_)), "{host}: {err:?}");
     }

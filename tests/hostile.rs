@@ -82,6 +82,9 @@ impl Engine for Counting {
     fn info(&self) -> EngineResult<Value> {
         self.sim.info()
     }
+    fn ping(&self) -> EngineResult<()> {
+        self.sim.ping()
+    }
     fn list_containers(&self, all: bool) -> EngineResult<Vec<Value>> {
         self.sim.list_containers(all)
     }

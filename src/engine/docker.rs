@@ -331,6 +331,14 @@ impl Engine for Docker {
         }))
     }
 
+    fn ping(&self) -> Result<()> {
+        // Unversioned, so it needs no negotiation and works whatever the
+        // engine came back as.
+        let resp = self.send_to(&self.agent, Method::GET, "/_ping", None, None, Some(INFO_TIMEOUT))?;
+        // Read to the end ("OK"), so the connection goes back to the pool.
+        resp.into_body().into_with_config().limit(1024).read_to_vec().map(drop).map_err(|e| self.fail(e))
+    }
+
     fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
         let q = query(&[("all", flag(all))]);
         list(self.call_json(Method::GET, &format!("/containers/json{q}"), None)?)

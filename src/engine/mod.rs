@@ -106,6 +106,9 @@ pub trait Engine: Send + Sync {
     /// `EngineInfo` of the spec (§7.2) without `connected`: docker_version,
     /// api_version, os, arch, containers, images, server_version.
     fn info(&self) -> Result<Value>;
+    /// Whether the engine answers (`/_ping`): the cheap liveness check that
+    /// presence repeats for as long as the daemon runs.
+    fn ping(&self) -> Result<()>;
     /// `GET /containers/json` entries (Id, Names, Image, State, Labels, ...).
     fn list_containers(&self, all: bool) -> Result<Vec<Value>>;
     /// `GET /containers/{id}/json`.

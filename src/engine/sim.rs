@@ -124,6 +124,10 @@ impl Engine for Sim {
                   "arch": "arm64", "containers": w.containers.len(), "images": w.images.len()}))
     }
 
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
         let w = self.world();
         Ok(w.containers
