@@ -199,9 +199,25 @@ fn real_follow_emits_lines_and_stops() {
         json!({"spec": {"image": image, "name": name, "labels": {"dcd-test": "1"},
         "command": ["sh", "-c", "echo first; echo oops >&2; sleep 300"]}}),
     );
-    assert_eq!(rig.ok("container_logs", json!({"container_id": name, "follow": true}))["streaming"], true);
+    let follow = json!({"container_id": name, "follow": true, "timestamps": true});
+    assert_eq!(rig.ok("container_logs", follow)["streaming"], true);
     let e = rig.event("stderr line", |e| e.name == "container_log_line" && common::params(e)["line"] == "oops");
-    assert_eq!(common::params(&e)["stream"], "stderr");
+    let p = common::params(&e);
+    assert_eq!(p["stream"], "stderr");
+    let ts = p["ts_engine"].as_str().unwrap_or_else(|| panic!("timestamps: true gives ts_engine: {p}"));
+    assert!(dcd::time::parse_rfc3339(ts).is_some_and(|t| (t - dcd::time::now_epoch()).abs() < 60.0), "{ts}");
+    // A one-shot read: the engine's timestamp prefix unless asked not to.
+    let read = |timestamps: bool| {
+        let r = rig.ok("container_logs", json!({"container_id": name, "timestamps": timestamps}));
+        r["logs"].as_str().unwrap().to_string()
+    };
+    // The engine may give the two streams' lines in either order.
+    let mut plain: Vec<String> = read(false).lines().map(String::from).collect();
+    plain.sort();
+    assert_eq!(plain, ["first", "oops"]);
+    let stamped = read(true);
+    assert_eq!(stamped.lines().count(), 2, "{stamped}");
+    assert!(stamped.lines().all(|l| l.split_once(' ').is_some_and(|(ts, _)| dcd::time::parse_rfc3339(ts).is_some())));
     let started = Instant::now();
     assert_eq!(rig.ok("stop_container_logs", json!({"container_id": name}))["stopped"], true);
     assert!(started.elapsed() < Duration::from_millis(500), "stop took {:?}", started.elapsed());
