@@ -46,6 +46,8 @@ fn init_logging() {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
+    // First: no other thread may exist yet (see `mesh::prepare`).
+    let transport = mesh::prepare(cfg.mesh.clone()).map_err(|e| e.to_string())?;
     let signals = block_signals();
     let engine: Arc<dyn Engine> = if cfg.simulate {
         Arc::new(Sim::new())
@@ -75,7 +77,8 @@ fn run(cfg: Config) -> Result<(), String> {
     let (publish_tx, publish_rx) = bounded::<Publish>(256);
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let describe = describer(driver.clone(), device_id.clone())?;
-    let transport = mesh::spawn(cfg.mesh, describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx)
+    let transport = transport
+        .spawn(describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx)
         .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
     let workers: Vec<_> = (0..cfg.workers)
         .map(|i| {

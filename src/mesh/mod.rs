@@ -117,34 +117,49 @@ mod nats;
 #[cfg(feature = "zenoh")]
 mod zenoh;
 
-/// Start the transport thread ("mesh"). It owns the session, serves until
-/// `stop` disconnects, then departs (D2D), flushes and closes within about
-/// a second. Fails only on configuration the backend cannot use at all.
-pub fn spawn(
+/// The transport, checked and ready to start. `prepare` must run before the
+/// process starts any thread: the Zenoh backend sizes its runtime through the
+/// environment, which is only safe to change while nothing else runs.
+pub struct Transport {
     cfg: MeshConfig,
-    describe: Describe,
-    inbound: Sender<Inbound>,
-    [events, log_lines]: [Receiver<Event>; 2],
-    publish: Receiver<Publish>,
-    stop: Receiver<()>,
-) -> io::Result<JoinHandle<()>> {
-    let links = Links { events, log_lines, publish, stop };
-    let core = Core::new(&cfg, describe, inbound);
-    match cfg.backend {
+    run: Box<dyn FnOnce(Core, Links) + Send>,
+}
+
+/// Check the configuration (a bad URL or unreadable key fails here, before
+/// anything started) and get the backend ready.
+pub fn prepare(cfg: MeshConfig) -> io::Result<Transport> {
+    let run: Box<dyn FnOnce(Core, Links) + Send> = match cfg.backend {
         #[cfg(feature = "nats")]
-        Backend::Nats => {
-            let run = nats::prepare(&cfg)?;
-            thread(move || run(core, links))
-        }
+        Backend::Nats => Box::new(nats::prepare(&cfg)?),
         #[cfg(feature = "zenoh")]
-        Backend::Zenoh => {
-            let run = zenoh::prepare(&cfg)?;
-            thread(move || run(core, links))
-        }
+        Backend::Zenoh => Box::new(zenoh::prepare(&cfg)?),
         #[allow(unreachable_patterns)]
         other => {
-            Err(io::Error::new(io::ErrorKind::Unsupported, format!("this dcd was built without the {other:?} backend")))
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("this dcd was built without the {other:?} backend"),
+            ))
         }
+    };
+    Ok(Transport { cfg, run })
+}
+
+impl Transport {
+    /// Start the transport thread ("mesh"). It owns the session, serves until
+    /// `stop` disconnects, then departs (D2D), flushes and closes within about
+    /// a second.
+    pub fn spawn(
+        self,
+        describe: Describe,
+        inbound: Sender<Inbound>,
+        [events, log_lines]: [Receiver<Event>; 2],
+        publish: Receiver<Publish>,
+        stop: Receiver<()>,
+    ) -> io::Result<JoinHandle<()>> {
+        let links = Links { events, log_lines, publish, stop };
+        let core = Core::new(&self.cfg, describe, inbound);
+        let run = self.run;
+        thread(move || run(core, links))
     }
 }
 

@@ -31,7 +31,8 @@ enum Msg {
     Registered(String, Result<Vec<u8>, String>),
 }
 
-/// Check the configuration on the caller's thread; return the transport
+/// Check the configuration on the caller's thread, size zenoh's runtime (the
+/// caller has no other thread yet: `mesh::prepare`); return the transport
 /// thread's body.
 pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) + Send + 'static> {
     let json = session_json(cfg);
