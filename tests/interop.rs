@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nkeys::KeyPair;
+
 use common::{free_port, nats_installed, nats_server, python, Proc};
 
 const IMAGE: &str = "dcd-test/busybox:latest";
@@ -124,6 +126,100 @@ fn nats_d2d_sim() {
     ];
     interop(None, &py, &id, &[], &client);
     stop_daemon(&mut dcd);
+}
+
+/// A JWT as nsc writes them (header, claims, Ed25519 signature of the first two by `issuer`, all
+/// base64url without padding).
+fn jwt(issuer: &KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    let b64 = |data: &[u8]| {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    let iat = dcd::time::now_epoch() as u64;
+    let claims = serde_json::json!({"jti": dcd::rpc::random_hex(32).to_uppercase(), "iat": iat,
+                                    "iss": issuer.public_key(), "sub": subject, "name": subject, "nats": nats});
+    let signed = format!("{}.{}", b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#), b64(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64(&signature))
+}
+
+/// Decentralised JWT authentication, as a Portal's NATS runs it: nats-server in operator mode with
+/// one account, the device signing in with a portal `.creds.json` (JWT and nkey seed, no
+/// ALLOW_INSECURE), the Python client with an nsc `.creds` file of another user of the account.
+#[test]
+fn nats_jwt_sign_in() {
+    let (Some(py), true) = (python(), nats_installed()) else {
+        return;
+    };
+    let (tenant, id) = names("nats-jwt");
+    let dir = std::env::temp_dir().join(common::unique("jwt"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (operator, account) = (KeyPair::new_operator(), KeyPair::new_account());
+    let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                                       "wildcards": true, "conn": -1, "leaf": -1});
+    let user = || {
+        let u = KeyPair::new_user();
+        let claims = serde_json::json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1});
+        (jwt(&account, &u.public_key(), claims), u.seed().unwrap())
+    };
+    let conf = dir.join("server.conf");
+    let config = format!(
+        "operator: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n}}\n",
+        jwt(&operator, &operator.public_key(), serde_json::json!({"type": "operator", "version": 2})),
+        account.public_key(),
+        jwt(
+            &operator,
+            &account.public_key(),
+            serde_json::json!({"type": "account", "version": 2, "limits": unlimited})
+        )
+    );
+    std::fs::write(&conf, config).unwrap();
+    let port = free_port();
+    let _nats = nats_server(port, &["-c", conf.to_str().unwrap()]);
+    let url = format!("nats://127.0.0.1:{port}");
+    let refused = common::Nats::connect(port).err().map(|e| e.to_string());
+    assert!(refused.as_ref().is_some_and(|e| e.contains("Authorization")), "{refused:?}");
+
+    let (device_jwt, device_seed) = user();
+    let device_creds = dir.join("device.creds.json");
+    let portal = serde_json::json!({"device_id": id, "tenant": tenant, "auth_type": "jwt",
+                                    "nats": {"urls": [url], "jwt": device_jwt, "nkey_seed": device_seed}});
+    std::fs::write(&device_creds, portal.to_string()).unwrap();
+    let mut dcd = daemon(
+        None,
+        &id,
+        &tenant,
+        &[("MESSAGING_CREDENTIALS_FILE", device_creds.to_str().unwrap()), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")],
+    );
+    dcd.expect_line(READY, Duration::from_secs(15));
+
+    let (client_jwt, client_seed) = user();
+    let client_creds = dir.join("client.creds");
+    std::fs::write(
+        &client_creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{client_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{client_seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .unwrap();
+    let client = [
+        ("MESSAGING_BACKEND", "nats"),
+        ("NATS_URL", &url),
+        ("MESSAGING_CREDENTIALS_FILE", client_creds.to_str().unwrap()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+        ("TENANT", &tenant),
+    ];
+    interop(None, &py, &id, &[], &client);
+    stop_daemon(&mut dcd);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
