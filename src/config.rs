@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(cfg(&[], &[]).unwrap().forward, Forward::Off);
         assert_eq!(cfg(&["--forward-engine-events"], &[]).unwrap().forward, Forward::All);
         assert_eq!(cfg(&[], &[("DCD_FORWARD_ENGINE_EVENTS", "1")]).unwrap().forward, Forward::All);
-        let dir = std::env::temp_dir().join(format!("dcd-cfg-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dcd-cfg-fwd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let policy = dir.join("policy.json");
         std::fs::write(&policy, r#"{"owned_only": true}"#).unwrap();
