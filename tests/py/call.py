@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 
-from common import find_device
+from common import find_device, run
 
 
 def _fail(msg: str, detail: object | None = None) -> int:
@@ -121,8 +121,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The messaging clients may leave non-daemon threads behind; do not hang on them.
-    os._exit(code)
+    run(main)

@@ -1,8 +1,31 @@
-"""What our agent-tools scripts share: finding a device once connect() is done."""
+"""What our agent-tools scripts share: finding a device once connect() is done, reporting
+checks, and exiting."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+
+failures: list[str] = []
+
+
+def report(check: str, ok: bool, **detail) -> bool:
+    """One JSON line per check on stdout; a failed check is remembered in `failures`."""
+    print(json.dumps({"check": check, "ok": bool(ok), **detail}, default=str), flush=True)
+    if not ok:
+        failures.append(check)
+    return bool(ok)
+
+
+def run(main) -> None:
+    """Exit with main(argv)'s code at once after flushing: the messaging clients may leave
+    non-daemon threads behind, and the script must not hang on them."""
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def find_device(dc, conn, device_id: str, timeout: float) -> dict:

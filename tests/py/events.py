@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from common import find_device
+from common import find_device, run
 
 
 def main(argv: list[str]) -> int:
@@ -68,8 +67,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The messaging clients may leave non-daemon threads behind; do not hang on them.
-    os._exit(code)
+    run(main)

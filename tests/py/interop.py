@@ -21,13 +21,10 @@ Prints one JSON line per check ({"check", "ok", ...}) on stdout; exits 0 when ev
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 import uuid
 
-from common import find_device
+from common import failures, find_device, report, run
 
 FUNCTIONS = [
     "get_status", "ping_docker", "list_containers", "get_container", "provision_container",
@@ -39,16 +36,6 @@ EVENTS = ["container_state_changed", "container_log_line"]
 
 # A container that keeps running and keeps logging on a real engine (the simulator ignores it).
 TICKER = ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"]
-
-failures: list[str] = []
-
-
-def report(check: str, ok: bool, **detail) -> bool:
-    print(json.dumps({"check": check, "ok": bool(ok), **detail}, default=str), flush=True)
-    if not ok:
-        failures.append(check)
-    return bool(ok)
-
 
 def wait_for(sub, pred, timeout: float) -> dict | None:
     """The first message of `sub` matching `pred` within `timeout` seconds."""
@@ -191,12 +178,13 @@ def main(argv: list[str]) -> int:
     return 0 if not failures else 1
 
 
-if __name__ == "__main__":
+def main_reporting(argv: list[str]) -> int:
     try:
-        code = main(sys.argv[1:])
+        return main(argv)
     except Exception as e:  # noqa: BLE001 - report, never hang
         report("exception", False, error=f"{type(e).__name__}: {e}")
-        code = 1
-    sys.stdout.flush()
-    # The messaging clients may leave non-daemon threads behind; do not hang on them.
-    os._exit(code)
+        return 1
+
+
+if __name__ == "__main__":
+    run(main_reporting)

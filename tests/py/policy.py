@@ -29,9 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-from common import find_device
+from common import failures, find_device, report, run
 
 MUTATING = [
     "provision_container", "start_container", "stop_container", "restart_container",
@@ -43,16 +42,6 @@ READING = [
 ]
 LABELS = {"dcd-test": "1"}
 SLEEPER = ["sleep", "300"]
-
-failures: list[str] = []
-
-
-def report(check: str, ok: bool, **detail) -> bool:
-    print(json.dumps({"check": check, "ok": bool(ok), **detail}, default=str), flush=True)
-    if not ok:
-        failures.append(check)
-    return bool(ok)
-
 
 class Device:
     def __init__(self, dc, conn, device_id: str, record: dict):
@@ -248,8 +237,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The messaging clients may leave non-daemon threads behind; do not hang on them.
-    os._exit(code)
+    run(main)

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from common import find_device
+from common import find_device, run
 
 
 def answer(dc, conn, device_id: str, req: dict, timeout: float) -> dict:
@@ -62,8 +61,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The messaging clients may leave non-daemon threads behind; do not hang on them.
-    os._exit(code)
+    run(main)
