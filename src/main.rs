@@ -68,8 +68,8 @@ fn run(cfg: Config) -> Result<(), String> {
     );
 
     let (state_tx, state_rx) = bounded(1024);
-    let (logs_tx, logs_rx) = bounded(1024);
-    let events = Events::new(state_tx, logs_tx);
+    let (bulk_tx, bulk_rx) = bounded(1024);
+    let events = Events::new(state_tx, bulk_tx);
     let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone(), cfg.forward);
     let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy));
 
@@ -78,7 +78,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let describe = describer(driver.clone(), device_id.clone())?;
     let transport = transport
-        .spawn(describe, inbound_tx, [state_rx, logs_rx], publish_rx, stop_rx)
+        .spawn(describe, inbound_tx, [state_rx, bulk_rx], publish_rx, stop_rx)
         .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
     let workers: Vec<_> = (0..cfg.workers)
         .map(|i| {

@@ -152,11 +152,11 @@ impl Transport {
         self,
         describe: Describe,
         inbound: Sender<Inbound>,
-        [events, log_lines]: [Receiver<Event>; 2],
+        [events, bulk]: [Receiver<Event>; 2],
         publish: Receiver<Publish>,
         stop: Receiver<()>,
     ) -> io::Result<JoinHandle<()>> {
-        let links = Links { events, log_lines, publish, stop };
+        let links = Links { events, bulk, publish, stop };
         let core = Core::new(&self.cfg, describe, inbound);
         let run = self.run;
         thread(move || run(core, links))
@@ -230,9 +230,10 @@ enum Out {
 /// The channels from the rest of the daemon, and the one place that knows
 /// a closed channel means "stop listening", not "stop the transport".
 struct Links {
-    /// State changes, taken before log lines whenever both wait.
+    /// State changes, taken before the bulk whenever both wait.
     events: Receiver<Event>,
-    log_lines: Receiver<Event>,
+    /// Log lines and forwarded engine events.
+    bulk: Receiver<Event>,
     publish: Receiver<Publish>,
     stop: Receiver<()>,
 }
@@ -261,10 +262,10 @@ impl Links {
                     Step::Idle
                 }
             },
-            recv(self.log_lines) -> m => match m {
+            recv(self.bulk) -> m => match m {
                 Ok(ev) => Step::Event(ev),
                 Err(_) => {
-                    self.log_lines = crossbeam_channel::never();
+                    self.bulk = crossbeam_channel::never();
                     Step::Idle
                 }
             },
