@@ -15,7 +15,8 @@
 #   * musl's self-contained libs have no libdl.a (dlopen lives in libc.a) but some crates pass
 #     -ldl (libloading, pulled in by zenoh), so an empty libdl.a is created under target/ and put
 #     on the link path.
-# Needs: rustup, gcc-aarch64-linux-gnu, file, qemu-user-static (for the final check).
+# Needs: rustup, gcc-aarch64-linux-gnu with libc6-dev-arm64-cross (the C headers), file,
+# qemu-user-static (for the final check).
 set -euo pipefail
 
 TARGET=aarch64-unknown-linux-musl

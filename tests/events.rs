@@ -17,13 +17,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
 use serde_json::{json, Value};
 
-use dcd::driver::{Driver, Error, Event, Events, LOG_LINE, STATE_CHANGED};
+use dcd::driver::{LOG_LINE, STATE_CHANGED};
 use dcd::engine::{docker::Docker, Engine};
-use dcd::policy::Policy;
-use dcd::state::{Forward, State};
 
 const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const WAIT: Duration = Duration::from_secs(20);
@@ -363,30 +360,23 @@ fn mesh_engine_events_are_forwarded() {
 // In process: driver and state threads
 // ---------------------------------------------------------------------------------------------
 
-/// The driver and state threads with an event queue of `queue` slots.
+/// The shared in-process rig with an event queue of `queue` slots, and the chains of state
+/// changes it has shown so far.
 struct Rig {
-    driver: Driver,
-    events: crossbeam_channel::Receiver<Event>,
-    state: Option<State>,
+    rig: common::Rig,
     chains: Chains,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = common::Rig;
+    fn deref(&self) -> &common::Rig {
+        &self.rig
+    }
 }
 
 impl Rig {
     fn new(engine: Arc<dyn Engine>, queue: usize, poll_hz: f64) -> Rig {
-        let (tx, events) = bounded(queue);
-        let ev = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), poll_hz, ev.clone(), Forward::Off);
-        let driver = Driver::new(engine, false, poll_hz, state.handle(), ev, Policy::default());
-        Rig { driver, events, state: Some(state), chains: Chains::default() }
-    }
-
-    fn call(&self, method: &str, params: Value) -> std::result::Result<Value, Error> {
-        let Value::Object(p) = params else { panic!("params must be an object") };
-        self.driver.call(method, p)
-    }
-
-    fn ok(&self, method: &str, params: Value) -> Value {
-        self.call(method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e}"))
+        Rig { rig: common::Rig::with(engine, false, queue, poll_hz), chains: Chains::default() }
     }
 
     fn follows(&self) -> Value {
@@ -403,7 +393,7 @@ impl Rig {
     }
 
     fn chain(&mut self, name: &str, want: usize) -> Vec<String> {
-        let events = &self.events;
+        let events = &self.rig.events;
         self.chains.wait(name, want, WAIT, |deadline| loop {
             let e = events.recv_deadline(deadline).ok()?;
             if e.name == STATE_CHANGED {
@@ -422,15 +412,6 @@ impl Rig {
             .map(|e| common::params(&e))
             .filter(|p| p["container_id"] == key)
             .collect()
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.driver.shutdown();
-        if let Some(s) = self.state.take() {
-            s.shutdown();
-        }
     }
 }
 

@@ -5,7 +5,8 @@
 #
 # What it ensures:
 #   * Debian packages: curl, file, ca-certificates, busybox-static, docker-compose, nats-server,
-#     docker-registry, qemu-user-static, gcc-aarch64-linux-gnu, iproute2, musl-tools (musl-gcc for
+#     docker-registry, qemu-user-static, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross (its C
+#     headers: --no-install-recommends leaves them out), iproute2, musl-tools (musl-gcc for
 #     the x86_64 musl build in tests/deploy.sh), systemd (for
 #     systemd-analyze), python3-venv (only if `python3 -m venv` does not work), docker.io (only if
 #     no Docker Engine answers on /var/run/docker.sock);
@@ -80,7 +81,8 @@ if ! command -v curl >/dev/null; then apt_install curl ca-certificates; fi
 
 missing=()
 for p in ca-certificates file busybox-static docker-compose nats-server docker-registry \
-         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu iproute2 musl-tools \
+         qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross \
+         iproute2 musl-tools \
          socat apache2-utils openssl; do
     pkg_installed "$p" || missing+=("$p")
 done

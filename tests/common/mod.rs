@@ -384,12 +384,17 @@ pub struct Rig {
 
 impl Rig {
     pub fn new(engine: Arc<dyn Engine>, simulate: bool) -> Rig {
-        let (tx, events) = crossbeam_channel::bounded(10_000);
+        Rig::with(engine, simulate, 10_000, 2.0)
+    }
+
+    /// One queue of `queue` slots for both kinds of events; the state poll at `poll_hz`.
+    pub fn with(engine: Arc<dyn Engine>, simulate: bool, queue: usize, poll_hz: f64) -> Rig {
+        let (tx, events) = crossbeam_channel::bounded(queue);
         let ev = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), 2.0, ev.clone(), Forward::Off);
+        let state = State::start(engine.clone(), poll_hz, ev.clone(), Forward::Off);
         // Compose is off on a real engine by default; these tests exercise it.
         let policy = Policy { compose: Some(true), ..Policy::default() };
-        let driver = Driver::new(engine, simulate, 2.0, state.handle(), ev, policy);
+        let driver = Driver::new(engine, simulate, poll_hz, state.handle(), ev, policy);
         Rig { driver, events, state: Some(state) }
     }
 
