@@ -417,6 +417,36 @@ fn nats_tls_chain_only() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// NATS that requires client certificates (mTLS): the device and the Python client present
+/// `MESSAGING_TLS_CERT_FILE` and `_KEY_FILE` and are served; a device without them is turned away.
+#[test]
+fn nats_mtls_client_certificates() {
+    let (Some(py), true) = (python(), nats_installed()) else { return };
+    let Some(dir) = tls_material("mtls") else { return };
+    let file = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("local.pem"), file("local.key"));
+    let (tenant, id) = names("nats-mtls");
+    let port = free_port();
+    let _nats = nats_server(port, &["--tlsverify", "--tlscert", &cert, "--tlskey", &key, "--tlscacert", &ca]);
+    let url = format!("tls://127.0.0.1:{port}");
+    let tls = [
+        ("NATS_URL", url.as_str()),
+        ("MESSAGING_TLS_CA_FILE", ca.as_str()),
+        ("MESSAGING_TLS_CERT_FILE", cert.as_str()),
+        ("MESSAGING_TLS_KEY_FILE", key.as_str()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+    ];
+    let mut dcd = daemon(None, &id, &tenant, &[&tls[..], &[("DEVICE_CONNECT_ALLOW_INSECURE", "true")]].concat());
+    dcd.expect_line(READY, Duration::from_secs(15));
+    let client = [&tls[..], &[("MESSAGING_BACKEND", "nats"), ("TENANT", tenant.as_str())]].concat();
+    interop(None, &py, &id, &["--quick"], &client);
+    stop_daemon(&mut dcd);
+    let without = [tls[0], tls[1], tls[4], ("DEVICE_CONNECT_ALLOW_INSECURE", "true")];
+    let anonymous = daemon(None, "dcd-nats-mtls-none", &tenant, &without);
+    assert!(!anonymous.wait_line(READY, Duration::from_secs(3)), "served without a client certificate");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn zenoh_multicast_netns() {
     let Some(py) = python() else { return };
