@@ -120,20 +120,27 @@ fn run(cfg: Config) -> Result<(), String> {
 /// engine's call timeout, again and again. So a thread of its own asks the driver, and the
 /// transport reads its latest answer. Start-up waits for the first answer only briefly.
 fn describer(driver: Arc<Driver>, id: String) -> Result<mesh::Describe, String> {
+    // Capabilities and identity never change while the daemon runs: built once. Only the status
+    // is refreshed, and the whole body is put together only when the transport sends it.
+    let base = rpc::registration_pending(&driver, &id);
     let (first_tx, first_rx) = bounded(1);
-    let current = Arc::new(Mutex::new(rpc::registration_pending(&driver, &id)));
-    let latest = current.clone();
+    let status = Arc::new(Mutex::new(base["status"].clone()));
+    let latest = status.clone();
     std::thread::Builder::new()
         .name("describe".into())
         .spawn(move || loop {
-            let fresh = rpc::registration(&driver, &id);
+            let fresh = driver.status();
             *latest.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
             let _ = first_tx.try_send(());
             std::thread::sleep(DESCRIBE_EVERY);
         })
         .map_err(|e| format!("cannot start the describe thread: {e}"))?;
     let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
-    Ok(Arc::new(move || current.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+    Ok(Arc::new(move || {
+        let mut body = base.clone();
+        body["status"] = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        body
+    }))
 }
 
 /// A worker: run requests and broadcasts until the transport goes away.
