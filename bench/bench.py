@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import http.client
 import json
@@ -757,6 +758,23 @@ class Bench:
         return agg
 
     # --- memory and threads ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def answering(self, nc, binary, kind, tag):
+        """A daemon of `binary` on `kind`, once it answers; with a Zenoh session to it for zenoh.
+        Both are closed on the way out, whatever happens."""
+        d = Daemon(binary, kind, self.tenant(tag), self.logdir, self.a.nats_url)
+        zs = None
+        try:
+            if kind == "nats":
+                await wait_answer_nats(nc, d)
+            else:
+                zs = wait_answer_zenoh(d)
+            yield d, zs
+        finally:
+            if zs is not None:
+                zs.close()
+            d.stop()
+
     async def memory(self, nc, kind, n_rpcs):
         """Idle RSS and threads, then two bursts of n_rpcs get_status from 8 callers: growth over the
         first burst is warm-up (allocator caches, buffers reaching their working size); growth over
@@ -764,13 +782,7 @@ class Bench:
         idle_rss, idle_thr, after_rss, after_thr, warm, delta, hwm, anon, filed = (Agg() for _ in range(9))
         names = {}
         for r in range(self.rounds):
-            d = Daemon(self.bin, kind, self.tenant(f"m{kind[0]}{r}"), self.logdir, self.a.nats_url)
-            zs = None
-            try:
-                if kind == "nats":
-                    await wait_answer_nats(nc, d)
-                else:
-                    zs = wait_answer_zenoh(d)
+            async with self.answering(nc, self.bin, kind, f"m{kind[0]}{r}") as (d, zs):
                 await asyncio.sleep(3.0)
                 s0 = d.status()
                 names = d.thread_names()
@@ -794,10 +806,6 @@ class Bench:
                 warm.add(s1["VmRSS"] - s0["VmRSS"])
                 delta.add(s2["VmRSS"] - s1["VmRSS"])
                 hwm.add(s2["VmHWM"] / 1024)
-            finally:
-                if zs is not None:
-                    zs.close()
-                d.stop()
         K = kind.upper() if kind == "nats" else "Zenoh"
         goal = "≤ 8 MiB" if kind == "nats" else "(figure)"
         self.row("memory", f"{K}: idle RSS (3 s after first answer)", idle_rss.fmt("{:.2f}", " MiB"),
@@ -833,19 +841,9 @@ class Bench:
             if not os.access(binary, os.X_OK):
                 continue
             for kind in kinds:
-                d = Daemon(binary, kind, self.tenant(f"v{kind[0]}"), self.logdir, self.a.nats_url)
-                zs = None
-                try:
-                    if kind == "nats":
-                        await wait_answer_nats(nc, d)
-                    else:
-                        zs = wait_answer_zenoh(d)
+                async with self.answering(nc, binary, kind, f"v{kind[0]}") as (d, _):
                     await asyncio.sleep(3.0)
                     st = d.status()
-                finally:
-                    if zs is not None:
-                        zs.close()
-                    d.stop()
                 K = "NATS" if kind == "nats" else "Zenoh"
                 self.row("memory", f"{label}: {K} idle RSS", f"{st['VmRSS'] / 1024:.2f} MiB", "", "", "",
                          "≤ 8 MiB" if kind == "nats" else "",

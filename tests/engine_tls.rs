@@ -184,15 +184,20 @@ fn a_client_without_a_certificate_is_refused_clearly() {
     assert!(matches!(plain.info(), Err(EngineError::Unreachable(_))));
 }
 
+/// The refusal of a verifying client to a terminator serving the `tag` server certificate.
+fn refusal_by_terminator(tag: &str) -> String {
+    let pki = Pki::new(tag);
+    let (_socat, port) = terminator(&pki, tag);
+    let d = Docker::connect_with(Some(&format!("tcp://127.0.0.1:{port}")), &pki.verify_with("client")).unwrap();
+    refusal(&d)
+}
+
 #[test]
 fn a_server_certificate_from_another_ca_is_refused() {
     if ready().is_none() {
         return;
     }
-    let pki = Pki::new("stranger");
-    let (_socat, port) = terminator(&pki, "stranger");
-    let d = Docker::connect_with(Some(&format!("tcp://127.0.0.1:{port}")), &pki.verify_with("client")).unwrap();
-    let e = refusal(&d);
+    let e = refusal_by_terminator("stranger");
     assert!(e.contains("TLS") && e.contains("UnknownIssuer"), "{e}");
 }
 
@@ -201,10 +206,7 @@ fn a_server_certificate_for_another_name_is_refused() {
     if ready().is_none() {
         return;
     }
-    let pki = Pki::new("misnamed");
-    let (_socat, port) = terminator(&pki, "misnamed");
-    let d = Docker::connect_with(Some(&format!("tcp://127.0.0.1:{port}")), &pki.verify_with("client")).unwrap();
-    let e = refusal(&d);
+    let e = refusal_by_terminator("misnamed");
     assert!(e.contains("TLS") && e.contains("not valid for name \"127.0.0.1\""), "{e}");
 }
 

@@ -475,15 +475,23 @@ fn sigint_departs_and_exits_cleanly() {
     }
 }
 
-#[test]
-fn second_signal_during_shutdown_exits_at_once() {
+/// A daemon on a hung engine with a worker stuck on it, so shutdown cannot finish on its own.
+fn stuck_rig(tag: &str) -> Option<(Stall, Rig)> {
     if !common::nats_installed() {
-        return;
+        return None;
     }
     let stall = Stall::new();
     let host = format!("unix://{}", stall.path.display());
-    let mut rig = Rig::start("second", &[], &[("DOCKER_HOST", &host)]);
+    let mut rig = Rig::start(tag, &[], &[("DOCKER_HOST", &host)]);
     rig.get_stuck();
+    Some((stall, rig))
+}
+
+#[test]
+fn second_signal_during_shutdown_exits_at_once() {
+    let Some((_stall, mut rig)) = stuck_rig("second") else {
+        return;
+    };
     rig.dcd.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(rig.dcd.running(), "shutdown finished although a worker is stuck");
@@ -496,13 +504,9 @@ fn second_signal_during_shutdown_exits_at_once() {
 
 #[test]
 fn stuck_shutdown_is_bounded() {
-    if !common::nats_installed() {
+    let Some((_stall, mut rig)) = stuck_rig("stuck") else {
         return;
-    }
-    let stall = Stall::new();
-    let host = format!("unix://{}", stall.path.display());
-    let mut rig = Rig::start("stuck", &[], &[("DOCKER_HOST", &host)]);
-    rig.get_stuck();
+    };
     let t = Instant::now();
     rig.dcd.signal(libc::SIGTERM);
     let status = rig.dcd.wait_exit(Duration::from_secs(3)).expect("still running 3 s after SIGTERM");
