@@ -377,12 +377,13 @@ fn engine_hung_mesh_still_answers() {
     }
     let heartbeat = rig.subject("heartbeat");
     rig.client.sub(&heartbeat).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(12);
+    // Two beats are due within 10 s; the margin is for a machine loaded by the tests beside this one.
+    let deadline = Instant::now() + Duration::from_secs(16);
     let mut beats = 0;
     while let Some(m) = rig.client.next(deadline).unwrap() {
         beats += usize::from(m.subject == heartbeat);
     }
-    assert!(beats >= 2, "{beats} heartbeats in 12 s (every 5 s expected)");
+    assert!(beats >= 2, "{beats} heartbeats in 16 s (every 5 s expected)");
 }
 
 /// Counts requests sent and replies received across threads, and per method calls and errors.
