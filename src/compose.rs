@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::driver::Error;
+use crate::error::Error;
 
 const UP_TIMEOUT: Duration = Duration::from_secs(600);
 const DOWN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -207,7 +207,7 @@ fn cli() -> Result<Command, Error> {
 
 fn write_temp_project(yaml: &str) -> Result<PathBuf, Error> {
     let io = |e: std::io::Error| Error::Compose(format!("cannot write compose project: {e}"));
-    let dir = std::env::temp_dir().join(format!("{TEMP_PREFIX}{}", crate::rpc::random_hex(12)));
+    let dir = std::env::temp_dir().join(format!("{TEMP_PREFIX}{}", crate::ids::random_hex(12)));
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io)?;
     std::fs::write(dir.join("compose.yaml"), yaml).map_err(io)?;
     Ok(dir)

@@ -1,7 +1,13 @@
 //! dcd: the Docker host for the Device Connect mesh.
 //!
 //! The binary (`main.rs`) wires threads together; everything it wires lives
-//! here, one module per concern, so integration tests can drive the pieces.
+//! here, one module per concern, in one-way layers (README, "Design"):
+//!
+//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`: import nothing of ours;
+//! 2. `engine`, `policy`, `events`;
+//! 3. `spec`, `compose`, `logs`, `state`;
+//! 4. `driver`: the function table;
+//! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads), then `config`.
 
 // The advertised JSON schemas are large `json!` literals.
 #![recursion_limit = "256"]
@@ -9,12 +15,18 @@
 pub mod compose;
 pub mod config;
 pub mod driver;
+pub mod encoding;
 pub mod engine;
-pub mod fleet;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod labels;
 pub mod logs;
 pub mod mesh;
 pub mod policy;
 pub mod rpc;
+pub mod serve;
 pub mod spec;
 pub mod state;
+pub mod sync;
 pub mod time;

@@ -11,9 +11,15 @@ use std::thread::JoinHandle;
 
 use serde_json::json;
 
-use crate::driver::{Events, LOG_LINE};
 use crate::engine::stream::{Demux, Line};
 use crate::engine::{Canceller, Engine, EngineError, LogOptions};
+use crate::error::{Error, Result};
+use crate::events::{Events, LOG_LINE};
+use crate::sync::lock;
+
+/// A one-shot read returns at most this much text (the newest part), so a
+/// reply stays under the NATS server's default 1 MiB `max_payload`.
+const READ_MAX_BYTES: usize = 768 * 1024;
 
 struct Follow {
     generation: u64,
@@ -43,7 +49,7 @@ impl Follows {
 
     /// Start following `container_id` (the caller's string, used as the key
     /// and echoed in every event). Returns true when a follow already ran.
-    pub fn start(&self, container_id: &str, opts: LogOptions) -> Result<bool, EngineError> {
+    pub fn start(&self, container_id: &str, opts: LogOptions) -> Result<bool> {
         if lock(&self.table).follows.contains_key(container_id) {
             return Ok(true);
         }
@@ -75,7 +81,7 @@ impl Follows {
                     }
                 }
             })
-            .map_err(|e| EngineError::Server(format!("cannot start log thread: {e}")))?;
+            .map_err(|e| Error::Spawn(format!("log follow of {key}: {e}")))?;
         table.follows.insert(key, Follow { generation, stopped, cancel: stream.cancel, thread });
         Ok(false)
     }
@@ -114,8 +120,44 @@ impl Follows {
     }
 }
 
-fn lock(t: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    t.lock().unwrap_or_else(|p| p.into_inner())
+/// Read a finished log and render it as the Python dcd does: one line per log
+/// line, each starting with the engine's timestamp when asked, both streams
+/// merged; only the newest `READ_MAX_BYTES`, with a note of what was left out.
+pub fn read(engine: &dyn Engine, id: &str, opts: &LogOptions) -> Result<String> {
+    let tty = engine.inspect_container(id)?["Config"]["Tty"] == true;
+    let mut stream = engine.logs(id, opts)?;
+    let mut demux = Demux::new(tty, opts.timestamps);
+    let mut lines: std::collections::VecDeque<String> = Default::default();
+    let mut size = 0usize;
+    let mut omitted = 0usize;
+    let mut push = |l: Line| {
+        let text = match l.ts {
+            Some(ts) => format!("{ts} {}\n", l.text),
+            None => format!("{}\n", l.text),
+        };
+        size += text.len();
+        lines.push_back(text);
+        while size > READ_MAX_BYTES {
+            let Some(old) = lines.pop_front() else { break };
+            size -= old.len();
+            omitted += 1;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.body.read(&mut buf).map_err(|e| EngineError::Unreachable(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        demux.push(&buf[..n], &mut push);
+    }
+    demux.finish(&mut push);
+    let mut out = String::with_capacity(size + 64);
+    if omitted > 0 {
+        out.push_str(&format!("[dcd: {omitted} older lines omitted to fit the reply; use tail or since]\n"));
+    }
+    out.extend(lines);
+    Ok(out)
 }
 
 /// Read the stream to its end, one event per line.

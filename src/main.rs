@@ -1,22 +1,21 @@
 //! Wires the threads together: engine client, state thread, driver, request
 //! workers and the mesh transport; then waits for SIGTERM/SIGINT.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 
 use dcd::config::{self, Config, Flags};
-use dcd::driver::{Driver, Events};
+use dcd::driver::Driver;
 use dcd::engine::{docker::Docker, sim::Sim, Engine};
+use dcd::events::Events;
 use dcd::mesh::{self, Inbound, Publish};
-use dcd::rpc;
+use dcd::serve::{describer, Workers};
 use dcd::state::State;
 
 /// Orderly shutdown gets this long before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How often what the transport announces is brought up to date.
-const DESCRIBE_EVERY: Duration = Duration::from_secs(1);
 
 fn main() {
     let flags: Flags = argh::from_env();
@@ -80,16 +79,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let transport = transport
         .spawn(describe, inbound_tx, [state_rx, bulk_rx], publish_rx, stop_rx)
         .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
-    let workers: Vec<_> = (0..cfg.workers)
-        .map(|i| {
-            let (driver, rx, publish, id) = (driver.clone(), inbound_rx.clone(), publish_tx.clone(), device_id.clone());
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || work(&driver, &id, &rx, &publish))
-                .map_err(|e| format!("cannot start a worker: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    drop((inbound_rx, publish_tx));
+    let workers = Workers::start(cfg.workers, driver.clone(), &device_id, inbound_rx, publish_tx)?;
 
     let sig = wait_signal(&signals);
     log::info!("signal {sig}: shutting down");
@@ -108,57 +98,9 @@ fn run(cfg: Config) -> Result<(), String> {
     drop(stop_tx);
     let _ = transport.join();
     driver.shutdown();
-    for w in workers {
-        let _ = w.join();
-    }
+    workers.join();
     state.shutdown();
     Ok(())
-}
-
-/// What the transport thread announces (presence, registration). It must never wait for the
-/// engine: a hung engine would otherwise silence presence, heartbeats and every request for the
-/// engine's call timeout, again and again. So a thread of its own asks the driver, and the
-/// transport reads its latest answer. Start-up waits for the first answer only briefly.
-fn describer(driver: Arc<Driver>, id: String) -> Result<mesh::Describe, String> {
-    // Capabilities and identity never change while the daemon runs: built once. Only the status
-    // is refreshed, and the whole body is put together only when the transport sends it.
-    let base = rpc::registration_pending(&driver, &id);
-    let (first_tx, first_rx) = bounded(1);
-    let status = Arc::new(Mutex::new(base["status"].clone()));
-    let latest = status.clone();
-    std::thread::Builder::new()
-        .name("describe".into())
-        .spawn(move || loop {
-            let fresh = driver.status();
-            *latest.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-            let _ = first_tx.try_send(());
-            std::thread::sleep(DESCRIBE_EVERY);
-        })
-        .map_err(|e| format!("cannot start the describe thread: {e}"))?;
-    let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
-    Ok(Arc::new(move || {
-        let mut body = base.clone();
-        body["status"] = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        body
-    }))
-}
-
-/// A worker: run requests and broadcasts until the transport goes away.
-fn work(driver: &Driver, device_id: &str, rx: &Receiver<Inbound>, publish: &Sender<Publish>) {
-    for msg in rx {
-        match msg {
-            Inbound::Request { payload, reply } => {
-                if let Some(bytes) = rpc::handle(driver, device_id, &payload, reply.max_payload) {
-                    reply.send(bytes);
-                }
-            }
-            Inbound::Broadcast { payload } => {
-                if let Some((topic, payload)) = rpc::broadcast(driver, device_id, &payload) {
-                    let _ = publish.send(Publish { topic, payload });
-                }
-            }
-        }
-    }
 }
 
 /// Block SIGTERM and SIGINT in every thread (spawned threads inherit the

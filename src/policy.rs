@@ -8,7 +8,10 @@
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, EngineError, Object};
+use crate::error::Error;
 
 /// Host paths never bind-mounted unless listed exactly in `bind_prefixes`,
 /// even when a listed prefix covers them.
@@ -40,14 +43,20 @@ const KEEPS_CONFINEMENT: &[&str] = &[
     "apparmor:docker-default",
 ];
 
+/// Which containers a process may be started in (`exec_in_container`).
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecRule {
+    /// Any container the policy would have allowed to be created: exec into a
+    /// container that reaches the host is a shell on the host.
     #[default]
     Allow,
-    /// Only in containers carrying our managed label.
+    /// Only containers carrying our managed label, and within the policy.
     Managed,
     Deny,
+    /// Any container at all, however much of the host it reaches. Unsafe: the
+    /// one explicit way back to exec without the check.
+    Any,
 }
 
 /// The operator's policy (`--policy FILE`, JSON). Every field is optional;
@@ -85,6 +94,10 @@ pub struct Policy {
     /// `security_opt` entries beyond those that keep the default confinement.
     #[serde(default)]
     pub weaken_security: bool,
+    /// Volume drivers besides `local` whose volumes may be mounted: a plugin can
+    /// reach anything, so none is allowed unless listed.
+    #[serde(default)]
+    pub volume_drivers: Vec<String>,
     /// Image reference prefixes allowed (`127.0.0.1:5000/`, `library/alpine`);
     /// empty allows every image.
     #[serde(default)]
@@ -118,12 +131,109 @@ impl Policy {
     }
 
     /// Refuse a container create body that reaches beyond what is allowed.
+    /// This reads only the body; `admit_create` also looks at the named
+    /// volumes it mounts.
     pub fn check_create(&self, body: &Value) -> Result<(), String> {
         let image = body["Image"].as_str().unwrap_or_default();
         if !self.images.is_empty() && !self.images.iter().any(|p| image.starts_with(p.as_str())) {
             return Err(format!("image {image} is not allowed (allow with \"images\": [\"<prefix>\"])"));
         }
+        self.check_host(&body["HostConfig"])
+    }
+
+    /// The whole check before a create: the body, then every existing named
+    /// volume it mounts for what that volume really is. Run it just before the
+    /// create: a volume changed between the two is the window that remains.
+    pub fn admit_create(&self, engine: &dyn Engine, body: &Value) -> Result<(), Error> {
+        self.check_create(body).map_err(Error::Policy)?;
         let host = &body["HostConfig"];
+        let binds = strings(&host["Binds"]).into_iter().map(|b| b.split(':').next().unwrap_or_default());
+        let mounts = host["Mounts"].as_array().into_iter().flatten().filter(|m| m["Type"] == "volume");
+        for name in binds.filter(|s| volume_name(s)).chain(mounts.filter_map(|m| m["Source"].as_str())) {
+            match engine.inspect_object(Object::Volume, name) {
+                Ok(v) => self.check_volume(name, &v["Driver"], &v["Options"]).map_err(Error::Policy)?,
+                // Created plain by the engine on first use.
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse to start a process in a container the policy would not have
+    /// let us create: its host config and mounts, as the engine reports them,
+    /// get the create check, and its named volumes are looked at as for a
+    /// create. The image list is not applied: it is not a reach into the host.
+    pub fn admit_exec(&self, engine: &dyn Engine, inspect: &Value) -> Result<(), Error> {
+        if self.exec == ExecRule::Any {
+            return Ok(());
+        }
+        let name = inspect["Name"].as_str().unwrap_or_default().trim_start_matches('/');
+        let refuse = |e: String| {
+            Error::Policy(format!(
+                "container {name} reaches the host, and exec is refused where a create would be: {e}"
+            ))
+        };
+        let mut host = inspect["HostConfig"].clone();
+        if let Some(h) = host.as_object_mut() {
+            // The engine's own default on cgroup v1 hosts, not a choice of whoever made it.
+            h.remove("CgroupnsMode");
+            h.remove("Binds");
+            // The resolved mounts below cover both `Binds` and `Mounts`.
+            h.insert("Mounts".into(), Value::Array(Vec::new()));
+            // The engine adds `label=disable` itself to a container in the host's PID or IPC
+            // namespace, or privileged; those are judged by their own rules.
+            let is = |k: &str, v: Value| h.get(k) == Some(&v);
+            let shares_host =
+                is("PidMode", json!("host")) || is("IpcMode", json!("host")) || is("Privileged", json!(true));
+            if let (true, Some(Value::Array(opts))) = (shares_host, h.get_mut("SecurityOpt")) {
+                opts.retain(|o| o != "label=disable");
+            }
+        }
+        let mounts = inspect["Mounts"].as_array().cloned().unwrap_or_default();
+        host["Mounts"] = mounts
+            .iter()
+            .filter(|m| m["Type"] == "bind")
+            .map(|m| json!({"Type": "bind", "Source": m["Source"]}))
+            .collect();
+        self.check_host(&host).map_err(refuse)?;
+        for m in mounts.iter().filter(|m| m["Type"] == "volume") {
+            let Some(vol) = m["Name"].as_str() else { continue };
+            match engine.inspect_object(Object::Volume, vol) {
+                Ok(v) => self.check_volume(vol, &v["Driver"], &v["Options"]).map_err(refuse)?,
+                // Removed since: nothing of it is mounted any more.
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// A volume is what its driver and options make it: a `local` volume with
+    /// a bind option is a bind mount of its `device`; another driver's volume
+    /// can be anything, so it needs the driver listed in `volume_drivers`.
+    pub fn check_volume(&self, name: &str, driver: &Value, options: &Value) -> Result<(), String> {
+        let driver = driver.as_str().filter(|d| !d.is_empty()).unwrap_or("local");
+        if driver != "local" {
+            if self.volume_drivers.iter().any(|d| d == driver) {
+                return Ok(());
+            }
+            return Err(format!(
+                "volume {name} uses the driver {driver} (allow with \"volume_drivers\": [\"{driver}\"])"
+            ));
+        }
+        let o = options["o"].as_str().unwrap_or_default();
+        if o.split(',').any(|opt| matches!(opt.trim(), "bind" | "rbind")) {
+            let device = options["device"].as_str().unwrap_or_default();
+            if !device.starts_with('/') {
+                return Err(format!("volume {name} binds {device:?}, which is not an absolute host path"));
+            }
+            return self.check_bind(device).map_err(|e| format!("volume {name} binds {device}: {e}"));
+        }
+        Ok(())
+    }
+
+    fn check_host(&self, host: &Value) -> Result<(), String> {
         if host["Privileged"] == true && !self.privileged {
             return Err("privileged containers are not allowed (allow with \"privileged\": true)".into());
         }
@@ -365,6 +475,100 @@ mod tests {
         assert_eq!(root.check_create(&body(json!({"Binds": ["/:/host"]}))), Ok(()), "listed exactly");
     }
 
+    /// A container as the engine's inspect reports it, made with `host` and `mounts`.
+    fn inspected(host: Value, mounts: Value) -> Value {
+        json!({"Name": "/c1", "HostConfig": host, "Mounts": mounts})
+    }
+
+    fn sim_with_volume(name: &str, driver: &str, opts: Value) -> crate::engine::sim::Sim {
+        let sim = crate::engine::sim::Sim::new();
+        sim.create_object(Object::Volume, &json!({"Name": name, "Driver": driver, "DriverOpts": opts})).unwrap();
+        sim
+    }
+
+    #[test]
+    fn exec_is_checked_against_what_the_container_reaches() {
+        let sim = sim_with_volume("etc", "local", json!({"type": "none", "o": "bind", "device": "/etc"}));
+        let p = Policy::default();
+        let bind = |src: &str| json!([{"Type": "bind", "Source": src, "Destination": "/x"}]);
+        for (host, mounts, want) in [
+            (json!({"Privileged": true}), json!([]), "privileged"),
+            (json!({"CapAdd": ["SYS_ADMIN"]}), json!([]), "cap_add SYS_ADMIN"),
+            (json!({"NetworkMode": "host"}), json!([]), "network mode host"),
+            (json!({"PidMode": "host"}), json!([]), "pid mode host"),
+            (json!({"IpcMode": "host"}), json!([]), "ipc mode host"),
+            (json!({"UTSMode": "host"}), json!([]), "uts mode host"),
+            (json!({"UsernsMode": "host"}), json!([]), "userns mode host"),
+            (
+                json!({"Devices": [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}]}),
+                json!([]),
+                "device /dev/mem",
+            ),
+            (json!({"SecurityOpt": ["apparmor=unconfined"]}), json!([]), "security_opt"),
+            // Mounts as resolved by the engine, whether they came from Binds or Mounts.
+            (json!({"Binds": ["/:/host:ro"]}), bind("/"), "bind mount of / "),
+            (json!({}), bind("/var/run/docker.sock"), "run/docker.sock is not allowed"),
+            (json!({}), json!([{"Type": "volume", "Name": "etc", "Destination": "/x"}]), "volume etc binds /etc"),
+        ] {
+            let e = p.admit_exec(&sim, &inspected(host.clone(), mounts)).unwrap_err().to_string();
+            assert!(
+                e.contains("container c1 reaches the host") && e.contains(want) && e.contains("allow with"),
+                "{host}: {e}"
+            );
+        }
+        let plain = inspected(
+            json!({"NetworkMode": "bridge", "CgroupnsMode": "host", "IpcMode": "private", "Binds": ["data:/data"]}),
+            json!([{"Type": "volume", "Name": "data", "Destination": "/data"}, {"Type": "tmpfs", "Destination": "/t"}]),
+        );
+        assert!(p.admit_exec(&sim, &plain).is_ok(), "the engine's defaults and plain volumes are no reach");
+        let netns: Policy = serde_json::from_value(json!({"host_namespaces": true})).unwrap();
+        assert!(netns.admit_exec(&sim, &inspected(json!({"NetworkMode": "host"}), json!([]))).is_ok());
+        let pid = json!({"PidMode": "host", "SecurityOpt": ["label=disable"]});
+        assert!(netns.admit_exec(&sim, &inspected(pid, json!([]))).is_ok(), "the engine's own label=disable");
+        let asked = json!({"SecurityOpt": ["label=disable"]});
+        assert!(netns.admit_exec(&sim, &inspected(asked, json!([]))).is_err(), "asked for without a host namespace");
+        let any: Policy = serde_json::from_value(json!({"exec": "any"})).unwrap();
+        assert!(any.admit_exec(&sim, &inspected(json!({"Privileged": true}), bind("/"))).is_ok());
+    }
+
+    #[test]
+    fn named_volumes_are_what_their_options_make_them() {
+        let p = Policy::default();
+        let etc = json!({"type": "none", "o": "bind", "device": "/etc"});
+        assert!(p
+            .check_volume("v", &json!("local"), &etc)
+            .unwrap_err()
+            .contains("volume v binds /etc: bind mount of /etc"));
+        let rbind = json!({"o": "rbind,ro", "device": "/"});
+        assert!(p.check_volume("v", &json!("local"), &rbind).is_err());
+        assert!(p.check_volume("v", &json!("local"), &json!({"o": "bind", "device": "etc"})).is_err(), "relative");
+        assert!(p
+            .check_volume("v", &json!("local"), &json!({"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}))
+            .is_ok());
+        assert!(p.check_volume("v", &json!(null), &json!(null)).is_ok(), "a plain volume");
+        let e = p.check_volume("v", &json!("rexray"), &json!(null)).unwrap_err();
+        assert!(e.contains("driver rexray") && e.contains("volume_drivers"), "{e}");
+        let listed: Policy =
+            serde_json::from_value(json!({"volume_drivers": ["rexray"], "bind_prefixes": ["/etc"]})).unwrap();
+        assert!(listed.check_volume("v", &json!("rexray"), &json!(null)).is_ok());
+        assert!(listed.check_volume("v", &json!("local"), &etc).is_ok(), "listed exactly");
+    }
+
+    #[test]
+    fn a_create_looks_at_the_named_volumes_it_mounts() {
+        let sim = sim_with_volume("etc", "local", json!({"type": "none", "o": "bind", "device": "/etc"}));
+        let p = Policy::default();
+        let by_bind = json!({"Image": "i", "HostConfig": {"Binds": ["etc:/x:ro"]}});
+        let by_mount =
+            json!({"Image": "i", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "etc", "Target": "/x"}]}});
+        for body in [by_bind, by_mount] {
+            let e = p.admit_create(&sim, &body).unwrap_err().to_string();
+            assert!(e.contains("volume etc binds /etc"), "{body}: {e}");
+        }
+        let fresh = json!({"Image": "i", "HostConfig": {"Binds": ["not-there-yet:/x"]}});
+        assert!(p.admit_create(&sim, &fresh).is_ok(), "a volume that does not exist is created plain");
+    }
+
     #[test]
     fn kinds_follow_read_only_exec_and_compose() {
         let p = Policy::default();
@@ -374,6 +578,7 @@ mod tests {
         assert!(ro.serves(Kind::Read, false) && !ro.serves(Kind::Mutate, false) && !ro.serves(Kind::Exec, false));
         let no_exec = Policy { exec: ExecRule::Deny, ..Policy::default() };
         assert!(!no_exec.serves(Kind::Exec, false));
+        assert!(Policy { exec: ExecRule::Any, ..Policy::default() }.serves(Kind::Exec, false));
         assert!(serde_json::from_str::<Policy>(r#"{"priviledged": true}"#).is_err(), "typos are refused");
     }
 }

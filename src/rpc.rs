@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::driver::{Driver, Error};
+use crate::driver::Driver;
+use crate::error::Error;
 
 /// Requests larger than this are dropped unread (spec: bad input is dropped).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -71,10 +72,7 @@ pub fn handle(driver: &Driver, device_id: &str, payload: &[u8], max_payload: Opt
     let bytes = serde_json::to_vec(&reply).ok()?;
     match max_payload {
         Some(max) if bytes.len() > max => {
-            let e = Error::Params(format!(
-                "reply of {} bytes exceeds the server's max_payload of {max} bytes",
-                bytes.len()
-            ));
+            let e = Error::TooLarge { bytes: bytes.len(), max };
             serde_json::to_vec(&error_reply(&id, &method, &e)).ok()
         }
         _ => Some(bytes),
@@ -104,10 +102,21 @@ fn error_reply(id: &Value, method: &str, e: &Error) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-/// Handle a broadcast envelope (spec §4.3). Returns the `async_reply` topic
-/// (relative to the device) and payload, or `None` when this device must stay
-/// silent (not targeted, a `where` predicate, too late, malformed).
-pub fn broadcast(driver: &Driver, device_id: &str, payload: &[u8]) -> Option<(String, Vec<u8>)> {
+/// A broadcast envelope (spec §4.3) this device answers, checked.
+#[derive(Debug)]
+pub struct Broadcast {
+    cid: String,
+    function: String,
+    params: Map<String, Value>,
+    /// How long until its `fire_at`, when that is still ahead.
+    pub delay: Option<Duration>,
+}
+
+/// Parse a broadcast envelope, or `None` when this device must stay silent
+/// (not targeted, a `where` predicate, too late, too far ahead, malformed).
+/// A broadcast to fire later is returned with its `delay`: the caller
+/// schedules it, so no worker sleeps for it.
+pub fn broadcast(device_id: &str, payload: &[u8]) -> Option<Broadcast> {
     if payload.len() > MAX_REQUEST_BYTES || too_deep(payload) {
         return None;
     }
@@ -129,6 +138,7 @@ pub fn broadcast(driver: &Driver, device_id: &str, payload: &[u8]) -> Option<(St
         log::info!("broadcast {cid}: `where` predicates are not supported; not answering");
         return None;
     }
+    let mut delay = None;
     if let Some(fire_at) = env.get("fire_at").and_then(Value::as_f64) {
         let wait = fire_at - crate::time::now_epoch();
         let on_late = env.get("on_late").and_then(Value::as_str).unwrap_or("skip");
@@ -139,18 +149,23 @@ pub fn broadcast(driver: &Driver, device_id: &str, payload: &[u8]) -> Option<(St
             log::info!("broadcast {cid}: fire_at is {wait:.0}s ahead, more than we hold; not answering");
             return None;
         }
-        if wait > 0.0 {
-            std::thread::sleep(Duration::from_secs_f64(wait));
-        }
+        delay = (wait > 0.0).then(|| Duration::from_secs_f64(wait));
     }
     let params = match env.get("params") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(p)) => p.clone(),
         Some(_) => return None,
     };
+    Some(Broadcast { cid: cid.to_string(), function: function.to_string(), params, delay })
+}
+
+/// Run a broadcast now. Returns the `async_reply` topic (relative to the
+/// device) and payload.
+pub fn fire(driver: &Driver, device_id: &str, b: Broadcast) -> Option<(String, Vec<u8>)> {
+    let Broadcast { cid, function, params, .. } = b;
     let fired = crate::time::now_epoch();
     let mut reply = json!({"correlation_id": cid, "device_id": device_id, "actually_fired_at": fired});
-    match call(driver, function, params) {
+    match call(driver, &function, params) {
         Ok(result) => {
             reply["success"] = json!(true);
             reply["result"] = result;
@@ -194,20 +209,4 @@ fn too_deep(payload: &[u8]) -> bool {
         }
     }
     false
-}
-
-/// `n` random lowercase hex characters (event ids, trace ids, temp names).
-/// Seeded from the kernel's randomness through std's hasher keys.
-pub fn random_hex(n: usize) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::with_capacity(n + 16);
-    let mut counter = 0u64;
-    while out.len() < n {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(counter);
-        counter += 1;
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out.truncate(n);
-    out
 }

@@ -8,24 +8,17 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::driver::{Error, DRIVER_LABEL, MANAGED_LABEL};
+use crate::error::{Error, Result};
+use crate::ids::{check_image, name_error, valid_name};
+use crate::labels::managed_labels;
 
 /// Bounds on what one spec may ask for, so a hostile request cannot make us
 /// build an unbounded body.
 const MAX_ENTRIES: usize = 256;
 const MAX_STRING: usize = 16 * 1024;
 
-type Result<T> = std::result::Result<T, Error>;
-
 fn bad(msg: String) -> Error {
     Error::Params(msg)
-}
-
-pub fn managed_labels() -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(MANAGED_LABEL.into(), json!("true"));
-    m.insert(DRIVER_LABEL.into(), json!("dcd"));
-    m
 }
 
 /// A string or a list of strings (`command`, `entrypoint`, `dns`, healthcheck `test`).
@@ -444,14 +437,10 @@ impl ContainerSpec {
     }
 
     fn check_bounds(&self) -> Result<()> {
-        if !valid_image(&self.image) {
-            return Err(bad(format!("spec.image {:?} is not an image reference", self.image)));
-        }
+        check_image("spec.image", &self.image).map_err(bad)?;
         if let Some(name) = &self.name {
             if !valid_name(name) {
-                return Err(bad(format!(
-                    "spec.name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 characters)"
-                )));
+                return Err(bad(name_error("spec.name", name)));
             }
         }
         let counts = [
@@ -495,25 +484,6 @@ fn device(d: &Device) -> Value {
     };
     json!({"PathOnHost": host, "PathInContainer": container.unwrap_or_else(|| host.clone()),
            "CgroupPermissions": perms.unwrap_or_else(|| "rwm".into())})
-}
-
-/// Docker's container name rule.
-fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// A plausible image reference: registry/repo:tag@digest characters only,
-/// nothing that could reach into a URL's path or query.
-pub fn valid_image(image: &str) -> bool {
-    !image.is_empty()
-        && image.len() <= 512
-        && !image.starts_with(['-', '/', ':', '@', '.'])
-        && image.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'/' | b':' | b'@'))
-        && !image.contains("..")
 }
 
 fn size(field: &str, v: &IntOrStr) -> Result<i64> {
@@ -612,6 +582,7 @@ pub fn schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::MANAGED_LABEL;
 
     fn body(v: Value) -> Result<Value> {
         serde_json::from_value::<ContainerSpec>(v).map_err(|e| Error::Params(e.to_string()))?.create_body()

@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use serde_json::{json, Value};
 
-use crate::driver::{Events, ENGINE_EVENT, MANAGED_LABEL, STATE_CHANGED};
 use crate::engine::stream::JsonLines;
 use crate::engine::{Canceller, Engine};
+use crate::events::{Events, ENGINE_EVENT, STATE_CHANGED};
+use crate::ids::short_id;
+use crate::labels::is_managed;
+use crate::sync::lock;
 
 const REMOVED: &str = "removed";
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -42,15 +45,37 @@ const GONE_KEEP: usize = 4096;
 /// down fails at once; only a hung one makes startup wait this long.
 const BASELINE_WAIT: Duration = Duration::from_secs(3);
 
+/// A container as the driver just saw it, after changing it.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Seen {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+}
+
+impl Seen {
+    /// From the engine's container inspect.
+    pub fn from_inspect(i: &Value) -> Seen {
+        Seen {
+            id: short_id(i["Id"].as_str().unwrap_or_default()).to_string(),
+            name: i["Name"].as_str().unwrap_or_default().trim_start_matches('/').to_string(),
+            image: str_of(&i["Config"]["Image"]),
+            state: str_of(&i["State"]["Status"]),
+        }
+    }
+}
+
 enum Msg {
-    /// A container summary (driver shape) seen by the driver.
-    Observed(Value),
+    Observed(Seen),
     /// One engine event (`Type: container`).
     Engine(Value),
     /// The event stream is (re)connected: reconcile with a full list.
     /// `replay`: it starts at the last list or event, so a burst of what
     /// happened since may come first.
-    Connected { replay: bool },
+    Connected {
+        replay: bool,
+    },
     /// The event stream broke: poll until it is back.
     Disconnected,
 }
@@ -80,8 +105,8 @@ pub struct StateHandle {
 }
 
 impl StateHandle {
-    pub fn observed(&self, summary: &Value) {
-        let _ = self.tx.try_send(Msg::Observed(summary.clone()));
+    pub fn observed(&self, seen: Seen) {
+        let _ = self.tx.try_send(Msg::Observed(seen));
     }
 
     /// Whether `engine_event` is emitted (and so advertised).
@@ -144,7 +169,7 @@ impl State {
 
     pub fn shutdown(self) {
         drop(self.stop);
-        if let Some(c) = self.events_cancel.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(c) = lock(&self.events_cancel).take() {
             c.cancel();
         }
         drop(self.tx);
@@ -237,7 +262,7 @@ impl Owner {
 
     /// Record `state` for `id` and emit the transition, if it is one.
     fn set(&mut self, id: &str, name: &str, image: &str, state: &str) {
-        let id: String = id.chars().take(12).collect();
+        let id = short_id(id).to_string();
         if self.gone.contains(&id) {
             return;
         }
@@ -271,13 +296,10 @@ impl Owner {
         self.gone_order.push_back(id);
     }
 
-    fn observed(&mut self, s: &Value) {
-        let id = s["id"].as_str().unwrap_or_default();
-        if id.is_empty() {
-            return;
+    fn observed(&mut self, s: &Seen) {
+        if !s.id.is_empty() {
+            self.set(&s.id, &s.name, &s.image, &s.state);
         }
-        let (name, image, state) = (str_of(&s["name"]), str_of(&s["image"]), str_of(&s["state"]));
-        self.set(id, &name, &image, &state);
     }
 
     fn engine_event(&mut self, e: &Value) {
@@ -297,7 +319,7 @@ impl Owner {
             Some("destroy") => REMOVED,
             _ => return,
         };
-        let short: String = id.chars().take(12).collect();
+        let short = short_id(id).to_string();
         let known = self.known.get(&short);
         let attrs = &e["Actor"]["Attributes"];
         let pick = |key: &str, of: fn(&Known) -> &String| {
@@ -314,7 +336,7 @@ impl Owner {
         let wanted = match self.forward {
             Forward::Off => false,
             Forward::All => true,
-            Forward::Managed => attributes[MANAGED_LABEL] == "true",
+            Forward::Managed => is_managed(attributes),
         };
         if wanted {
             self.events.emit(
@@ -340,7 +362,7 @@ impl Owner {
         self.seeded = true;
         let mut seen = HashSet::new();
         for c in &list {
-            let id: String = str_of(&c["Id"]).chars().take(12).collect();
+            let id = short_id(c["Id"].as_str().unwrap_or_default()).to_string();
             let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
             let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
             seen.insert(id.clone());
@@ -432,7 +454,7 @@ fn follow_events(
         let since = delivered.since(reconciled.load(Ordering::Relaxed));
         match engine.events(since) {
             Ok(mut stream) => {
-                *cancel.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.cancel.clone());
+                *lock(cancel) = Some(stream.cancel.clone());
                 if stopped() {
                     break;
                 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::{Cleanup, Rig};
-use dcd::driver::Error;
 use dcd::engine::sim::Sim;
+use dcd::error::Error;
 
 #[test]
 fn sim_serves_every_rpc() {

@@ -393,7 +393,7 @@ fn pull_from_local_registry() {
         return;
     }
     remove_image(REGISTRY_IMAGE);
-    let progress = d.pull_image(REGISTRY_IMAGE).unwrap();
+    let progress = d.pull_image(REGISTRY_IMAGE, None).unwrap();
     assert!(progress.iter().any(|s| s.starts_with("Status: Downloaded newer image")), "{progress:?}");
     let digest =
         progress.iter().find_map(|s| s.strip_prefix("Digest: ")).expect("a digest in the progress").to_string();
@@ -402,30 +402,30 @@ fn pull_from_local_registry() {
         .unwrap()
         .iter()
         .any(|i| i["RepoTags"].as_array().is_some_and(|t| t.contains(&json!(REGISTRY_IMAGE))));
-    let again = d.pull_image(REGISTRY_IMAGE).unwrap();
+    let again = d.pull_image(REGISTRY_IMAGE, None).unwrap();
     let by_digest = format!("127.0.0.1:5000/dcd-test/busybox@{digest}");
-    let pinned = d.pull_image(&by_digest);
+    let pinned = d.pull_image(&by_digest, None);
     remove_image(REGISTRY_IMAGE);
     remove_image(&by_digest);
     assert!(tagged, "pulled image is listed");
     assert!(again.iter().any(|s| s.starts_with("Status: Image is up to date")), "{again:?}");
     assert!(pinned.is_ok(), "{pinned:?}");
 
-    let err = d.pull_image("127.0.0.1:5000/dcd-test/absent:latest").unwrap_err();
+    let err = d.pull_image("127.0.0.1:5000/dcd-test/absent:latest", None).unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
 }
 
 #[test]
 fn pull_from_nowhere_fails_clearly() {
     let Some(d) = engine() else { return };
-    let err = d.pull_image("127.0.0.1:1/nope:latest").unwrap_err();
+    let err = d.pull_image("127.0.0.1:1/nope:latest", None).unwrap_err();
     match &err {
         EngineError::Server(m) | EngineError::NotFound(m) => {
             assert!(m.contains("127.0.0.1:1"), "{m}")
         }
         other => panic!("{other:?}"),
     }
-    let err = d.pull_image("nope:").unwrap_err();
+    let err = d.pull_image("nope:", None).unwrap_err();
     assert!(matches!(err, EngineError::BadRequest(_)), "{err:?}");
 }
 

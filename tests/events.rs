@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use dcd::driver::{LOG_LINE, STATE_CHANGED};
 use dcd::engine::{docker::Docker, Engine};
+use dcd::events::{LOG_LINE, STATE_CHANGED};
 
 const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const WAIT: Duration = Duration::from_secs(20);
@@ -322,7 +322,7 @@ fn mesh_engine_events_are_forwarded() {
         // The foreign container's events all come first: the engine sends events in order.
         docker(&["run", "-d", "--name", &foreign, &mesh.image, "sleep", "300"]);
         docker(&["rm", "-f", &foreign]);
-        let label = format!("{}=true", dcd::driver::MANAGED_LABEL);
+        let label = format!("{}=true", dcd::labels::MANAGED_LABEL);
         docker(&["run", "-d", "--label", &label, "--name", &ours, &mesh.image, "sleep", "300"]);
         docker(&["stop", "-t", "0", &ours]);
         docker(&["rm", &ours]);

@@ -153,6 +153,17 @@ fn deprovision_converges() {
             "labels": {"dcd-test": "1", "dcd-test-run": std::process::id().to_string()}}}),
         );
     }
+    // "key" means "has the label", as in list_containers (it once meant "equals the empty string").
+    let key = format!("dcd-test-key-{}", std::process::id());
+    let c = common::unique("dep-c");
+    let _c2 = Cleanup(vec![c.clone()]);
+    rig.ok(
+        "provision_container",
+        json!({"spec": {"image": image, "name": c, "command": ["sleep", "300"], "labels": {key.clone(): "any"}}}),
+    );
+    let r = rig.ok("deprovision_managed", json!({"label": key}));
+    assert_eq!(r["count"], 1, "{r}");
+    assert_eq!(common::docker(&["ps", "-aq", "--filter", &format!("name={c}")]), "");
     let r = rig.ok("deprovision_managed", json!({"label": label}));
     assert_eq!(r["count"], 2, "{r}");
     assert_eq!(common::docker(&["ps", "-aq", "--filter", &format!("name={a}")]), "");

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, Receiver};
 use serde_json::{json, Map, Value};
 
-use dcd::driver::{Driver, Event, Events};
+use dcd::driver::Driver;
 use dcd::engine::stream::{Demux, JsonLines, Line, MAX_LINE};
-use dcd::engine::{sim::Sim, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
+use dcd::engine::{sim::Sim, Credentials, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
+use dcd::events::{Event, Events};
 use dcd::policy::Policy;
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
 use dcd::state::{Forward, State};
@@ -116,9 +117,9 @@ impl Engine for Counting {
     fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> EngineResult<ExecOutput> {
         self.sim.exec(id, cmd, env, workdir)
     }
-    fn pull_image(&self, image: &str) -> EngineResult<Vec<String>> {
+    fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> EngineResult<Vec<String>> {
         self.pulls.fetch_add(1, Ordering::SeqCst);
-        self.sim.pull_image(image)
+        self.sim.pull_image(image, auth)
     }
     fn list_images(&self) -> EngineResult<Vec<Value>> {
         self.sim.list_images()
@@ -132,6 +133,9 @@ impl Engine for Counting {
     fn create_object(&self, kind: Object, body: &Value) -> EngineResult<Value> {
         self.creates.fetch_add(1, Ordering::SeqCst);
         self.sim.create_object(kind, body)
+    }
+    fn inspect_object(&self, kind: Object, id: &str) -> EngineResult<Value> {
+        self.sim.inspect_object(kind, id)
     }
     fn remove_object(&self, kind: Object, id: &str, force: bool) -> EngineResult<()> {
         self.sim.remove_object(kind, id, force)

@@ -143,7 +143,7 @@ fn jwt(issuer: &KeyPair, subject: &str, nats: serde_json::Value) -> String {
         out
     };
     let iat = dcd::time::now_epoch() as u64;
-    let claims = serde_json::json!({"jti": dcd::rpc::random_hex(32).to_uppercase(), "iat": iat,
+    let claims = serde_json::json!({"jti": dcd::ids::random_hex(32).to_uppercase(), "iat": iat,
                                     "iss": issuer.public_key(), "sub": subject, "name": subject, "nats": nats});
     let signed = format!("{}.{}", b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#), b64(claims.to_string().as_bytes()));
     let signature = issuer.sign(signed.as_bytes()).expect("sign");

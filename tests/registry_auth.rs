@@ -141,12 +141,12 @@ fn refused(r: std::result::Result<Vec<String>, EngineError>) -> String {
 fn credentials_from_config_json_in_either_form() {
     let Some(r) = Registry::start("config") else { return };
     let d = r.engine(Some(r.cli_config()));
-    d.pull_image(&r.image).unwrap();
+    d.pull_image(&r.image, None).unwrap();
     assert!(r.pulled());
 
     let plain = json!({"auths": {format!("http://{}", r.registry()): {"username": USER, "password": PASSWORD}}});
     let d = r.engine(Some(r.config_dir("plain", plain)));
-    d.pull_image(&r.image).unwrap();
+    d.pull_image(&r.image, None).unwrap();
     assert!(r.pulled());
 }
 
@@ -154,13 +154,13 @@ fn credentials_from_config_json_in_either_form() {
 fn wrong_and_missing_credentials_fail_clearly() {
     let Some(r) = Registry::start("refused") else { return };
     let wrong = r.config_dir("wrong", json!({"auths": {r.registry(): {"username": USER, "password": WRONG}}}));
-    let e = refused(r.engine(Some(wrong.clone())).pull_image(&r.image));
+    let e = refused(r.engine(Some(wrong.clone())).pull_image(&r.image, None));
     assert!(e.contains("unauthorized") && e.contains(&wrong.join("config.json").display().to_string()), "{e}");
 
     let other = r.config_dir("other", json!({"auths": {"127.0.0.1:1": {"username": USER, "password": PASSWORD}}}));
-    let e = refused(r.engine(Some(other.clone())).pull_image(&r.image));
+    let e = refused(r.engine(Some(other.clone())).pull_image(&r.image, None));
     assert!(e.contains("without credentials") && e.contains(&other.display().to_string()), "{e}");
-    let e = refused(r.engine(None).pull_image(&r.image));
+    let e = refused(r.engine(None).pull_image(&r.image, None));
     assert!(e.contains("without credentials"), "{e}");
     assert!(!r.pulled());
 }

@@ -33,7 +33,8 @@ use ureq::unversioned::transport::{
 use ureq::{Agent, AsSendBody, Body};
 
 use super::stream::{Frames, JsonLines, Source};
-use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+use crate::sync::lock;
 
 pub mod auth;
 
@@ -148,7 +149,7 @@ impl Docker {
             match (&opts.cert_path, opts.tls_verify) {
                 (Some(dir), true) => *tls = Some(engine_tls(dir)?),
                 (None, true) => {
-                    return Err(EngineError::Unreachable(
+                    return Err(EngineError::Config(
                         "DOCKER_TLS_VERIFY is set, but neither DOCKER_CERT_PATH nor HOME says where ca.pem is".into(),
                     ))
                 }
@@ -169,7 +170,7 @@ impl Docker {
     }
 
     fn api_version(&self) -> Result<String> {
-        if let Some(v) = self.api.lock().unwrap().clone() {
+        if let Some(v) = lock(&self.api).clone() {
             return Ok(v);
         }
         Ok(self.negotiate()?.0)
@@ -183,7 +184,7 @@ impl Docker {
             .as_str()
             .ok_or_else(|| EngineError::Server("engine did not report an API version".into()))?;
         let api = pick_version(server)?;
-        *self.api.lock().unwrap() = Some(api.clone());
+        *lock(&self.api) = Some(api.clone());
         Ok((api, version))
     }
 
@@ -283,7 +284,7 @@ impl Docker {
             e => EngineError::Server(e.to_string()),
         };
         if matches!(err, EngineError::Unreachable(_)) {
-            *self.api.lock().unwrap() = None;
+            *lock(&self.api) = None;
         }
         err
     }
@@ -458,10 +459,10 @@ impl Engine for Docker {
         })
     }
 
-    fn pull_image(&self, image: &str) -> Result<Vec<String>> {
+    fn pull_image(&self, image: &str, given: Option<&Credentials>) -> Result<Vec<String>> {
         let (from, tag) = split_reference(image)?;
         let registry = auth::registry_key(from);
-        let (creds, source) = auth::lookup(self.config_dir.as_deref(), &registry);
+        let (creds, source) = auth::lookup(given, self.config_dir.as_deref(), &registry);
         let header = creds.map(|c| c.header(&registry));
         let path = format!("/v{}/images/create{}", self.api_version()?, query(&[("fromImage", from), ("tag", tag)]));
         let resp = self
@@ -531,6 +532,14 @@ impl Engine for Docker {
             Object::Volume => "/volumes/create",
         };
         self.call_json(Method::POST, path, Some(body))
+    }
+
+    fn inspect_object(&self, kind: Object, id: &str) -> Result<Value> {
+        let path = match kind {
+            Object::Network => format!("/networks/{}", segment(id)?),
+            Object::Volume => format!("/volumes/{}", segment(id)?),
+        };
+        self.call_json(Method::GET, &path, None)
     }
 
     fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()> {
@@ -613,7 +622,7 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
 /// when both exist, as the Docker CLI does, so an engine that wants no client
 /// certificate needs none.
 fn engine_tls(dir: &Path) -> Result<TlsConfig> {
-    let bad = |what: String| EngineError::Unreachable(format!("DOCKER_TLS_VERIFY: {what}"));
+    let bad = |what: String| EngineError::Config(format!("DOCKER_TLS_VERIFY: {what}"));
     let read = |name: &str| match std::fs::read(dir.join(name)) {
         Ok(pem) => Ok(Some(pem)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -659,7 +668,7 @@ fn engine_tls(dir: &Path) -> Result<TlsConfig> {
 /// as in docker-py.
 fn parse_host(host: &str, tls: bool) -> Result<Target> {
     let unsupported =
-        || EngineError::Unreachable(format!("unsupported docker host {host:?} (use unix:///path or tcp://host:port)"));
+        || EngineError::Config(format!("unsupported docker host {host:?} (use unix:///path or tcp://host:port)"));
     if let Some(path) = host.strip_prefix("unix://") {
         if path.is_empty() {
             return Err(unsupported());

@@ -13,41 +13,7 @@ use std::io::Read;
 
 use serde_json::Value;
 
-/// What went wrong talking to the engine. Each variant is turned into a
-/// JSON-RPC error message in exactly one place (`rpc`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum EngineError {
-    /// 404: no such container, image, network or exec.
-    NotFound(String),
-    /// 409: name in use, container running, container not running, ...
-    Conflict(String),
-    /// 400 and other 4xx: the engine refused what we sent.
-    BadRequest(String),
-    /// The socket or host did not answer (connect refused, reset, EOF).
-    Unreachable(String),
-    /// The engine answered too slowly for the call's deadline.
-    Timeout(String),
-    /// The engine speaks an API older than we support.
-    TooOld(String),
-    /// 5xx, or an error reported inside a 200 stream (pull `errorDetail`).
-    Server(String),
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::NotFound(m) => write!(f, "not found: {m}"),
-            EngineError::Conflict(m) => write!(f, "conflict: {m}"),
-            EngineError::BadRequest(m) => write!(f, "rejected by engine: {m}"),
-            EngineError::Unreachable(m) => write!(f, "docker engine unreachable: {m}"),
-            EngineError::Timeout(m) => write!(f, "docker engine timed out: {m}"),
-            EngineError::TooOld(m) => write!(f, "docker engine too old: {m}"),
-            EngineError::Server(m) => write!(f, "docker engine error: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
+pub use crate::error::EngineError;
 
 pub type Result<T> = std::result::Result<T, EngineError>;
 
@@ -93,6 +59,25 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
+/// Registry credentials for one pull. A password must never reach a log
+/// line or an error message, so there is no derived `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    /// The registry they are for; the image's registry when not given.
+    pub server_address: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("server_address", &self.server_address)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Named engine objects managed alike: list, create, remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Object {
@@ -125,9 +110,10 @@ pub trait Engine: Send + Sync {
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream>;
     /// Run `cmd` once (no TTY) and collect its output and exit code.
     fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput>;
-    /// Pull `image` (a reference with optional tag or digest). Returns the
-    /// status strings of the progress stream, in order.
-    fn pull_image(&self, image: &str) -> Result<Vec<String>>;
+    /// Pull `image` (a reference with optional tag or digest), with `auth`
+    /// when given, else the credentials the host holds for its registry.
+    /// Returns the status strings of the progress stream, in order.
+    fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>>;
     /// `GET /images/json` entries (Id, RepoTags, Size, Created as epoch int).
     fn list_images(&self) -> Result<Vec<Value>>;
     /// One stats sample (`GET /containers/{id}/stats?stream=false`).
@@ -137,6 +123,8 @@ pub trait Engine: Send + Sync {
     /// Create a network or volume from an Engine API body; returns what the
     /// engine answers (`{"Id"}` for a network, the volume for a volume).
     fn create_object(&self, kind: Object, body: &Value) -> Result<Value>;
+    /// `GET /networks/{id}` or `GET /volumes/{name}`.
+    fn inspect_object(&self, kind: Object, id: &str) -> Result<Value>;
     fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()>;
     /// Attach container `id` to `network`.
     fn connect_network(&self, network: &str, id: &str) -> Result<()>;

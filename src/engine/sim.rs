@@ -9,7 +9,13 @@ use std::sync::Mutex;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Value};
 
-use super::{Canceller, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+use crate::sync::lock;
+
+use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+
+/// The one account the simulated registry knows (username, password). Pulls
+/// without credentials are public; pulls with any other credentials fail.
+pub const SIM_ACCOUNT: (&str, &str) = ("dcd", "dcd-sim");
 
 #[derive(Default)]
 struct World {
@@ -33,7 +39,7 @@ impl Sim {
     }
 
     fn world(&self) -> std::sync::MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.world)
     }
 }
 
@@ -148,7 +154,7 @@ impl Engine for Sim {
 
     fn create_container(&self, name: Option<&str>, body: &Value) -> Result<String> {
         let mut w = self.world();
-        let id = format!("{}{}", crate::rpc::random_hex(32), crate::rpc::random_hex(32));
+        let id = format!("{}{}", crate::ids::random_hex(32), crate::ids::random_hex(32));
         let name = name.map(String::from).unwrap_or_else(|| format!("dcd-{}", &id[..12]));
         if w.containers.values().any(|c| c["Name"] == format!("/{name}").as_str()) {
             return Err(EngineError::Conflict(format!("the container name \"/{name}\" is already in use")));
@@ -247,7 +253,13 @@ impl Engine for Sim {
         Ok(ExecOutput { exit_code, stdout: format!("simulated: {}\n", cmd.join(" ")), stderr: String::new() })
     }
 
-    fn pull_image(&self, image: &str) -> Result<Vec<String>> {
+    fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>> {
+        if auth.is_some_and(|c| (c.username.as_str(), c.password.as_str()) != SIM_ACCOUNT) {
+            // As a registry answers a wrong login, so that credentials are checked in --sim too.
+            return Err(EngineError::Server(format!(
+                "Get \"https://sim-registry/v2/\": unauthorized: incorrect username or password (pulling {image})"
+            )));
+        }
         let mut w = self.world();
         let full = if image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
             image.to_string()
@@ -294,10 +306,19 @@ impl Engine for Sim {
         if w.objects.contains_key(&(kind as u8, name.clone())) {
             return Err(EngineError::Conflict(format!("{name} already exists")));
         }
-        let id = crate::rpc::random_hex(64);
-        let v = json!({"Id": id, "Name": name, "Labels": body["Labels"], "Driver": body["Driver"].as_str().unwrap_or("local")});
+        let id = crate::ids::random_hex(64);
+        let mut v = json!({"Id": id, "Name": name, "Labels": body["Labels"], "Driver": body["Driver"].as_str().unwrap_or("local")});
+        if kind == Object::Volume {
+            v["Options"] = body["DriverOpts"].clone();
+        }
         w.objects.insert((kind as u8, name), v.clone());
         Ok(v)
+    }
+
+    fn inspect_object(&self, kind: Object, id: &str) -> Result<Value> {
+        let w = self.world();
+        let found = w.objects.iter().find(|((k, n), v)| *k == kind as u8 && (n == id || v["Id"] == id));
+        found.map(|(_, v)| v.clone()).ok_or_else(|| EngineError::NotFound(format!("no such {kind:?}: {id}")))
     }
 
     fn remove_object(&self, kind: Object, id: &str, _force: bool) -> Result<()> {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Map, Value};
 
-use crate::driver::Event;
-use crate::rpc::random_hex;
+use crate::events::Event;
+use crate::ids::random_hex;
 use crate::time::now_epoch;
 
 /// Which messaging backend carries the mesh.

@@ -6,7 +6,6 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, U
 use async_nats::rustls::{self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use async_nats::{Client, ConnectOptions, Message, ServerAddr, Subject};
 use futures_core::Stream;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{channel, unbounded_channel, Receiver, Sender, UnboundedReceiver, UnboundedSender};
 
 use super::{Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, Tls, IDLE_WAIT, REGISTER_TIMEOUT};
 
@@ -211,46 +210,35 @@ async fn run(
     tx: UnboundedSender<Msg>,
     mut rx: UnboundedReceiver<Msg>,
 ) {
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let bridge = {
-        let (tx, in_flight) = (tx.clone(), in_flight.clone());
-        tokio::task::spawn_blocking(move || bridge(links, tx, &in_flight))
-    };
-    if let Err(e) = serve(options, servers, core, &tx, &mut rx, &in_flight).await {
+    let (daemon_tx, mut daemon) = channel(BRIDGE_IN_FLIGHT);
+    let bridge = tokio::task::spawn_blocking(move || bridge(links, &daemon_tx));
+    if let Err(e) = serve(options, servers, core, &tx, &mut rx, &mut daemon).await {
         log::error!("mesh: {e}");
-        while !matches!(rx.recv().await, Some(Msg::Stop) | None) {}
+        while !matches!(daemon.recv().await, Some(Msg::Stop) | None) {}
     }
+    drop(daemon);
     let _ = bridge.await;
 }
 
-/// Events the bridge may have handed to the runtime and the mesh task not yet
-/// taken. Past this the bridge stops taking from the daemon's bounded queues,
-/// so a flood waits (or is dropped and counted) there instead of growing the
-/// runtime's unbounded channel.
+/// Messages from the daemon the bridge may have handed to the runtime and the
+/// mesh task not yet taken. When full, the bridge waits, and so the daemon's
+/// own bounded queues fill: a flood waits (or is dropped and counted) there.
+/// The runtime's other channel stays unbounded: worker threads put replies on
+/// it and must never wait for the transport.
 const BRIDGE_IN_FLIGHT: usize = 1024;
 
 /// Forward the daemon's channels into the runtime until `stop`.
-fn bridge(mut links: Links, tx: UnboundedSender<Msg>, in_flight: &AtomicUsize) {
+fn bridge(mut links: Links, tx: &Sender<Msg>) {
     let nothing = crossbeam_channel::never::<()>();
     loop {
-        while in_flight.load(Ordering::Acquire) >= BRIDGE_IN_FLIGHT {
-            if matches!(links.stop.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)) {
-                let _ = tx.send(Msg::Stop);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
         let msg = match links.next(&nothing, IDLE_WAIT) {
-            Step::Event(ev) => {
-                in_flight.fetch_add(1, Ordering::AcqRel);
-                Msg::Event(ev)
-            }
+            Step::Event(ev) => Msg::Event(ev),
             Step::Publish(p) => Msg::Publish(p),
             Step::Stop => Msg::Stop,
             Step::Other(()) | Step::Idle => continue,
         };
         let stop = matches!(msg, Msg::Stop);
-        if tx.send(msg).is_err() || stop {
+        if tx.blocking_send(msg).is_err() || stop {
             return;
         }
     }
@@ -262,7 +250,7 @@ async fn serve(
     mut core: Core,
     tx: &UnboundedSender<Msg>,
     rx: &mut UnboundedReceiver<Msg>,
-    in_flight: &AtomicUsize,
+    daemon: &mut Receiver<Msg>,
 ) -> Result<(), String> {
     let client = options.connect(servers).await.map_err(|e| format!("NATS: {e}"))?;
     for (sub, subject) in core.subscriptions() {
@@ -285,15 +273,13 @@ async fn serve(
         let deadline = core.next_deadline(Instant::now());
         let msg = tokio::select! {
             m = rx.recv() => m,
+            m = daemon.recv() => m,
             () = tokio::time::sleep_until(deadline.into()) => continue,
         };
         let now = Instant::now();
         match msg {
             None | Some(Msg::Stop) => break,
-            Some(Msg::Event(ev)) => {
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                core.push_event(ev);
-            }
+            Some(Msg::Event(ev)) => core.push_event(ev),
             Some(Msg::Publish(p)) => core.push_publish(p),
             Some(Msg::Up) => {
                 last_note.clear();

@@ -13,6 +13,7 @@ use zenoh::sample::Sample;
 use zenoh::{Session, Wait};
 
 use super::{zenoh_key, Core, Links, MeshConfig, Out, Responder, Step, Sub, Tls, REGISTER_TIMEOUT};
+use crate::encoding::{base64_encode, STANDARD};
 
 /// Zenoh's internal runtimes, unless the user set `ZENOH_RUNTIME` (zenoh
 /// reads it once, when it first starts). Receive, transmit and accept share
@@ -88,7 +89,9 @@ fn tls_json(tls: &Tls) -> Map<String, Value> {
     ] {
         match (file, pem) {
             (Some(path), _) => drop(m.insert(key.into(), json!(path))),
-            (None, Some(pem)) => drop(m.insert(format!("{key}_base64"), json!(base64(pem.as_bytes())))),
+            (None, Some(pem)) => {
+                drop(m.insert(format!("{key}_base64"), json!(base64_encode(pem.as_bytes(), STANDARD))))
+            }
             (None, None) => {}
         }
     }
@@ -97,18 +100,6 @@ fn tls_json(tls: &Tls) -> Map<String, Value> {
         m.insert("enable_mtls".into(), json!(true));
     }
     m
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
 }
 
 fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
@@ -260,15 +251,6 @@ fn send(session: &Session, tx: &Sender<Msg>, out: Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_pads() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn tls_keys_follow_the_sdk() {

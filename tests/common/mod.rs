@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use dcd::driver::{Driver, Error, Event, Events};
+use dcd::driver::Driver;
 use dcd::engine::{docker::Docker, Engine};
+use dcd::error::Error;
+use dcd::events::{Event, Events};
 use dcd::policy::Policy;
 use dcd::state::{Forward, State};
 
@@ -261,7 +263,7 @@ impl Nats {
         let writer = TcpStream::connect(("127.0.0.1", port))?;
         writer.set_nodelay(true)?;
         let reader = BufReader::new(writer.try_clone()?);
-        let inbox = format!("_INBOX.{}", dcd::rpc::random_hex(16));
+        let inbox = format!("_INBOX.{}", dcd::ids::random_hex(16));
         let mut n = Nats { reader, writer, pending: Vec::new(), inbox, sids: 0, requests: 0 };
         n.writer.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":true}\r\nPING\r\n")?;
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -370,7 +372,7 @@ pub fn subject(tenant: &str, id: &str, tail: &str) -> String {
 
 /// A JSON-RPC request payload with a fresh string id.
 pub fn rpc_request(method: &str, params: serde_json::Value) -> (String, Vec<u8>) {
-    let id = format!("t-{}", dcd::rpc::random_hex(12));
+    let id = format!("t-{}", dcd::ids::random_hex(12));
     let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
     (id, body.to_string().into_bytes())
 }

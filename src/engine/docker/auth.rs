@@ -5,32 +5,16 @@
 //! has no derived `Debug`, and every message here names a field or a file,
 //! never a value.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::encoding::{base64_decode, base64_encode, URL_SAFE};
+pub use crate::engine::Credentials;
+
 /// The `auths` key of Docker Hub (the CLI's `IndexServer`).
 const DOCKER_HUB: &str = "https://index.docker.io/v1/";
-
-/// A username and password for one registry.
-#[derive(Clone, PartialEq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-    /// The registry they are for; the image's registry when not given.
-    pub server_address: Option<String>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("server_address", &self.server_address)
-            .finish_non_exhaustive()
-    }
-}
 
 impl Credentials {
     /// The `auth` parameter of `pull_image`: null, or an object with
@@ -65,25 +49,6 @@ impl Credentials {
     }
 }
 
-thread_local! {
-    static GIVEN: RefCell<Option<Credentials>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with `creds` standing in for `config.json` for every pull `f`
-/// makes on this thread. This is how a caller's credentials reach the engine
-/// through `Engine::pull_image`, which takes only the reference; a pull runs on
-/// its caller's thread.
-pub fn with_credentials<T>(creds: Credentials, f: impl FnOnce() -> T) -> T {
-    struct Restore(Option<Credentials>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GIVEN.with(|g| *g.borrow_mut() = self.0.take());
-        }
-    }
-    let _restore = Restore(GIVEN.with(|g| g.borrow_mut().replace(creds)));
-    f()
-}
-
 /// Where the credentials of a pull came from, for error messages.
 pub(super) enum Source {
     Given,
@@ -103,11 +68,15 @@ impl fmt::Display for Source {
     }
 }
 
-/// The credentials for a pull from `registry` (an `auths` key): those given to
-/// `with_credentials`, else those `config_dir/config.json` holds for it.
-pub(super) fn lookup(config_dir: Option<&Path>, registry: &str) -> (Option<Credentials>, Source) {
-    if let Some(c) = GIVEN.with(|g| g.borrow().clone()) {
-        return (Some(c), Source::Given);
+/// The credentials for a pull from `registry` (an `auths` key): those `given`
+/// with the call, else those `config_dir/config.json` holds for it.
+pub(super) fn lookup(
+    given: Option<&Credentials>,
+    config_dir: Option<&Path>,
+    registry: &str,
+) -> (Option<Credentials>, Source) {
+    if let Some(c) = given {
+        return (Some(c.clone()), Source::Given);
     }
     let Some(path) = config_dir.map(|d| d.join("config.json")) else { return (None, Source::Missing(None)) };
     match from_config(&path, registry) {
@@ -182,74 +151,9 @@ fn from_config(path: &Path, registry: &str) -> Option<Credentials> {
     Some(Credentials { username, password, server_address: Some(key.clone()) })
 }
 
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64_encode(bytes: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Standard or URL-safe base64, padding optional (config.json files are
-/// written by more than one tool).
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = acc << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // A lone trailing character carries fewer than 8 bits: not base64.
-    (bits < 6).then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    #[test]
-    fn base64_round_trips_and_matches_known_values() {
-        assert_eq!(base64_encode(b"user:pass", STANDARD), "dXNlcjpwYXNz");
-        assert_eq!(base64_encode(b"a", STANDARD), "YQ==");
-        assert_eq!(base64_encode(b"ab", STANDARD), "YWI=");
-        assert_eq!(base64_encode(b"\xfb\xff", URL_SAFE), "-_8=");
-        assert_eq!(base64_encode(b"\xfb\xff", STANDARD), "+/8=");
-        for data in [&b""[..], b"x", b"xy", b"xyz", b"\x00\xff\x10\x80 any bytes"] {
-            for alphabet in [STANDARD, URL_SAFE] {
-                let text = base64_encode(data, alphabet);
-                assert_eq!(base64_decode(&text).as_deref(), Some(data), "{text}");
-                assert_eq!(base64_decode(text.trim_end_matches('=')).as_deref(), Some(data));
-            }
-        }
-        for bad in ["a", "ab*c", "abcde"] {
-            assert_eq!(base64_decode(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn images_name_their_registry_as_the_cli_does() {
@@ -325,13 +229,9 @@ mod tests {
     }
 
     #[test]
-    fn given_credentials_win_on_this_thread_only_and_are_restored() {
+    fn given_credentials_win_over_the_config_file() {
         let c = Credentials { username: "u".into(), password: "p".into(), server_address: None };
-        let (inside, other_thread) = with_credentials(c.clone(), || {
-            let other = std::thread::spawn(|| lookup(None, "r").0.is_some()).join().unwrap();
-            (lookup(Some(Path::new("/nonexistent")), "r").0, other)
-        });
-        assert_eq!((inside, other_thread), (Some(c), false));
-        assert!(lookup(None, "r").0.is_none());
+        assert_eq!(lookup(Some(&c), Some(Path::new("/nonexistent")), "r").0, Some(c));
+        assert!(lookup(None, None, "r").0.is_none());
     }
 }

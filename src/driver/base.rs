@@ -1,0 +1,310 @@
+//! What every function of the driver shares: the `Driver` (the engine, the
+//! policy, the state and log handles), the row type of the function table,
+//! and the shapes replies are built from.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+
+use crate::engine::{Engine, EngineError};
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::ids::short_id;
+use crate::labels::is_managed;
+use crate::logs::Follows;
+use crate::policy::{ExecRule, Kind, Policy};
+use crate::state::{Seen, StateHandle};
+use crate::sync::lock;
+
+/// How long a cached `EngineInfo` (`get_status`), or whether the engine
+/// answers at all (presence), is reused before the engine is asked again.
+const INFO_TTL: Duration = Duration::from_secs(5);
+
+/// An answer of the engine, reused for `INFO_TTL`. The lock is not held
+/// while the engine is asked, so a hung engine stalls only the caller asking.
+pub(super) struct Cached<T>(Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    pub(super) fn get(&self, refresh: bool, ask: impl FnOnce() -> T) -> T {
+        if let Some((at, v)) = lock(&self.0).as_ref() {
+            if !refresh && at.elapsed() < INFO_TTL {
+                return v.clone();
+            }
+        }
+        let v = ask();
+        *lock(&self.0) = Some((Instant::now(), v.clone()));
+        v
+    }
+}
+
+pub struct Driver {
+    pub(super) engine: Arc<dyn Engine>,
+    pub(super) simulate: bool,
+    pub(super) state_poll_hz: f64,
+    pub(super) state: StateHandle,
+    pub(super) follows: Follows,
+    pub(super) policy: Policy,
+    pub(super) info: Cached<std::result::Result<Value, EngineError>>,
+    pub(super) alive: Cached<std::result::Result<(), String>>,
+}
+
+impl Driver {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        simulate: bool,
+        state_poll_hz: f64,
+        state: StateHandle,
+        events: Events,
+        policy: Policy,
+    ) -> Self {
+        Driver {
+            policy,
+            follows: Follows::new(engine.clone(), events),
+            engine,
+            simulate,
+            state_poll_hz,
+            state,
+            info: Cached::default(),
+            alive: Cached::default(),
+        }
+    }
+
+    /// Stop every log follow (shutdown).
+    pub fn shutdown(&self) {
+        self.follows.stop_all();
+    }
+
+    /// Refuse to touch a container the policy keeps us away from: with
+    /// `owned_only` (or `exec: managed` for exec), any container without our
+    /// managed label; for exec, also any container the policy would not have
+    /// let us create (`Policy::admit_exec`).
+    fn guard(&self, id: &str, kind: Kind) -> Result<()> {
+        let exec = kind == Kind::Exec;
+        let managed_only = self.policy.owned_only || (exec && self.policy.exec == ExecRule::Managed);
+        if !managed_only && !exec {
+            return Ok(());
+        }
+        let inspect = self.engine.inspect_container(id)?;
+        if managed_only && !is_managed(&inspect["Config"]["Labels"]) {
+            return Err(Error::Policy(format!("container {id} is not managed by dcd (owned_only)")));
+        }
+        if exec {
+            self.policy.admit_exec(self.engine.as_ref(), &inspect)?;
+        }
+        Ok(())
+    }
+
+    /// `guard` for a container named by something other than a row's
+    /// `container_id` (a spec's `name`); a container that does not exist is no
+    /// reason to refuse.
+    pub(super) fn guard_if_exists(&self, id: &str, kind: Kind) -> Result<()> {
+        match self.guard(id, kind) {
+            Ok(()) | Err(Error::Engine(EngineError::NotFound(_))) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The container's summary now, after telling the state thread what we
+    /// just did to it.
+    pub(super) fn observe(&self, id: &str) -> Result<Value> {
+        let inspect = self.engine.inspect_container(id)?;
+        self.state.observed(Seen::from_inspect(&inspect));
+        Ok(summary(&inspect))
+    }
+
+    pub(super) fn summary_of(&self, id: &str) -> Result<Value> {
+        Ok(summary(&self.engine.inspect_container(id)?))
+    }
+
+    pub(super) fn summaries(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Result<Value> {
+        let mut containers = Vec::new();
+        for c in self.engine.list_containers(all)? {
+            let Some(id) = c["Id"].as_str() else { continue };
+            match self.engine.inspect_container(id) {
+                Ok(i) => {
+                    let s = summary(&i);
+                    if keep(&s) {
+                        containers.push(s);
+                    }
+                }
+                // Removed between list and inspect: it is simply gone.
+                Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(json!({"status": "success", "count": containers.len(), "containers": containers}))
+    }
+}
+
+/// Whether a function acts on one container named by its `container_id`
+/// param: then the dispatcher runs the ownership guard (`owned_only`, and the
+/// exec checks) before the handler, once, for every such row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Host,
+    Container,
+}
+
+/// A function's arguments, parsed from the keyword params, and what it does
+/// with them. Unknown, missing and mistyped params all fail in the parse,
+/// with serde's message naming the field.
+pub trait Call: DeserializeOwned + Debug {
+    fn call(self, d: &Driver) -> Result<Value>;
+}
+
+/// A row of the function table.
+pub struct Function {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub target: Target,
+    pub description: &'static str,
+    pub schema: fn() -> Value,
+    pub(super) run: fn(&Driver, &Function, Map<String, Value>) -> Result<Value>,
+    /// The params as the handler would take them, for the table's tests.
+    #[cfg(test)]
+    pub(super) parse: fn(Map<String, Value>) -> Result<String>,
+}
+
+impl Function {
+    pub const fn new<A: Call>(
+        name: &'static str,
+        kind: Kind,
+        target: Target,
+        description: &'static str,
+        schema: fn() -> Value,
+    ) -> Function {
+        Function {
+            name,
+            kind,
+            target,
+            description,
+            schema,
+            run: run::<A>,
+            #[cfg(test)]
+            parse: |p| args::<A>(p).map(|a| format!("{a:?}")),
+        }
+    }
+}
+
+fn run<A: Call>(d: &Driver, f: &Function, params: Map<String, Value>) -> Result<Value> {
+    let target = match f.target {
+        Target::Container => params.get("container_id").and_then(Value::as_str).map(String::from),
+        Target::Host => None,
+    };
+    let a: A = args(params)?;
+    if let Some(id) = target {
+        d.guard(&id, f.kind)?;
+    }
+    a.call(d)
+}
+
+/// Parse keyword params into a handler's argument struct.
+pub(super) fn args<T: DeserializeOwned>(params: Map<String, Value>) -> Result<T> {
+    serde_json::from_value(Value::Object(params)).map_err(|e| Error::Params(e.to_string()))
+}
+
+pub(super) fn no_params() -> Value {
+    json!({"type": "object", "properties": {}, "required": []})
+}
+
+pub(super) fn container_id_schema() -> Value {
+    json!({"type": "string", "description": "Container ID or name."})
+}
+
+pub(super) fn id_only_schema() -> Value {
+    json!({"type": "object", "properties": {"container_id": container_id_schema()},
+           "required": ["container_id"]})
+}
+
+pub(super) fn object_schema(props: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": props, "required": required})
+}
+
+/// `ContainerSummary` (spec §7.2) from inspect data.
+pub fn summary(i: &Value) -> Value {
+    let id = i["Id"].as_str().unwrap_or_default();
+    let labels = match &i["Config"]["Labels"] {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    let ports = match &i["NetworkSettings"]["Ports"] {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    let state = i["State"]["Status"].clone();
+    let endpoints = endpoints(&ports, &i["NetworkSettings"]["Networks"]);
+    json!({
+        "endpoints": endpoints,
+        "id": short_id(id),
+        "name": i["Name"].as_str().unwrap_or_default().trim_start_matches('/'),
+        "image": i["Config"]["Image"],
+        "status": state,
+        "state": state,
+        "managed_by_dcd": is_managed(&labels),
+        "labels": labels,
+        "ports": ports,
+        "created": i["Created"],
+    })
+}
+
+/// Extension: for each exposed port, the addresses it is reached at from
+/// the container's networks and from the host.
+fn endpoints(ports: &Value, networks: &Value) -> Value {
+    let ips: Vec<&str> = networks
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|n| n["IPAddress"].as_str())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    let list: Vec<Value> = ports
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, bindings)| {
+            let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+            let scheme = if proto == "udp" { "udp" } else { "tcp" };
+            let host: Vec<String> = bindings
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| {
+                    let hp = b["HostPort"].as_str().filter(|p| !p.is_empty())?;
+                    let ip = b["HostIp"].as_str().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0" && *ip != "::").unwrap_or("localhost");
+                    Some(format!("{scheme}://{ip}:{hp}"))
+                })
+                .collect();
+            json!({"port": key, "network_urls": ips.iter().map(|ip| format!("{scheme}://{ip}:{port}")).collect::<Vec<_>>(),
+                   "host_urls": host})
+        })
+        .collect();
+    Value::Array(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::MANAGED_LABEL;
+
+    #[test]
+    fn summary_shapes_inspect_data() {
+        let s = summary(&json!({"Id": "0123456789abcdef", "Name": "/web", "Created": "t",
+            "Config": {"Image": "img", "Labels": {MANAGED_LABEL: "true"}},
+            "State": {"Status": "running"}, "NetworkSettings": {"Ports": null}}));
+        assert_eq!(
+            s,
+            json!({"id": "0123456789ab", "name": "web", "image": "img", "status": "running",
+            "state": "running", "labels": {MANAGED_LABEL: "true"}, "ports": {}, "created": "t",
+            "managed_by_dcd": true, "endpoints": []})
+        );
+    }
+}

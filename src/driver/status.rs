@@ -1,0 +1,98 @@
+//! The host itself: whether the engine answers, what it is, and what this
+//! device says of itself in presence and registration.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::base::{no_params, Call, Driver, Function, Target};
+use crate::engine::EngineError;
+use crate::error::Result;
+use crate::policy::Kind;
+
+impl Driver {
+    /// `identity` of presence and registration (spec §7.1).
+    pub fn identity(&self, device_id: &str) -> Value {
+        let model =
+            if self.simulate { format!("simulated ({device_id})") } else { format!("Docker Engine ({device_id})") };
+        json!({"device_type": "docker_host", "manufacturer": "Docker", "model": model,
+               "description": "Docker host \u{2014} provision and control containers via Device Connect"})
+    }
+
+    /// `status` of presence and registration: "idle" while the engine answers,
+    /// "offline" with `error_state` when it does not. Asked every few seconds
+    /// for as long as the daemon runs, so it only pings the engine.
+    pub fn status(&self) -> Value {
+        let alive = self.alive.get(false, || self.engine.ping().map_err(|e| e.to_string()));
+        let mut s = json!({"ts": crate::time::now_rfc3339(), "availability": "idle",
+                           "busy_score": 0.0, "online": true});
+        if let Err(e) = alive {
+            s["availability"] = json!("offline");
+            s["error_state"] = json!(e);
+        }
+        s
+    }
+
+    fn cached_info(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
+        self.info.get(refresh, || {
+            self.engine.info().map(|mut v| {
+                v["connected"] = json!(true);
+                if self.simulate {
+                    v["simulated"] = json!(true);
+                }
+                v
+            })
+        })
+    }
+}
+
+pub const GET_STATUS: Function = Function::new::<GetStatus>(
+    "get_status",
+    Kind::Read,
+    Target::Host,
+    "Return driver and Docker Engine connectivity status.",
+    no_params,
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct GetStatus {}
+
+impl Call for GetStatus {
+    fn call(self, d: &Driver) -> Result<Value> {
+        // `EngineInfo` plus `connected` (and `error` when not), from the cache unless stale.
+        let docker = match d.cached_info(false) {
+            Ok(v) => v,
+            Err(e) => json!({"connected": false, "error": e.to_string()}),
+        };
+        Ok(json!({
+            "status": "success",
+            "connected": docker["connected"],
+            "device_type": "docker_host",
+            "simulate": d.simulate,
+            "docker_host": d.engine.host(),
+            "state_poll_hz": d.state_poll_hz,
+            "log_follow_active": d.follows.active(),
+            "docker": docker,
+        }))
+    }
+}
+
+pub const PING_DOCKER: Function = Function::new::<PingDocker>(
+    "ping_docker",
+    Kind::Read,
+    Target::Host,
+    "Ping the Docker Engine and refresh cached engine metadata.",
+    no_params,
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PingDocker {}
+
+impl Call for PingDocker {
+    fn call(self, d: &Driver) -> Result<Value> {
+        let mut info = d.cached_info(true)?;
+        info["status"] = json!("success");
+        Ok(info)
+    }
+}

@@ -1,0 +1,195 @@
+//! Events for the mesh: their names, the schemas we advertise for them, and
+//! the two bounded queues that carry them to the transport thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use serde_json::{json, Map, Value};
+
+use crate::ids::random_hex;
+
+pub const STATE_CHANGED: &str = "container_state_changed";
+pub const LOG_LINE: &str = "container_log_line";
+/// Extension, opt-in: the engine's container events as they come.
+pub const ENGINE_EVENT: &str = "engine_event";
+
+/// An event for the mesh: its name (the last token of its subject) and the
+/// whole JSON-RPC notification (spec §4.1). The emitting thread builds it, so
+/// the transport thread only puts bytes on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: &'static str,
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    pub fn new(name: &'static str, params: Value) -> Event {
+        let mut params = match params {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        params.insert("event_id".into(), json!(random_hex(8)));
+        params.insert("ts".into(), json!(crate::time::now_rfc3339()));
+        params.insert("_trace_id".into(), json!(random_hex(16)));
+        let body = json!({"jsonrpc": "2.0", "method": name, "params": params});
+        Event { name, payload: body.to_string().into_bytes() }
+    }
+}
+
+/// How long a log follow waits for room in its queue before it drops lines.
+/// The engine keeps the log, so waiting loses nothing; only a transport stuck
+/// this long makes a follow drop (and say so).
+const LOG_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting follow checks whether it was stopped.
+const LOG_WAIT_SLICE: Duration = Duration::from_millis(20);
+
+/// The sending side of the two bounded event queues to the transport: one
+/// for state changes, one for the bulk (log lines, forwarded engine events),
+/// so a chatty container can crowd out only bulk, never a
+/// `container_state_changed`.
+#[derive(Clone)]
+pub struct Events {
+    state: Sender<Event>,
+    bulk: Sender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Events {
+    pub fn new(state: Sender<Event>, bulk: Sender<Event>) -> Self {
+        Events { state, bulk, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Queue an event without waiting; false when its queue is full and it
+    /// was dropped. The state thread must never wait on the transport.
+    pub fn emit(&self, name: &'static str, params: Value) -> bool {
+        let queue = if name == STATE_CHANGED { &self.state } else { &self.bulk };
+        match queue.try_send(Event::new(name, params)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.count_drop();
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Queue a log line, waiting up to `LOG_WAIT` for room unless `stopped`
+    /// is set; false when it was dropped.
+    pub fn emit_line(&self, params: Value, stopped: &AtomicBool) -> bool {
+        let mut ev = Event::new(LOG_LINE, params);
+        let deadline = Instant::now() + LOG_WAIT;
+        loop {
+            match self.bulk.send_timeout(ev, LOG_WAIT_SLICE) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if stopped.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        self.count_drop();
+                        return false;
+                    }
+                    ev = back;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    fn count_drop(&self) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::warn!("event queue full: {n} events dropped so far");
+        }
+    }
+}
+
+/// The events of presence and registration (spec §3.2), with their payload schemas.
+pub fn advertised(engine_events: bool) -> Value {
+    let string = |d: &str| json!({"type": "string", "description": d});
+    let mut events = json!([
+        {"name": STATE_CHANGED, "description": "Emitted when a container transitions state.",
+         "payload_schema": {"type": "object", "properties": {
+             "container_id": string("12-character container id."),
+             "name": string("Container name."),
+             "previous_state": {"type": ["string", "null"],
+                                "description": "State before the transition; null for a new container."},
+             "state": string("New state; \"removed\" when the container is gone."),
+             "image": string("Image the container was created from.")},
+           "required": ["container_id", "name", "previous_state", "state", "image"]},
+         "labels": null, "tags": []},
+        {"name": LOG_LINE,
+         "description": "Emitted for each log line when ``container_logs`` is called with ``follow=true``.",
+         "payload_schema": {"type": "object", "properties": {
+             "container_id": string("Container id or name as passed to container_logs."),
+             "line": string("One log line without its newline."),
+             "stream": {"type": "string", "default": "stdout",
+                        "description": "\"stdout\" or \"stderr\"; \"dcd\" for a notice that lines were dropped."},
+             "ts_engine": string("The engine's RFC3339Nano time of the line, when the follow asked for timestamps.")},
+           "required": ["container_id", "line"]},
+         "labels": null, "tags": []}
+    ]);
+    if engine_events {
+        events.as_array_mut().expect("a list").push(json!(
+            {"name": ENGINE_EVENT,
+             "description": "The Docker Engine's container events as they come (create, start, die, exec_start, ...).",
+             "payload_schema": {"type": "object", "properties": {
+                 "type": string("Engine object type: \"container\"."),
+                 "action": string("Engine action, e.g. \"start\", \"die\", \"health_status: healthy\"."),
+                 "id": string("Full container id."),
+                 "name": string("Container name."),
+                 "attributes": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "The engine's attributes: labels, image, name, exitCode, ..."},
+                 "time_nano": {"type": "integer", "description": "The engine's event time, Unix nanoseconds."}},
+               "required": ["type", "action", "id", "name", "attributes"]},
+             "labels": null, "tags": []}));
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_the_envelope() {
+        let ev = Event::new(STATE_CHANGED, json!({"container_id": "abc", "previous_state": null}));
+        assert_eq!(ev.name, STATE_CHANGED);
+        let ev: Value = serde_json::from_slice(&ev.payload).unwrap();
+        assert_eq!(ev["jsonrpc"], "2.0");
+        assert_eq!(ev["method"], STATE_CHANGED);
+        assert!(ev.get("id").is_none());
+        let p = &ev["params"];
+        assert_eq!(p["container_id"], "abc");
+        assert!(p["previous_state"].is_null());
+        let hex = |v: &Value, n: usize| {
+            let s = v.as_str().unwrap();
+            s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        assert!(hex(&p["event_id"], 8), "{p}");
+        assert!(hex(&p["_trace_id"], 16), "{p}");
+        let ts = p["ts"].as_str().unwrap();
+        assert!(crate::time::parse_rfc3339(ts).is_some() && ts.ends_with('Z') && ts.len() == 20, "{ts}");
+    }
+
+    #[test]
+    fn a_log_line_waits_for_room_until_stopped() {
+        let (state, _keep) = crossbeam_channel::bounded(1);
+        let (bulk, rx) = crossbeam_channel::bounded(1);
+        let events = Events::new(state, bulk);
+        let go = AtomicBool::new(false);
+        assert!(events.emit_line(json!({"line": "1"}), &go));
+        assert!(!events.emit(LOG_LINE, json!({"line": "2"})), "full: dropped without waiting");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                rx.recv().unwrap();
+            });
+            assert!(events.emit_line(json!({"line": "3"}), &go), "waits until the transport takes one");
+        });
+        let stop = AtomicBool::new(true);
+        let t = Instant::now();
+        assert!(!events.emit_line(json!({"line": "4"}), &stop));
+        assert!(t.elapsed() < Duration::from_millis(100), "a stopped follow does not wait");
+        assert_eq!(events.dropped.load(Ordering::Relaxed), 2);
+    }
+}

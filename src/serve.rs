@@ -1,0 +1,174 @@
+//! The threads between the mesh and the driver: request workers, the
+//! scheduler that holds broadcasts until their `fire_at`, and the describe
+//! thread that keeps what the transport announces up to date.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+
+use crate::driver::Driver;
+use crate::mesh::{Describe, Inbound, Publish};
+use crate::rpc::{self, Broadcast};
+use crate::sync::lock;
+
+/// How often what the transport announces is brought up to date.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(1);
+/// Broadcasts held for a later `fire_at` at once; more are not answered.
+const SCHEDULED_MAX: usize = 1024;
+
+/// The request workers and the broadcast scheduler. They stop when the
+/// transport drops its side of `inbound`.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn start(
+        n: usize,
+        driver: Arc<Driver>,
+        device_id: &str,
+        inbound: Receiver<Inbound>,
+        publish: Sender<Publish>,
+    ) -> Result<Workers, String> {
+        let (later_tx, later_rx) = bounded::<(Instant, Broadcast)>(SCHEDULED_MAX);
+        let (due_tx, due_rx) = bounded::<Broadcast>(SCHEDULED_MAX);
+        let mut threads = vec![spawn("schedule", move || schedule(&later_rx, &due_tx))?];
+        for i in 0..n {
+            let w = Worker {
+                driver: driver.clone(),
+                device_id: device_id.to_string(),
+                inbound: inbound.clone(),
+                due: due_rx.clone(),
+                later: later_tx.clone(),
+                publish: publish.clone(),
+            };
+            threads.push(spawn(&format!("worker-{i}"), move || w.run())?);
+        }
+        Ok(Workers { threads })
+    }
+
+    /// Wait for every worker and the scheduler to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+struct Worker {
+    driver: Arc<Driver>,
+    device_id: String,
+    inbound: Receiver<Inbound>,
+    /// Scheduled broadcasts whose time has come.
+    due: Receiver<Broadcast>,
+    later: Sender<(Instant, Broadcast)>,
+    publish: Sender<Publish>,
+}
+
+impl Worker {
+    fn run(&self) {
+        loop {
+            select! {
+                recv(self.inbound) -> msg => match msg {
+                    Ok(Inbound::Request { payload, reply }) => {
+                        if let Some(bytes) = rpc::handle(&self.driver, &self.device_id, &payload, reply.max_payload) {
+                            reply.send(bytes);
+                        }
+                    }
+                    Ok(Inbound::Broadcast { payload }) => {
+                        if let Some(b) = rpc::broadcast(&self.device_id, &payload) {
+                            self.fire_or_schedule(b);
+                        }
+                    }
+                    Err(_) => return,
+                },
+                recv(self.due) -> b => if let Ok(b) = b {
+                    self.fire(b)
+                },
+            }
+        }
+    }
+
+    fn fire_or_schedule(&self, b: Broadcast) {
+        match b.delay {
+            Some(delay) => {
+                if self.later.try_send((Instant::now() + delay, b)).is_err() {
+                    log::warn!("{SCHEDULED_MAX} broadcasts already wait for their fire_at; not answering one more");
+                }
+            }
+            None => self.fire(b),
+        }
+    }
+
+    fn fire(&self, b: Broadcast) {
+        if let Some((topic, payload)) = rpc::fire(&self.driver, &self.device_id, b) {
+            let _ = self.publish.send(Publish { topic, payload });
+        }
+    }
+}
+
+/// Hold broadcasts until their time, then hand them to whichever worker is
+/// free. Ends when every worker has gone.
+fn schedule(later: &Receiver<(Instant, Broadcast)>, due: &Sender<Broadcast>) {
+    // Ordered by time; the sequence number keeps the heap from comparing broadcasts.
+    let mut held: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut items = std::collections::HashMap::new();
+    let mut seq = 0u64;
+    loop {
+        let now = Instant::now();
+        while let Some(Reverse((at, n))) = held.peek().copied() {
+            if at > now {
+                break;
+            }
+            held.pop();
+            if let Some(b) = items.remove(&n) {
+                let _ = due.try_send(b);
+            }
+        }
+        let wait = held.peek().map_or(Duration::from_secs(3600), |Reverse((at, _))| at.saturating_duration_since(now));
+        select! {
+            recv(later) -> m => match m {
+                Ok((at, b)) => {
+                    seq += 1;
+                    held.push(Reverse((at, seq)));
+                    items.insert(seq, b);
+                }
+                Err(_) => return,
+            },
+            default(wait) => {}
+        }
+    }
+}
+
+/// What the transport thread announces (presence, registration). It must never wait for the
+/// engine: a hung engine would otherwise silence presence, heartbeats and every request for the
+/// engine's call timeout, again and again. So a thread of its own asks the driver, and the
+/// transport reads its latest answer. Start-up waits for the first answer only briefly.
+pub fn describer(driver: Arc<Driver>, id: String) -> Result<Describe, String> {
+    // Capabilities and identity never change while the daemon runs: built once. Only the status
+    // is refreshed, and the whole body is put together only when the transport sends it.
+    let base = rpc::registration_pending(&driver, &id);
+    let (first_tx, first_rx) = bounded(1);
+    let status = Arc::new(Mutex::new(base["status"].clone()));
+    let latest = status.clone();
+    spawn("describe", move || loop {
+        let fresh = driver.status();
+        *lock(&latest) = fresh;
+        let _ = first_tx.try_send(());
+        std::thread::sleep(DESCRIBE_EVERY);
+    })?;
+    let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
+    Ok(Arc::new(move || {
+        let mut body = base.clone();
+        body["status"] = lock(&status).clone();
+        body
+    }))
+}
