@@ -91,6 +91,10 @@ pub struct Config {
     /// under `owned_only`.
     pub forward: Forward,
     pub mesh: MeshConfig,
+    /// systemd's notification socket (`NOTIFY_SOCKET`), when run as `Type=notify`.
+    pub notify_socket: Option<String>,
+    /// systemd's watchdog interval (`WATCHDOG_USEC`), when it is for us.
+    pub watchdog: Option<Duration>,
 }
 
 /// Where values come from besides flags; a closure so tests can pass a map.
@@ -251,6 +255,8 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
         state_poll_hz,
         workers,
         in_container: truthy(env("DCD_CONTAINER")),
+        notify_socket: env("NOTIFY_SOCKET"),
+        watchdog: crate::notify::watchdog_interval(env("WATCHDOG_USEC").as_deref(), env("WATCHDOG_PID").as_deref()),
         mesh: MeshConfig {
             backend,
             device_id,
@@ -265,6 +271,10 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
             tls,
             tls_skip_hostname: true,
             ttl: Duration::from_secs(15),
+            test_wedge_after: env("DCD_TEST_WEDGE_TRANSPORT_S")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| *s >= 0.0)
+                .map(Duration::from_secs_f64),
         },
     })
 }

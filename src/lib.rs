@@ -3,11 +3,11 @@
 //! The binary (`main.rs`) wires threads together; everything it wires lives
 //! here, one module per concern, in one-way layers (README, "Design"):
 //!
-//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`: import nothing of ours;
+//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
 //! 3. `spec`, `compose`, `logs`, `state`;
 //! 4. `driver`: the function table;
-//! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads), then `config`.
+//! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads) and `watchdog`, then `config`.
 
 // The advertised JSON schemas are large `json!` literals.
 #![recursion_limit = "256"]
@@ -23,6 +23,7 @@ pub mod ids;
 pub mod labels;
 pub mod logs;
 pub mod mesh;
+pub mod notify;
 pub mod policy;
 pub mod rpc;
 pub mod serve;
@@ -30,3 +31,4 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod time;
+pub mod watchdog;

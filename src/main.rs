@@ -1,6 +1,7 @@
 //! Wires the threads together: engine client, state thread, driver, request
 //! workers and the mesh transport; then waits for SIGTERM/SIGINT.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,10 @@ use dcd::driver::Driver;
 use dcd::engine::{docker::Docker, sim::Sim, Engine};
 use dcd::events::Events;
 use dcd::mesh::{self, Inbound, Publish};
+use dcd::notify::Notifier;
 use dcd::serve::{describer, Workers};
 use dcd::state::State;
+use dcd::watchdog::{self, Watch};
 
 /// Orderly shutdown gets this long before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -75,14 +78,24 @@ fn run(cfg: Config) -> Result<(), String> {
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let (publish_tx, publish_rx) = bounded::<Publish>(256);
     let (stop_tx, stop_rx) = bounded::<()>(0);
-    let describe = describer(driver.clone(), device_id.clone())?;
+    let engine_asked = Arc::new(AtomicBool::new(false));
+    let describe = describer(driver.clone(), device_id.clone(), engine_asked.clone())?;
+    let pulse = transport.pulse();
     let transport = transport
-        .spawn(describe, inbound_tx, [state_rx, bulk_rx], publish_rx, stop_rx)
+        .spawn(describe, inbound_tx, [state_rx, bulk_rx], publish_rx, stop_rx.clone())
         .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
     let workers = Workers::start(cfg.workers, driver.clone(), &device_id, inbound_rx, publish_tx)?;
+    let notifier = Notifier::new(cfg.notify_socket.as_deref());
+    if let Some(n) = notifier {
+        let watch = Watch { pulse, busy: workers.busy(), engine_asked };
+        watchdog::start(n, cfg.watchdog, watch, stop_rx).map_err(|e| format!("cannot start the watchdog: {e}"))?;
+    }
 
     let sig = wait_signal(&signals);
     log::info!("signal {sig}: shutting down");
+    if let Some(n) = Notifier::new(cfg.notify_socket.as_deref()) {
+        n.send("STOPPING=1");
+    }
     std::thread::spawn(move || {
         let sig = wait_signal(&signals);
         log::warn!("second signal {sig}: exiting now");

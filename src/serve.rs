@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,38 @@ const SCHEDULED_MAX: usize = 1024;
 /// transport drops its side of `inbound`.
 pub struct Workers {
     threads: Vec<JoinHandle<()>>,
+    busy: Busy,
+}
+
+/// When each worker took the call it is on (milliseconds after `since`, plus
+/// one; 0 while idle), so the watchdog can tell a pool wedged on calls that
+/// never return from one that is merely busy.
+#[derive(Clone)]
+pub struct Busy {
+    since: Instant,
+    workers: Arc<[AtomicU64]>,
+}
+
+impl Busy {
+    fn new(n: usize) -> Busy {
+        Busy { since: Instant::now(), workers: (0..n).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn set(&self, i: usize, busy: bool) {
+        let v = if busy { self.since.elapsed().as_millis() as u64 + 1 } else { 0 };
+        self.workers[i].store(v, Ordering::Relaxed);
+    }
+
+    /// Whether every worker has been on its current call for longer than `limit`.
+    pub fn all_stuck(&self, limit: Duration) -> bool {
+        let now = self.since.elapsed().as_millis() as u64 + 1;
+        let limit = limit.as_millis() as u64;
+        !self.workers.is_empty()
+            && self.workers.iter().all(|w| {
+                let at = w.load(Ordering::Relaxed);
+                at != 0 && now.saturating_sub(at) > limit
+            })
+    }
 }
 
 impl Workers {
@@ -37,8 +70,11 @@ impl Workers {
         let (later_tx, later_rx) = bounded::<(Instant, Broadcast)>(SCHEDULED_MAX);
         let (due_tx, due_rx) = bounded::<Broadcast>(SCHEDULED_MAX);
         let mut threads = vec![spawn("schedule", move || schedule(&later_rx, &due_tx))?];
+        let busy = Busy::new(n);
         for i in 0..n {
             let w = Worker {
+                index: i,
+                busy: busy.clone(),
                 driver: driver.clone(),
                 device_id: device_id.to_string(),
                 inbound: inbound.clone(),
@@ -48,7 +84,12 @@ impl Workers {
             };
             threads.push(spawn(&format!("worker-{i}"), move || w.run())?);
         }
-        Ok(Workers { threads })
+        Ok(Workers { threads, busy })
+    }
+
+    /// What each worker is doing, for the watchdog.
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
     }
 
     /// Wait for every worker and the scheduler to finish.
@@ -64,6 +105,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 }
 
 struct Worker {
+    index: usize,
+    busy: Busy,
     driver: Arc<Driver>,
     device_id: String,
     inbound: Receiver<Inbound>,
@@ -77,24 +120,39 @@ impl Worker {
     fn run(&self) {
         loop {
             select! {
-                recv(self.inbound) -> msg => match msg {
-                    Ok(Inbound::Request { payload, reply }) => {
-                        if let Some(bytes) = rpc::handle(&self.driver, &self.device_id, &payload, reply.max_payload) {
-                            reply.send(bytes);
-                        }
+                recv(self.inbound) -> msg => {
+                    self.busy.set(self.index, true);
+                    let more = self.take(msg);
+                    self.busy.set(self.index, false);
+                    if !more {
+                        return;
                     }
-                    Ok(Inbound::Broadcast { payload }) => {
-                        if let Some(b) = rpc::broadcast(&self.device_id, &payload) {
-                            self.fire_or_schedule(b);
-                        }
-                    }
-                    Err(_) => return,
-                },
+                }
                 recv(self.due) -> b => if let Ok(b) = b {
-                    self.fire(b)
+                    self.busy.set(self.index, true);
+                    self.fire(b);
+                    self.busy.set(self.index, false);
                 },
             }
         }
+    }
+
+    /// Serve one message from the mesh; false when the transport has gone.
+    fn take(&self, msg: Result<Inbound, crossbeam_channel::RecvError>) -> bool {
+        match msg {
+            Ok(Inbound::Request { payload, reply }) => {
+                if let Some(bytes) = rpc::handle(&self.driver, &self.device_id, &payload, reply.max_payload) {
+                    reply.send(bytes);
+                }
+            }
+            Ok(Inbound::Broadcast { payload }) => {
+                if let Some(b) = rpc::broadcast(&self.device_id, &payload) {
+                    self.fire_or_schedule(b);
+                }
+            }
+            Err(_) => return false,
+        }
+        true
     }
 
     fn fire_or_schedule(&self, b: Broadcast) {
@@ -152,7 +210,8 @@ fn schedule(later: &Receiver<(Instant, Broadcast)>, due: &Sender<Broadcast>) {
 /// engine: a hung engine would otherwise silence presence, heartbeats and every request for the
 /// engine's call timeout, again and again. So a thread of its own asks the driver, and the
 /// transport reads its latest answer. Start-up waits for the first answer only briefly.
-pub fn describer(driver: Arc<Driver>, id: String) -> Result<Describe, String> {
+/// `asked` is set once the engine has answered, or been found offline, for the first time.
+pub fn describer(driver: Arc<Driver>, id: String, asked: Arc<AtomicBool>) -> Result<Describe, String> {
     // Capabilities and identity never change while the daemon runs: built once. Only the status
     // is refreshed, and the whole body is put together only when the transport sends it.
     let base = rpc::registration_pending(&driver, &id);
@@ -162,6 +221,7 @@ pub fn describer(driver: Arc<Driver>, id: String) -> Result<Describe, String> {
     spawn("describe", move || loop {
         let fresh = driver.status();
         *lock(&latest) = fresh;
+        asked.store(true, Ordering::Relaxed);
         let _ = first_tx.try_send(());
         std::thread::sleep(DESCRIBE_EVERY);
     })?;

@@ -55,6 +55,8 @@ pub struct Driver {
     pub(super) policy: Policy,
     pub(super) info: Cached<std::result::Result<Value, EngineError>>,
     pub(super) alive: Cached<std::result::Result<(), String>>,
+    /// Whether the engine answered when last asked, so that only the changes are logged.
+    pub(super) engine_up: Mutex<Option<bool>>,
 }
 
 impl Driver {
@@ -75,6 +77,7 @@ impl Driver {
             state,
             info: Cached::default(),
             alive: Cached::default(),
+            engine_up: Mutex::new(None),
         }
     }
 

@@ -8,6 +8,7 @@ use super::base::{no_params, Call, Driver, Function, Target};
 use crate::engine::EngineError;
 use crate::error::Result;
 use crate::policy::Kind;
+use crate::sync::lock;
 
 impl Driver {
     /// `identity` of presence and registration (spec §7.1).
@@ -23,6 +24,7 @@ impl Driver {
     /// for as long as the daemon runs, so it only pings the engine.
     pub fn status(&self) -> Value {
         let alive = self.alive.get(false, || self.engine.ping().map_err(|e| e.to_string()));
+        self.note_engine(&alive);
         let mut s = json!({"ts": crate::time::now_rfc3339(), "availability": "idle",
                            "busy_score": 0.0, "online": true});
         if let Err(e) = alive {
@@ -30,6 +32,21 @@ impl Driver {
             s["error_state"] = json!(e);
         }
         s
+    }
+
+    /// Log each change of whether the engine answers, once, with what to check.
+    fn note_engine(&self, alive: &std::result::Result<(), String>) {
+        let up = alive.is_ok();
+        let before = lock(&self.engine_up).replace(up);
+        if before == Some(up) {
+            return;
+        }
+        let host = self.engine.host().unwrap_or_else(|| "the simulator".into());
+        match alive {
+            Err(e) => log::warn!("engine at {host} does not answer: {e} ({})", engine_hint(e)),
+            Ok(()) if before.is_some() => log::info!("engine at {host} answers again"),
+            Ok(()) => log::debug!("engine at {host} answers"),
+        }
     }
 
     fn cached_info(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
@@ -42,6 +59,19 @@ impl Driver {
                 v
             })
         })
+    }
+}
+
+/// What an operator should check, from how the engine failed.
+fn engine_hint(e: &str) -> &'static str {
+    if e.contains("os error 2") || e.contains("No such file") {
+        "is Docker (or Podman) running, and is its socket mounted into this container?"
+    } else if e.contains("os error 13") || e.contains("ermission denied") {
+        "is this user in the docker group, or allowed on the socket?"
+    } else if e.contains("os error 111") || e.contains("refused") {
+        "is the engine running and listening at this address?"
+    } else {
+        "is the engine running, and is this its address?"
     }
 }
 

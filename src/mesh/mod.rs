@@ -6,6 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,45 @@ pub struct MeshConfig {
     pub tls_skip_hostname: bool,
     /// Lease the registry keeps; heartbeats go every ttl/3.
     pub ttl: Duration,
+    /// Tests only (`DCD_TEST_WEDGE_TRANSPORT_S`): the transport thread stops
+    /// turning over this long after it starts, so the watchdog can be seen to
+    /// stop pinging.
+    pub test_wedge_after: Option<Duration>,
+}
+
+/// How the transport thread is doing, for the watchdog: when it last went
+/// round its loop, and whether its session is up.
+#[derive(Clone, Default)]
+pub struct Pulse {
+    /// Milliseconds since `started`, at the last turn.
+    turned_ms: Arc<AtomicU64>,
+    connected: Arc<AtomicBool>,
+    started: Arc<OnceInstant>,
+}
+
+/// An `Instant` fixed at creation, shared.
+struct OnceInstant(Instant);
+
+impl Default for OnceInstant {
+    fn default() -> Self {
+        OnceInstant(Instant::now())
+    }
+}
+
+impl Pulse {
+    fn turn(&self) {
+        self.turned_ms.store(self.started.0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long ago the transport thread last went round its loop.
+    pub fn since_turn(&self) -> Duration {
+        let now = self.started.0.elapsed();
+        now.saturating_sub(Duration::from_millis(self.turned_ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
 }
 
 /// The registration params of this device (spec §3.6): `device_id`,
@@ -122,6 +163,7 @@ mod zenoh;
 /// environment, which is only safe to change while nothing else runs.
 pub struct Transport {
     cfg: MeshConfig,
+    pulse: Pulse,
     run: Box<dyn FnOnce(Core, Links) + Send>,
 }
 
@@ -141,10 +183,15 @@ pub fn prepare(cfg: MeshConfig) -> io::Result<Transport> {
             ))
         }
     };
-    Ok(Transport { cfg, run })
+    Ok(Transport { cfg, run, pulse: Pulse::default() })
 }
 
 impl Transport {
+    /// The transport thread's pulse, to watch it from another thread.
+    pub fn pulse(&self) -> Pulse {
+        self.pulse.clone()
+    }
+
     /// Start the transport thread ("mesh"). It owns the session, serves until
     /// `stop` disconnects, then departs (D2D), flushes and closes within about
     /// a second.
@@ -157,7 +204,8 @@ impl Transport {
         stop: Receiver<()>,
     ) -> io::Result<JoinHandle<()>> {
         let links = Links { events, bulk, publish, stop };
-        let core = Core::new(&self.cfg, describe, inbound);
+        let mut core = Core::new(&self.cfg, describe, inbound);
+        core.pulse = self.pulse;
         let run = self.run;
         thread(move || run(core, links))
     }
@@ -201,6 +249,8 @@ const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const QUEUE_LIMIT: usize = 10_000;
 /// Timers further out than this are not worth waking for.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// The longest the transport thread waits without going round its loop.
+const PULSE_EVERY: Duration = Duration::from_secs(5);
 
 /// What a subscription carries; the backend tags each message with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +369,10 @@ struct Core {
     dropped: u64,
     /// `device-connect.<tenant>.<device_id>.event.`
     event_prefix: String,
+    /// The broker or endpoints, for the log.
+    address: String,
+    pulse: Pulse,
+    wedge_at: Option<Instant>,
 }
 
 impl Core {
@@ -338,6 +392,9 @@ impl Core {
             queue: VecDeque::new(),
             dropped: 0,
             event_prefix: format!("{SUBJECT_ROOT}.{}.{}.event.", cfg.tenant, cfg.device_id),
+            address: if cfg.urls.is_empty() { "the LAN (scouting)".into() } else { cfg.urls.join(", ") },
+            pulse: Pulse::default(),
+            wedge_at: cfg.test_wedge_after.map(|d| now + d),
         }
     }
 
@@ -367,8 +424,9 @@ impl Core {
             return;
         }
         self.connected = true;
+        self.pulse.connected.store(true, Ordering::Relaxed);
         if self.presence.is_some() || self.registration.is_some() {
-            log::info!("mesh connection back");
+            log::info!("mesh: connection to {} back", self.address);
         }
         self.next_heartbeat = now;
         if self.d2d {
@@ -383,9 +441,13 @@ impl Core {
 
     fn disconnected(&mut self) {
         if self.connected {
-            log::warn!("mesh connection lost; events wait for it to come back");
+            log::warn!(
+                "mesh: connection to {} lost; events wait for it to come back (is the broker or peer up and reachable?)",
+                self.address
+            );
         }
         self.connected = false;
+        self.pulse.connected.store(false, Ordering::Relaxed);
     }
 
     /// One incoming message. `reply` is how to answer a request, if anyone
@@ -498,6 +560,13 @@ impl Core {
     /// Everything due at `now`: queued events, heartbeat, presence, a
     /// registration attempt. Nothing while the session is down.
     fn due(&mut self, now: Instant) -> Vec<Out> {
+        if self.wedge_at.is_some_and(|at| now >= at) {
+            log::warn!("transport wedged on purpose (DCD_TEST_WEDGE_TRANSPORT_S)");
+            loop {
+                std::thread::park();
+            }
+        }
+        self.pulse.turn();
         if !self.connected {
             return Vec::new();
         }
@@ -541,7 +610,9 @@ impl Core {
 
     /// When `due` next has something to do (far away while disconnected).
     fn next_deadline(&self, now: Instant) -> Instant {
-        let mut next = now + IDLE_WAIT;
+        // Even with nothing due, turn over now and then: the watchdog reads
+        // a thread that has not for long as wedged.
+        let mut next = now + PULSE_EVERY;
         if !self.connected {
             return next;
         }
@@ -613,6 +684,7 @@ mod tests {
             tls: Tls::default(),
             tls_skip_hostname: true,
             ttl: Duration::from_secs(15),
+            test_wedge_after: None,
         }
     }
 

@@ -296,7 +296,7 @@ async fn serve(
             Some(Msg::Ready) => log::info!("mesh ready"),
             Some(Msg::Note(note)) => {
                 if note != last_note {
-                    log::warn!("NATS: {note}");
+                    log::warn!("NATS {}: {note} (is the broker address right, and is it up?)", core.address);
                     last_note = note;
                 }
             }

@@ -119,6 +119,13 @@ impl Proc {
         false
     }
 
+    /// Every output line within `d`.
+    pub fn lines_for(&self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        std::iter::from_fn(|| self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
+            .collect()
+    }
+
     pub fn expect_line(&self, needle: &str, timeout: Duration) {
         assert!(self.wait_line(needle, timeout), "{}: no line with {needle:?} within {timeout:?}", self.name);
     }
