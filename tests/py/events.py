@@ -82,10 +82,13 @@ def main(argv: list[str]) -> int:
     except LookupError as e:
         print(f"events.py: {e}", file=sys.stderr)
         return 1
-    res = dc.invoke(f"device({args.device_id}).function(get_status)", {})
-    if not res.get("success"):
-        print(f"events.py: get_status failed: {res}", file=sys.stderr)
-        return 1
+    # A registry lists a device that is still reconnecting (NATS then has no responders): retry.
+    deadline = time.monotonic() + args.discover_timeout
+    while not (res := dc.invoke(f"device({args.device_id}).function(get_status)", {})).get("success"):
+        if time.monotonic() >= deadline:
+            print(f"events.py: get_status failed: {res}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
     emit({"ready": True})
     threading.Thread(target=serve_stdin, args=(dc, conn, args.device_id), daemon=True).start()
 
