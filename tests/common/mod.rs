@@ -202,33 +202,21 @@ pub fn python() -> Option<PathBuf> {
 /// One of our Python scripts (`tests/py/<script>`) as an agent-tools client of the NATS server
 /// at `port` in `tenant`, with nothing from our environment but PATH and HOME.
 pub fn python_on_nats(py: &Path, script: &str, tenant: &str, port: u16) -> Command {
-    let mut cmd = Command::new(py);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("MESSAGING_BACKEND", "nats")
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-        .env("TENANT", tenant)
-        .arg(format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR")));
-    cmd
+    let url = format!("nats://127.0.0.1:{port}");
+    let env = [("MESSAGING_BACKEND", "nats"), ("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")];
+    script_command(None, py, script, &[], &[&env[..], &[("TENANT", tenant)]].concat())
 }
 
 /// The daemon as a D2D device on the NATS server at `port`, with nothing from our environment
 /// but PATH and `env`; `args` come after `--device-id` and `--tenant`.
 pub fn dcd_on_nats(id: &str, tenant: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcd"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DCD_LOG_LEVEL", "debug")
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-        .env("DEVICE_CONNECT_ALLOW_INSECURE", "true")
-        .args(["--device-id", id, "--tenant", tenant])
-        .args(args)
-        .envs(env.iter().copied());
-    Proc::spawn(&format!("dcd:{id}"), &mut cmd)
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = [
+        ("NATS_URL", url.as_str()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+        ("DEVICE_CONNECT_ALLOW_INSECURE", "true"),
+    ];
+    dcd(None, id, tenant, args, &[&nats[..], env].concat())
 }
 
 /// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside
