@@ -36,7 +36,7 @@ pub struct Flags {
     /// nats or zenoh (env MESSAGING_BACKEND; default inferred from the URL)
     #[argh(option)]
     pub messaging_backend: Option<String>,
-    /// broker or router URL, repeatable (env MESSAGING_URLS, NATS_URL, ZENOH_CONNECT)
+    /// broker, router or listening-peer URL, repeatable (env MESSAGING_URLS, NATS_URL, ZENOH_CONNECT)
     #[argh(option)]
     pub messaging_url: Vec<String>,
     /// NATS .creds or .creds.json file (env MESSAGING_CREDENTIALS_FILE, NATS_CREDENTIALS_FILE)

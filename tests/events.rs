@@ -121,7 +121,12 @@ impl Subscriber {
             }
         });
         let s = Subscriber { child, lines };
-        let ready = s.lines.recv_timeout(Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let next = || s.lines.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut ready = next();
+        while ready.as_ref().is_ok_and(|v| v["subscribed"] == true) {
+            ready = next();
+        }
         assert!(ready.as_ref().is_ok_and(|v| v["ready"] == true), "events.py not ready: {ready:?}");
         s
     }

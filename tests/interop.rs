@@ -1,105 +1,35 @@
 //! Interop with the unmodified Python tools (device-connect-agent-tools and -edge 0.2.5) over a
 //! real nats-server and real Zenoh sessions (wire spec §6.1). The daemon runs with `--sim`.
-//! Everything stays on loopback; the one multicast test runs inside a network namespace of its
-//! own. Needs what tests/setup.sh provides (nats-server, the venv, iproute2, openssl) and root
-//! for the namespace: without them the tests skip, under CI they fail.
+//! Everything stays on loopback. The Zenoh peer topologies (listening peer, multicast) are rows
+//! of tests/topology.rs. Needs what tests/setup.sh provides (nats-server, the venv, openssl):
+//! without them the tests skip, under CI they fail.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nkeys::KeyPair;
 
-use common::{free_port, nats_installed, nats_server, python, Proc};
+use common::{expect_success, free_port, nats_installed, nats_server, python, script, stop_daemon, Proc, READY};
 
 const IMAGE: &str = "dcd-test/busybox:latest";
-/// The daemon's readiness line (subscriptions in place).
-const READY: &str = "mesh ready";
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Names no other test or run shares (tenants keep concurrent tests apart).
 fn names(tag: &str) -> (String, String) {
     (format!("it-{tag}-{}", std::process::id()), format!("dcd-{tag}"))
 }
 
-/// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside
-/// it reaches nothing else. Deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("dcd-it-{tag}-{}", std::process::id());
-        let ip = |args: &[&str]| Command::new("ip").args(args).output().is_ok_and(|o| o.status.success());
-        if !common::require(ip(&["netns", "add", &name]), "root and `ip netns` (iproute2)") {
-            return None;
-        }
-        let ns = Netns(name);
-        for args in [&["link", "set", "lo", "up", "multicast", "on"][..], &["route", "add", "224.0.0.0/4", "dev", "lo"]]
-        {
-            let ok = ip(&[&["netns", "exec", &ns.0, "ip"][..], args].concat());
-            assert!(ok, "ip {args:?} in {}", ns.0);
-        }
-        Some(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// `program` (in `ns` if given) with nothing from our environment but `PATH`.
-fn command(program: impl AsRef<std::ffi::OsStr>, ns: Option<&Netns>) -> Command {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns.0]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    cmd
-}
-
 /// The daemon in `--sim` mode, configured by `env` only.
-fn daemon(ns: Option<&Netns>, id: &str, tenant: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = command(env!("CARGO_BIN_EXE_dcd"), ns);
-    cmd.env("DCD_LOG_LEVEL", "debug").args(["--sim", "--tenant", tenant, "--device-id", id]).envs(env.iter().copied());
-    Proc::spawn(&format!("dcd {id}"), &mut cmd)
+fn daemon(id: &str, tenant: &str, env: &[(&str, &str)]) -> Proc {
+    common::dcd(None, id, tenant, &["--sim"], env)
 }
 
-/// A script of tests/py with the venv Python, configured by `env` only.
-fn script(ns: Option<&Netns>, py: &PathBuf, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = command(py, ns);
-    cmd.env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .arg(format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR")))
-        .args(args)
-        .envs(env.iter().copied());
-    Proc::spawn(name, &mut cmd)
-}
-
-fn expect_success(p: &mut Proc) {
-    let status = p.wait_exit(SCRIPT_TIMEOUT);
-    assert!(status.is_some_and(|s| s.success()), "{} failed: {status:?} (its output is above)", p.name);
-}
-
-/// Stop the daemon as a service manager would; it must depart and exit cleanly at once.
-fn stop_daemon(d: &mut Proc) {
-    d.terminate();
-    let status = d.wait_exit(Duration::from_secs(3));
-    assert!(status.is_some_and(|s| s.success()), "dcd did not exit cleanly within 3 s: {status:?}");
-}
-
-fn interop(ns: Option<&Netns>, py: &PathBuf, id: &str, extra: &[&str], env: &[(&str, &str)]) {
+fn interop(py: &Path, id: &str, extra: &[&str], env: &[(&str, &str)]) {
     let mut args = vec![id, IMAGE];
     args.extend_from_slice(extra);
-    expect_success(&mut script(ns, py, "interop.py", &args, env));
+    expect_success(&mut script(None, py, "interop.py", &args, env));
 }
 
 #[test]
@@ -112,7 +42,6 @@ fn nats_d2d_sim() {
     let _nats = nats_server(port, &[]);
     let url = format!("nats://127.0.0.1:{port}");
     let mut dcd = daemon(
-        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
@@ -124,7 +53,7 @@ fn nats_d2d_sim() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("TENANT", &tenant),
     ];
-    interop(None, &py, &id, &[], &client);
+    interop(&py, &id, &[], &client);
     stop_daemon(&mut dcd);
 }
 
@@ -193,7 +122,6 @@ fn nats_jwt_sign_in() {
                                     "nats": {"urls": [url], "jwt": device_jwt, "nkey_seed": device_seed}});
     std::fs::write(&device_creds, portal.to_string()).unwrap();
     let mut dcd = daemon(
-        None,
         &id,
         &tenant,
         &[("MESSAGING_CREDENTIALS_FILE", device_creds.to_str().unwrap()), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")],
@@ -217,28 +145,9 @@ fn nats_jwt_sign_in() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("TENANT", &tenant),
     ];
-    interop(None, &py, &id, &[], &client);
+    interop(&py, &id, &[], &client);
     stop_daemon(&mut dcd);
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn zenoh_d2d_sim() {
-    let Some(py) = python() else { return };
-    let (tenant, id) = names("zenoh-d2d");
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    // A D2D peer listening on loopback, multicast scouting off: nothing leaves this host.
-    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_LISTEN", &endpoint), ("DCD_ZENOH_MULTICAST", "false")]);
-    dcd.expect_line(READY, Duration::from_secs(15));
-    // The client connects in client mode, which needs the device to drop each Query at once (§2.7).
-    let client = [
-        ("MESSAGING_BACKEND", "zenoh"),
-        ("ZENOH_CONNECT", &endpoint),
-        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
-        ("TENANT", &tenant),
-    ];
-    interop(None, &py, &id, &[], &client);
-    stop_daemon(&mut dcd);
 }
 
 #[test]
@@ -253,11 +162,11 @@ fn nats_infra_sim() {
     let registry = script(None, &py, "registry.py", &["nats", &url, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
     // No discovery mode with a URL: infra, registration instead of presence (§3.1).
-    let mut dcd = daemon(None, &id, &tenant, &[("NATS_URL", &url), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")]);
+    let mut dcd = daemon(&id, &tenant, &[("NATS_URL", &url), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")]);
     dcd.expect_line(READY, Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
     let client = [("MESSAGING_BACKEND", "nats"), ("NATS_URL", &url), ("TENANT", &tenant)];
-    interop(None, &py, &id, &[], &client);
+    interop(&py, &id, &[], &client);
 
     // After the server comes back the device registers again.
     drop(nats);
@@ -273,7 +182,7 @@ fn zenoh_infra_sim() {
     let (tenant, id) = names("zenoh-infra");
     let endpoint = format!("tcp/127.0.0.1:{}", free_port());
     // The device is a client of a router that is not there yet: it keeps trying.
-    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_CONNECT", &endpoint)]);
+    let mut dcd = daemon(&id, &tenant, &[("ZENOH_CONNECT", &endpoint)]);
     assert!(!dcd.wait_line(READY, Duration::from_secs(1)), "ready without a router");
     // The stand-in registry runs the router.
     let mut registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
@@ -281,7 +190,7 @@ fn zenoh_infra_sim() {
     dcd.expect_line(READY, Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
     let client = [("MESSAGING_BACKEND", "zenoh"), ("ZENOH_CONNECT", &endpoint), ("TENANT", &tenant)];
-    interop(None, &py, &id, &[], &client);
+    interop(&py, &id, &[], &client);
 
     // A new router (and registry): the device reconnects and registers again.
     drop(registry);
@@ -289,7 +198,7 @@ fn zenoh_infra_sim() {
     registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &[]);
     registry.expect_line("registry ready", Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(20));
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
 }
 
@@ -309,7 +218,6 @@ fn nats_reconnect() {
     ];
     // The daemon starts while the server is down and waits for it.
     let mut dcd = daemon(
-        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
@@ -318,14 +226,14 @@ fn nats_reconnect() {
     assert!(dcd.child.try_wait().unwrap().is_none(), "dcd gave up without a server");
     let nats = nats_server(port, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
 
     drop(nats);
     std::thread::sleep(Duration::from_secs(1));
     let restarted = Instant::now();
     let _nats = nats_server(port, &[]);
     dcd.expect_line(READY, Duration::from_secs(15));
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
     let took = restarted.elapsed();
     assert!(took < Duration::from_secs(20), "answering again took {took:?}");
     eprintln!("answering again {took:?} after the server restart");
@@ -342,14 +250,13 @@ fn nats_wire_rules() {
     let _nats = nats_server(port, &[]);
     let url = format!("nats://127.0.0.1:{port}");
     let mut dcd = daemon(
-        None,
         &id,
         &tenant,
         &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
     );
     dcd.expect_line(READY, Duration::from_secs(15));
     let mut wire = script(None, &py, "wire.py", &[&url, &tenant, &id], &[]);
-    wire.expect_line("await-departure", SCRIPT_TIMEOUT);
+    wire.expect_line("await-departure", common::SCRIPT_TIMEOUT);
     stop_daemon(&mut dcd);
     expect_success(&mut wire);
 }
@@ -398,7 +305,7 @@ fn nats_tls_chain_only() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("DEVICE_CONNECT_ALLOW_INSECURE", "true"),
     ];
-    let mut dcd = daemon(None, &id, &tenant, &good);
+    let mut dcd = daemon(&id, &tenant, &good);
     dcd.expect_line(READY, Duration::from_secs(15));
     let client = [
         ("MESSAGING_BACKEND", "nats"),
@@ -407,12 +314,12 @@ fn nats_tls_chain_only() {
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("TENANT", tenant.as_str()),
     ];
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
     // A chain from another CA is not.
     let mut bad = good;
     bad[1].1 = other.as_str();
-    let untrusting = daemon(None, "dcd-nats-tls-other", &tenant, &bad);
+    let untrusting = daemon("dcd-nats-tls-other", &tenant, &bad);
     assert!(!untrusting.wait_line(READY, Duration::from_secs(3)), "connected through an untrusted certificate");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -436,32 +343,15 @@ fn nats_mtls_client_certificates() {
         ("MESSAGING_TLS_KEY_FILE", key.as_str()),
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
     ];
-    let mut dcd = daemon(None, &id, &tenant, &[&tls[..], &[("DEVICE_CONNECT_ALLOW_INSECURE", "true")]].concat());
+    let mut dcd = daemon(&id, &tenant, &[&tls[..], &[("DEVICE_CONNECT_ALLOW_INSECURE", "true")]].concat());
     dcd.expect_line(READY, Duration::from_secs(15));
     let client = [&tls[..], &[("MESSAGING_BACKEND", "nats"), ("TENANT", tenant.as_str())]].concat();
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
     let without = [tls[0], tls[1], tls[4], ("DEVICE_CONNECT_ALLOW_INSECURE", "true")];
-    let anonymous = daemon(None, "dcd-nats-mtls-none", &tenant, &without);
+    let anonymous = daemon("dcd-nats-mtls-none", &tenant, &without);
     assert!(!anonymous.wait_line(READY, Duration::from_secs(3)), "served without a client certificate");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn zenoh_multicast_netns() {
-    let Some(py) = python() else { return };
-    let Some(ns) = Netns::create("mcast") else { return };
-    let (tenant, a) = names("mcast-a");
-    let b = "dcd-mcast-b";
-    // The users' default: a D2D peer with multicast scouting, no endpoints at all.
-    let da = daemon(Some(&ns), &a, &tenant, &[]);
-    da.expect_line(READY, Duration::from_secs(15));
-    let mut db = daemon(Some(&ns), b, &tenant, &[]);
-    db.expect_line(READY, Duration::from_secs(15));
-    da.expect_line(&format!("new peer {b}"), Duration::from_secs(10));
-    interop(Some(&ns), &py, b, &["--quick"], &[("TENANT", &tenant)]);
-    stop_daemon(&mut db);
-    da.expect_line(&format!("peer {b} departed"), Duration::from_secs(5));
 }
 
 #[test]
@@ -476,7 +366,7 @@ fn zenoh_tls_infra() {
     let registry = script(None, &py, "registry.py", &["zenoh", &endpoint, &tenant], &router_env);
     registry.expect_line("registry ready", Duration::from_secs(15));
     // Zenoh checks the router's name as well as its chain (§5.4).
-    let mut dcd = daemon(None, &id, &tenant, &[("ZENOH_CONNECT", &endpoint), ("MESSAGING_TLS_CA_FILE", &ca)]);
+    let mut dcd = daemon(&id, &tenant, &[("ZENOH_CONNECT", &endpoint), ("MESSAGING_TLS_CA_FILE", &ca)]);
     dcd.expect_line(READY, Duration::from_secs(15));
     registry.expect_line(&format!("\"registered\": \"{id}\""), Duration::from_secs(10));
     let client = [
@@ -485,7 +375,7 @@ fn zenoh_tls_infra() {
         ("MESSAGING_TLS_CA_FILE", &ca),
         ("TENANT", &tenant),
     ];
-    interop(None, &py, &id, &["--quick"], &client);
+    interop(&py, &id, &["--quick"], &client);
     stop_daemon(&mut dcd);
     let _ = std::fs::remove_dir_all(&dir);
 }

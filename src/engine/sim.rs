@@ -115,9 +115,9 @@ fn channel_stream(keep_open: bool) -> (Sender<Vec<u8>>, Stream) {
     (tx, stream)
 }
 
-/// One multiplexed frame (stdout) of the Engine's log format.
-fn frame(text: &str) -> Vec<u8> {
-    let mut f = vec![1, 0, 0, 0];
+/// One multiplexed frame of the Engine's log format (`stream` 1 is stdout, 2 stderr).
+fn frame(stream: u8, text: &str) -> Vec<u8> {
+    let mut f = vec![stream, 0, 0, 0];
     f.extend_from_slice(&(text.len() as u32).to_be_bytes());
     f.extend_from_slice(text.as_bytes());
     f
@@ -235,7 +235,9 @@ impl Engine for Sim {
         let ts = crate::time::now_rfc3339();
         for i in 0..lines {
             let text = format!("simulated log line {} from {name}\n", i + 1);
-            let _ = tx.send(frame(&if opts.timestamps { format!("{ts} {text}") } else { text }));
+            // The third line on stderr, so followers see both streams as from a real container.
+            let stream = if i == 2 { 2 } else { 1 };
+            let _ = tx.send(frame(stream, &if opts.timestamps { format!("{ts} {text}") } else { text }));
         }
         if !opts.follow {
             let _ = tx.send(Vec::new());

@@ -4,7 +4,7 @@
 //! rest of the daemon sees only the types below and never knows which
 //! backend is in use.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Map, Value};
 
-use crate::events::Event;
+use crate::events::{Event, LOG_LINE, STATE_CHANGED};
 use crate::ids::random_hex;
 use crate::time::now_epoch;
 
@@ -244,8 +244,9 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 const REGISTER_JITTER: Duration = Duration::from_secs(2);
 const REGISTER_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Events and worker publishes held while the session is down; the oldest
-/// go first when it overflows (as the Python device does).
+/// Events and worker publishes held while the session is down. When it
+/// overflows the oldest go first, as in the Python device, but log lines
+/// before state changes, and each container's lost lines are reported.
 const QUEUE_LIMIT: usize = 10_000;
 /// Timers further out than this are not worth waking for.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
@@ -367,6 +368,9 @@ struct Core {
     d2d: bool,
     queue: VecDeque<(String, Vec<u8>)>,
     dropped: u64,
+    /// Log lines dropped from the queue, by container: told to the
+    /// subscribers in a `stream: "dcd"` line each, as a follow tells its own.
+    lost_lines: BTreeMap<String, u64>,
     /// `device-connect.<tenant>.<device_id>.event.`
     event_prefix: String,
     /// The broker or endpoints, for the log.
@@ -391,6 +395,7 @@ impl Core {
             d2d: cfg.d2d,
             queue: VecDeque::new(),
             dropped: 0,
+            lost_lines: BTreeMap::new(),
             event_prefix: format!("{SUBJECT_ROOT}.{}.{}.event.", cfg.tenant, cfg.device_id),
             address: if cfg.urls.is_empty() { "the LAN (scouting)".into() } else { cfg.urls.join(", ") },
             pulse: Pulse::default(),
@@ -548,7 +553,15 @@ impl Core {
 
     fn enqueue(&mut self, subject: String, payload: Vec<u8>) {
         if self.queue.len() >= QUEUE_LIMIT {
-            self.queue.pop_front();
+            let state = |subject: &str| subject.strip_prefix(&self.event_prefix) == Some(STATE_CHANGED);
+            let at = self.queue.iter().position(|(subject, _)| !state(subject)).unwrap_or(0);
+            let (subject, payload) = self.queue.remove(at).expect("a full queue");
+            if subject.strip_prefix(&self.event_prefix) == Some(LOG_LINE) {
+                let body: Value = serde_json::from_slice(&payload).unwrap_or_default();
+                if let Some(id) = body.pointer("/params/container_id").and_then(Value::as_str) {
+                    *self.lost_lines.entry(id.to_string()).or_default() += 1;
+                }
+            }
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 log::warn!("mesh down and outgoing queue full: {} messages dropped so far", self.dropped);
@@ -570,8 +583,16 @@ impl Core {
         if !self.connected {
             return Vec::new();
         }
-        let mut out: Vec<Out> =
-            self.queue.drain(..).map(|(subject, payload)| Out::Publish { subject, payload }).collect();
+        // What was lost comes before what was kept, which is newer.
+        let mut out: Vec<Out> = std::mem::take(&mut self.lost_lines)
+            .into_iter()
+            .map(|(id, n)| {
+                let line = format!("dcd: {n} log lines dropped (mesh down, outgoing queue full)");
+                let ev = Event::new(LOG_LINE, json!({"container_id": id, "stream": "dcd", "line": line}));
+                Out::Publish { subject: format!("{}{LOG_LINE}", self.event_prefix), payload: ev.payload }
+            })
+            .collect();
+        out.extend(self.queue.drain(..).map(|(subject, payload)| Out::Publish { subject, payload }));
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.heartbeat_every;
             let body = json!({"device_id": self.device_id, "ts": now_epoch()});
@@ -862,6 +883,30 @@ mod tests {
         assert_eq!(c.queue.len(), QUEUE_LIMIT);
         assert_eq!(c.dropped, 5);
         assert_eq!(c.queue.front().unwrap().0, "device-connect.t.dev-1.n5");
+    }
+
+    #[test]
+    fn overflow_drops_log_lines_first_and_says_so() {
+        let (mut c, _) = core(true);
+        let line = |id: &str, n: usize| Event::new(LOG_LINE, json!({"container_id": id, "line": format!("l{n}")}));
+        c.push_event(Event::new(STATE_CHANGED, json!({"container_id": "a"})));
+        for n in 0..QUEUE_LIMIT - 1 {
+            c.push_event(line(if n < 3 { "a" } else { "b" }, n));
+        }
+        for n in 0..5 {
+            c.push_event(line("b", QUEUE_LIMIT + n));
+        }
+        assert_eq!((c.queue.len(), c.dropped), (QUEUE_LIMIT, 5));
+        let t0 = Instant::now();
+        c.connected(t0);
+        let out = c.due(t0);
+        let lines: Vec<Value> = out.iter().map(body).take(3).collect();
+        assert_eq!(lines[0]["params"]["container_id"], "a");
+        assert_eq!(lines[0]["params"]["line"], "dcd: 3 log lines dropped (mesh down, outgoing queue full)");
+        assert_eq!((&lines[1]["params"]["container_id"], &lines[1]["params"]["stream"]), (&json!("b"), &json!("dcd")));
+        assert!(lines[1]["params"]["line"].as_str().unwrap().starts_with("dcd: 2 log lines"));
+        assert_eq!(lines[2]["method"], STATE_CHANGED, "the state change is kept, and first");
+        assert!(c.due(t0).iter().all(|o| !subjects(std::slice::from_ref(o))[0].ends_with(LOG_LINE)), "told once");
     }
 
     #[test]

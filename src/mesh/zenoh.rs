@@ -21,7 +21,7 @@ use crate::encoding::{base64_encode, STANDARD};
 /// staying apart because zenoh blocks on it from the other runtimes.
 const RUNTIME: &str =
     "(app: (worker_threads: 1), acc: (handover: app), rx: (handover: app), tx: (handover: app), net: (worker_threads: 1))";
-/// How often a client checks that it still reaches a router.
+/// How often a client checks that it still has a session to a router or peer.
 const LINK_CHECK: Duration = Duration::from_secs(1);
 /// How long to wait before trying to open a session again.
 const REOPEN: Duration = Duration::from_secs(5);
@@ -58,7 +58,8 @@ fn session_json(cfg: &MeshConfig) -> Value {
             },
         })
     } else {
-        // A client talks to its routers only, so their ACLs see all traffic.
+        // A client talks to its endpoints only (routers, so their ACLs see all traffic, or a
+        // listening peer, spec §5.5).
         json!({
             "mode": "client",
             "connect": {
@@ -104,7 +105,7 @@ fn tls_json(tls: &Tls) -> Map<String, Value> {
 
 fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-    // A client cannot open its session before a router answers; keep trying.
+    // A client cannot open its session before an endpoint answers; keep trying.
     let mut attempts = 0u32;
     let session = loop {
         match zenoh::open(config.clone()).wait() {
@@ -141,12 +142,15 @@ fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
     let mut next_check = Instant::now();
     loop {
         let now = Instant::now();
-        if client && now >= next_check {
-            // A client is only as connected as its router.
+        // A client is only as connected as its session to an endpoint. Checked again right
+        // before anything goes out, so what is queued in the second after a link drops waits
+        // for the next session instead of going to none.
+        if client && (now >= next_check || core.next_deadline(now) <= now) {
             next_check = now + LINK_CHECK;
-            match session.info().routers_zid().wait().next() {
-                Some(_) => core.connected(now),
-                None => core.disconnected(),
+            if linked(&session) {
+                core.connected(now);
+            } else {
+                core.disconnected();
             }
         }
         for out in core.due(now) {
@@ -188,6 +192,13 @@ fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
     if let Err(e) = session.close().wait() {
         log::warn!("zenoh: close: {e}");
     }
+}
+
+/// Whether a client has a session to a router or to a peer: its endpoint may be either (spec
+/// §5.5), and a client never connects to another client.
+fn linked(session: &Session) -> bool {
+    let info = session.info();
+    info.routers_zid().wait().next().is_some() || info.peers_zid().wait().next().is_some()
 }
 
 /// Subscribers on every subscription, and a queryable on `cmd` as well,
@@ -251,6 +262,51 @@ fn send(session: &Session, tx: &Sender<Msg>, out: Out) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open(config: Value) -> Session {
+        zenoh::open(zenoh::Config::from_json5(&config.to_string()).unwrap()).wait().unwrap()
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "not {what} within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The device as a client of a listening peer, then of a router (spec §5.5): linked as long
+    /// as that endpoint is there. Loopback only, no scouting.
+    #[test]
+    fn a_client_is_linked_to_a_peer_or_a_router() {
+        for mode in ["peer", "router"] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let endpoint = format!("tcp/127.0.0.1:{port}");
+            let off = json!({"multicast": {"enabled": false}, "gossip": {"enabled": false}});
+            let server = open(json!({"mode": mode, "listen": {"endpoints": [endpoint]}, "scouting": off}));
+            let cfg = MeshConfig {
+                backend: super::super::Backend::Zenoh,
+                device_id: "dev".into(),
+                tenant: "t".into(),
+                urls: vec![endpoint],
+                d2d: true,
+                zenoh_listen: Vec::new(),
+                zenoh_multicast: false,
+                zenoh_gossip_multihop: false,
+                nats_jwt: None,
+                nats_seed: None,
+                tls: Tls::default(),
+                tls_skip_hostname: false,
+                ttl: Duration::from_secs(15),
+                test_wedge_after: None,
+            };
+            let client = open(session_json(&cfg));
+            wait_until(&format!("linked to a {mode}"), || linked(&client));
+            server.close().wait().unwrap();
+            wait_until(&format!("unlinked from a closed {mode}"), || !linked(&client));
+            client.close().wait().unwrap();
+        }
+    }
 
     #[test]
     fn tls_keys_follow_the_sdk() {

@@ -119,11 +119,15 @@ impl Proc {
         false
     }
 
+    /// The next output line before `deadline`.
+    pub fn next_line(&self, deadline: Instant) -> Option<String> {
+        self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+    }
+
     /// Every output line within `d`.
     pub fn lines_for(&self, d: Duration) -> Vec<String> {
         let deadline = Instant::now() + d;
-        std::iter::from_fn(|| self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok())
-            .collect()
+        std::iter::from_fn(|| self.next_line(deadline)).collect()
     }
 
     pub fn expect_line(&self, needle: &str, timeout: Duration) {
@@ -204,33 +208,105 @@ pub fn python() -> Option<PathBuf> {
 /// One of our Python scripts (`tests/py/<script>`) as an agent-tools client of the NATS server
 /// at `port` in `tenant`, with nothing from our environment but PATH and HOME.
 pub fn python_on_nats(py: &Path, script: &str, tenant: &str, port: u16) -> Command {
-    let mut cmd = Command::new(py);
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("MESSAGING_BACKEND", "nats")
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-        .env("TENANT", tenant)
-        .arg(format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR")));
-    cmd
+    let url = format!("nats://127.0.0.1:{port}");
+    let env = [("MESSAGING_BACKEND", "nats"), ("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")];
+    script_command(None, py, script, &[], &[&env[..], &[("TENANT", tenant)]].concat())
 }
 
 /// The daemon as a D2D device on the NATS server at `port`, with nothing from our environment
 /// but PATH and `env`; `args` come after `--device-id` and `--tenant`.
 pub fn dcd_on_nats(id: &str, tenant: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcd"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DCD_LOG_LEVEL", "debug")
-        .env("NATS_URL", format!("nats://127.0.0.1:{port}"))
-        .env("DEVICE_CONNECT_DISCOVERY_MODE", "d2d")
-        .env("DEVICE_CONNECT_ALLOW_INSECURE", "true")
-        .args(["--device-id", id, "--tenant", tenant])
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = [
+        ("NATS_URL", url.as_str()),
+        ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
+        ("DEVICE_CONNECT_ALLOW_INSECURE", "true"),
+    ];
+    dcd(None, id, tenant, args, &[&nats[..], env].concat())
+}
+
+/// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside
+/// it reaches nothing else. Deleted on drop.
+pub struct Netns(String);
+
+impl Netns {
+    pub fn create(tag: &str) -> Option<Netns> {
+        let name = format!("dcd-it-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).output().is_ok_and(|o| o.status.success());
+        if !require(ip(&["netns", "add", &name]), "root and `ip netns` (iproute2)") {
+            return None;
+        }
+        let ns = Netns(name);
+        for args in [&["link", "set", "lo", "up", "multicast", "on"][..], &["route", "add", "224.0.0.0/4", "dev", "lo"]]
+        {
+            let ok = ip(&[&["netns", "exec", &ns.0, "ip"][..], args].concat());
+            assert!(ok, "ip {args:?} in {}", ns.0);
+        }
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// `program` (in `ns` if given) with nothing from our environment but `PATH`.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, ns: Option<&Netns>) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.0]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+/// The daemon (in `ns` if given) with `args` after its id and tenant, configured by `env` only.
+pub fn dcd(ns: Option<&Netns>, id: &str, tenant: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = command(env!("CARGO_BIN_EXE_dcd"), ns);
+    cmd.env("DCD_LOG_LEVEL", "debug")
+        .args(["--tenant", tenant, "--device-id", id])
         .args(args)
         .envs(env.iter().copied());
-    Proc::spawn(&format!("dcd:{id}"), &mut cmd)
+    Proc::spawn(&format!("dcd {id}"), &mut cmd)
+}
+
+/// A script of tests/py with the venv Python (in `ns` if given), configured by `env` only.
+pub fn script_command(ns: Option<&Netns>, py: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = command(py, ns);
+    cmd.env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg(format!("{}/tests/py/{name}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// `script_command`, started.
+pub fn script(ns: Option<&Netns>, py: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    Proc::spawn(name, &mut script_command(ns, py, name, args, env))
+}
+
+/// How long a script of tests/py may run.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Wait for a script to end; it must succeed.
+pub fn expect_success(p: &mut Proc) {
+    let status = p.wait_exit(SCRIPT_TIMEOUT);
+    assert!(status.is_some_and(|s| s.success()), "{} failed: {status:?} (its output is above)", p.name);
+}
+
+/// Stop the daemon as a service manager would; it must depart and exit cleanly at once.
+pub fn stop_daemon(d: &mut Proc) {
+    d.terminate();
+    let status = d.wait_exit(Duration::from_secs(3));
+    assert!(status.is_some_and(|s| s.success()), "dcd did not exit cleanly within 3 s: {status:?}");
 }
 
 /// Threads and resident memory (KiB) of a process, from /proc.

@@ -3,6 +3,7 @@
 
     registry.py nats URL TENANT
     registry.py zenoh ENDPOINT TENANT     (also runs a Zenoh router listening on ENDPOINT)
+    registry.py zenoh ENDPOINT TENANT --connect    (a client of the router on ENDPOINT instead)
 
 For a tls/ ENDPOINT the router takes its certificate and key from ROUTER_TLS_CERT and
 ROUTER_TLS_KEY, and the registry trusts MESSAGING_TLS_CA_FILE.
@@ -51,10 +52,10 @@ def handle(req: dict) -> dict:
     return {"error": {"code": -32601, "message": f"Unknown method: {method}"}}
 
 
-async def main(backend: str, url: str, tenant: str) -> None:
+async def main(backend: str, url: str, tenant: str, connect: bool) -> None:
     router = None
     tls = None
-    if backend == "zenoh":
+    if backend == "zenoh" and not connect:
         import zenoh
 
         conf: dict = {"mode": "router", "listen": {"endpoints": [url]},
@@ -88,4 +89,4 @@ async def main(backend: str, url: str, tenant: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:4], connect="--connect" in sys.argv[4:]))
