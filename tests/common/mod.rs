@@ -14,15 +14,42 @@ use dcd::events::{Event, Events};
 use dcd::policy::Policy;
 use dcd::state::{Forward, State};
 
-/// `false` (skip) when `ok` is false outside CI; a failure under CI.
+/// `false` (skip) when `ok` is false outside CI; a failure under CI. A skip is said on stderr
+/// and recorded in `skips_file()`, so tests/run.sh can count it: a run that skipped is not green.
 pub fn require(ok: bool, what: &str) -> bool {
     if !ok {
         if std::env::var_os("CI").is_some() {
             panic!("{what} is required under CI (run tests/setup.sh)");
         }
-        eprintln!("SKIP: {what} is not available (run tests/setup.sh)");
+        // libtest runs each test on a thread named after it.
+        let test = format!("{}::{}", env!("CARGO_CRATE_NAME"), std::thread::current().name().unwrap_or("?"));
+        eprintln!("SKIP: {test}: {what} is not available (run tests/setup.sh)");
+        record_skip(&test, what);
     }
     ok
+}
+
+/// Where skips are recorded, one `<test>\t<what was missing>` line each; tests/run.sh empties it
+/// before `cargo test` and summarises it after.
+pub fn skips_file() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("test-skips.txt")
+}
+
+fn record_skip(test: &str, what: &str) {
+    // One write of one line with O_APPEND: lines from test threads and test binaries running at
+    // once do not interleave, and no lock is needed.
+    let line = format!("{test}\t{}\n", what.replace(['\t', '\n'], " "));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skips_file())
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("SKIP not recorded in {}: {e}", skips_file().display());
+    }
 }
 
 /// The real engine, if it answers (see `require`).
