@@ -2,6 +2,9 @@
 //! under CI and skips elsewhere, and the real engine and test image.
 #![allow(dead_code)] // each test crate uses its own subset
 
+mod relay;
+pub use relay::Relay;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -71,10 +74,22 @@ pub fn unique(tag: &str) -> String {
     format!("dcd-test-{tag}-{}", std::process::id())
 }
 
-/// `docker` CLI output (the engine's own view, to check ours against).
+/// `docker` CLI output (the engine's own view, to check ours against); empty when it failed.
 pub fn docker(args: &[&str]) -> String {
+    docker_cli(args).1
+}
+
+/// `docker` CLI output, which must succeed: the engine's own hand, not ours.
+pub fn docker_ok(args: &[&str]) -> String {
+    let (o, out) = docker_cli(args);
+    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn docker_cli(args: &[&str]) -> (std::process::Output, String) {
     let o = Command::new("docker").args(args).output().expect("docker CLI");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (o, out)
 }
 
 // Processes, nats-server, the daemon and a raw NATS client, shared by the tests that run the
@@ -484,10 +499,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// The real engine and the test image (see `require`).
+pub fn real_engine() -> Option<(Arc<dyn Engine>, String)> {
+    let engine = engine()?;
+    Some((engine, test_image()?))
+}
+
 /// A rig on the real engine, and the test image.
 pub fn real_rig() -> Option<(Rig, String)> {
-    let engine = engine()?;
-    let image = test_image()?;
+    let (engine, image) = real_engine()?;
     Some((Rig::new(engine, false), image))
 }
 
