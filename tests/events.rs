@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{docker_ok, Cleanup, Relay};
+use common::relay::Relay;
+use common::{docker_ok, Cleanup};
 use dcd::engine::{docker::Docker, Engine};
 use dcd::events::{LOG_LINE, STATE_CHANGED};
 const WAIT: Duration = Duration::from_secs(20);

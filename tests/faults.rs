@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{
-    dcd_on_nats, free_port, nats_server, rpc_request, subject, threads_and_rss, Cleanup, Nats, Proc, Relay, READY,
-};
+use common::relay::Relay;
+use common::{dcd_on_nats, free_port, nats_server, rpc_request, subject, threads_and_rss, Cleanup, Nats, Proc, READY};
 /// The driver caches engine info this long; status may lag the engine by as much.
 const INFO_TTL: Duration = Duration::from_secs(5);
 

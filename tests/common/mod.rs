@@ -2,8 +2,7 @@
 //! under CI and skips elsewhere, and the real engine and test image.
 #![allow(dead_code)] // each test crate uses its own subset
 
-mod relay;
-pub use relay::Relay;
+pub mod relay;
 
 use std::process::Command;
 use std::sync::Arc;
