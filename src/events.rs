@@ -95,6 +95,12 @@ impl Events {
         }
     }
 
+    /// Events dropped so far, for tests to wait on.
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
     fn count_drop(&self) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {

@@ -235,3 +235,130 @@ impl Emitter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{bounded, Receiver};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::engine::sim::scripted::{log_frame, Scripted};
+    use crate::events::Event;
+
+    const OUT: u8 = 1;
+    const ERR: u8 = 2;
+
+    /// A scripted engine with one container, `c`, and follows on it emitting into a bulk queue
+    /// of `queue` slots.
+    fn rig(queue: usize) -> (Arc<Scripted>, Follows, Events, Receiver<Event>) {
+        let engine = Arc::new(Scripted::new());
+        engine.sim.create_container(Some("c"), &json!({"Image": "img:1"})).unwrap();
+        let (state, _) = bounded(1);
+        let (bulk, rx) = bounded(queue);
+        let events = Events::new(state, bulk);
+        (engine.clone(), Follows::new(engine, events.clone()), events, rx)
+    }
+
+    /// `(stream, line)` of a log line event, checking it names its container.
+    fn line(e: &Event) -> (String, String) {
+        let body: Value = serde_json::from_slice(&e.payload).unwrap();
+        let p = &body["params"];
+        assert_eq!((e.name, &p["container_id"]), (LOG_LINE, &json!("c")), "{p}");
+        (p["stream"].as_str().unwrap().into(), p["line"].as_str().unwrap().into())
+    }
+
+    fn lines(rx: &Receiver<Event>) -> Vec<(String, String)> {
+        rx.try_iter().map(|e| line(&e)).collect()
+    }
+
+    /// Wait until `f` holds, for at most 5 s.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "not within 5 s: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn pair(stream: &str, line: &str) -> (String, String) {
+        (stream.into(), line.into())
+    }
+
+    #[test]
+    fn a_follow_emits_both_streams_and_ends_with_its_log() {
+        let (engine, follows, _, rx) = rig(100);
+        let log = engine.script_log();
+        assert!(!follows.start("c", LogOptions { follow: true, ..Default::default() }).unwrap());
+        assert!(follows.start("c", LogOptions::default()).unwrap(), "one follow per key");
+        assert_eq!(follows.active(), ["c"]);
+        // A line may be cut across frames and reads.
+        for chunk in [log_frame(OUT, "out-1\nout"), log_frame(ERR, "err-1\n"), log_frame(OUT, "-2\n")] {
+            log.send(chunk).unwrap();
+        }
+        log.send(Vec::new()).unwrap();
+        until("the follow ends with its log", || follows.active().is_empty());
+        assert_eq!(lines(&rx), [pair("stdout", "out-1"), pair("stderr", "err-1"), pair("stdout", "out-2")]);
+    }
+
+    #[test]
+    fn stop_is_prompt_even_while_the_queue_is_full() {
+        let (engine, follows, _, rx) = rig(1);
+        let log = engine.script_log();
+        follows.start("c", LogOptions { follow: true, ..Default::default() }).unwrap();
+        // The second line waits for room that never comes (for up to `LOG_WAIT`, 2 s).
+        log.send([log_frame(OUT, "1\n"), log_frame(OUT, "2\n")].concat()).unwrap();
+        until("the first line is queued", || rx.is_full());
+        let t = Instant::now();
+        assert!(follows.stop("c"));
+        assert!(t.elapsed() < Duration::from_millis(500), "stop took {:?}", t.elapsed());
+        assert_eq!(follows.active(), Vec::<String>::new());
+        assert!(!follows.stop("c"), "nothing left to stop");
+        assert_eq!(lines(&rx), [pair("stdout", "1")], "a stopped follow reports no drops");
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_follow_drop_then_report_the_count() {
+        let (engine, follows, events, rx) = rig(2);
+        let log = engine.script_log();
+        follows.start("c", LogOptions { follow: true, ..Default::default() }).unwrap();
+        let burst: Vec<u8> = (1..=10).flat_map(|n| log_frame(OUT, &format!("{n}\n"))).collect();
+        log.send(burst).unwrap();
+        // Two fit; the third waits `LOG_WAIT` and is dropped, the rest are dropped at once, each
+        // after a notice of the drops so far that found no room either: 8 lines and 7 notices.
+        until("the burst dropped", || events.dropped() == 15);
+        assert_eq!(lines(&rx), [pair("stdout", "1"), pair("stdout", "2")]);
+        // Room again: the next line is preceded by the count of those dropped.
+        log.send(log_frame(ERR, "11\n")).unwrap();
+        log.send(Vec::new()).unwrap();
+        until("the follow ends", || follows.active().is_empty());
+        let notice = "dcd: 8 log lines dropped (event queue full)";
+        assert_eq!(lines(&rx), [pair("dcd", notice), pair("stderr", "11")]);
+    }
+
+    #[test]
+    fn read_keeps_the_newest_lines_within_the_byte_cap() {
+        let (engine, _, _, _) = rig(1);
+        // 1000 lines of 1 KiB with their newline, on alternate streams: 768 fit the cap.
+        let text = |n: usize| format!("{n:05} {}", "x".repeat(1017));
+        let log = engine.script_log();
+        for n in 1..=1000 {
+            log.send(log_frame(if n % 2 == 0 { ERR } else { OUT }, &format!("{}\n", text(n)))).unwrap();
+        }
+        log.send(Vec::new()).unwrap();
+        let out = read(&*engine, "c", &LogOptions::default()).unwrap();
+        let got: Vec<&str> = out.lines().collect();
+        assert_eq!(got[0], "[dcd: 232 older lines omitted to fit the reply; use tail or since]");
+        assert_eq!(got.len(), 1 + 768);
+        assert_eq!(got[1], text(233), "the oldest kept");
+        assert_eq!(got[768], text(1000), "the newest");
+        assert!(out.len() - got[0].len() - 1 <= READ_MAX_BYTES);
+
+        // A log within the cap comes whole, without a note.
+        let log = engine.script_log();
+        log.send([log_frame(OUT, "a\n"), log_frame(ERR, "b\n")].concat()).unwrap();
+        log.send(Vec::new()).unwrap();
+        assert_eq!(read(&*engine, "c", &LogOptions::default()).unwrap(), "a\nb\n");
+    }
+}

@@ -489,3 +489,208 @@ fn follow_events(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sim::scripted::Scripted;
+    use crate::engine::sim::Sim;
+    use crate::events::Event;
+
+    /// A state owner on `engine`, not running: the tests call its steps one by one.
+    fn owner(engine: Arc<dyn Engine>) -> (Owner, Receiver<Event>) {
+        let (tx, rx) = bounded(1000);
+        let owner = Owner::new(engine, Events::new(tx.clone(), tx), Forward::Off, Arc::default());
+        (owner, rx)
+    }
+
+    /// The state changes emitted so far, as `name:previous>state` (`null` for none).
+    fn changes(rx: &Receiver<Event>) -> Vec<String> {
+        rx.try_iter().filter(|e| e.name == STATE_CHANGED).map(|e| change(&e)).collect()
+    }
+
+    fn change(e: &Event) -> String {
+        let body: Value = serde_json::from_slice(&e.payload).unwrap();
+        let p = &body["params"];
+        format!("{}:{}>{}", p["name"].as_str().unwrap(), p["previous_state"].as_str().unwrap_or("null"), p["state"])
+            .replace('"', "")
+    }
+
+    /// An engine event as `/events` sends it.
+    fn event(id: &str, action: &str, name: &str, time_nano: i64) -> Value {
+        json!({"Type": "container", "Action": action, "timeNano": time_nano,
+               "Actor": {"ID": id, "Attributes": {"name": name, "image": "img:1"}}})
+    }
+
+    /// A running container `name` on the sim; its full id.
+    fn run(sim: &dyn Engine, name: &str) -> String {
+        let id = sim.create_container(Some(name), &json!({"Image": "img:1"})).unwrap();
+        sim.start_container(&id).unwrap();
+        id
+    }
+
+    #[test]
+    fn the_baseline_is_silent() {
+        let sim = Arc::new(Sim::new());
+        run(&*sim, "a");
+        sim.create_container(Some("b"), &json!({"Image": "img:1"})).unwrap();
+        let (mut owner, rx) = owner(sim.clone());
+        owner.reconcile();
+        assert_eq!(changes(&rx), Vec::<String>::new(), "what exists at start is not news");
+        assert_eq!(owner.known.len(), 2);
+        owner.reconcile();
+        assert_eq!(changes(&rx), Vec::<String>::new(), "nothing changed");
+        sim.stop_container("a", 0).unwrap();
+        owner.reconcile();
+        assert_eq!(changes(&rx), ["a:running>exited"], "news after the baseline");
+    }
+
+    #[test]
+    fn a_lifecycle_emits_each_transition_in_order() {
+        let (mut owner, rx) = owner(Arc::new(Sim::new()));
+        owner.reconcile();
+        let id = "0123456789abcdef0123456789abcdef";
+        for (t, action) in ["create", "start", "kill", "oom", "die", "start", "pause", "unpause", "stop", "destroy"]
+            .into_iter()
+            .enumerate()
+        {
+            owner.engine_event(&event(id, action, "c", t as i64 + 1));
+        }
+        assert_eq!(
+            changes(&rx),
+            [
+                "c:null>created",
+                "c:created>running",
+                "c:running>exited",
+                "c:exited>running",
+                "c:running>paused",
+                "c:paused>running",
+                "c:running>exited",
+                "c:exited>removed"
+            ],
+            "kill and oom change no state by themselves; stop after die is no news"
+        );
+        // The fields of one, with the short id.
+        owner.engine_event(&event("fedcba9876543210", "create", "d", 99));
+        let e: Value = serde_json::from_slice(&rx.try_recv().unwrap().payload).unwrap();
+        let p = &e["params"];
+        assert_eq!(
+            (&p["container_id"], &p["name"], &p["image"], &p["previous_state"], &p["state"]),
+            (&json!("fedcba987654"), &json!("d"), &json!("img:1"), &Value::Null, &json!("created"))
+        );
+    }
+
+    #[test]
+    fn a_replayed_event_emits_nothing() {
+        let (mut owner, rx) = owner(Arc::new(Sim::new()));
+        owner.reconcile();
+        let start = event("aaaaaaaaaaaa", "start", "a", 5);
+        owner.engine_event(&start);
+        owner.engine_event(&start);
+        assert_eq!(changes(&rx), ["a:null>running"]);
+
+        // The follower drops what it delivered before a reconnect, and only that.
+        let mut delivered = Delivered::default();
+        assert!(delivered.first_time(&start));
+        assert!(!delivered.first_time(&start), "the same event again");
+        assert!(delivered.first_time(&event("aaaaaaaaaaaa", "die", "a", 5)), "another action at the same time");
+        assert!(delivered.first_time(&event("bbbbbbbbbbbb", "start", "b", 5)), "another container at the same time");
+        assert!(delivered.first_time(&json!({"Action": "start"})), "no time: cannot tell, so delivered");
+        // A reconnect replays from a second before the newest, but not from before the last list.
+        let newest = 100 * OVERLAP_NANOS;
+        delivered.first_time(&event("aaaaaaaaaaaa", "stop", "a", newest));
+        assert_eq!(delivered.since(0), Some(99.0));
+        assert_eq!(delivered.since(newest), Some(100.0));
+        assert_eq!(Delivered::default().since(0), None, "nothing to replay from");
+    }
+
+    #[test]
+    fn a_destroyed_container_never_comes_back_from_stale_news() {
+        let sim = Arc::new(Sim::new());
+        let (mut owner, rx) = owner(sim.clone());
+        owner.reconcile();
+        let id = run(&*sim, "gone");
+        owner.engine_event(&event(&id, "start", "gone", 1));
+        owner.engine_event(&event(&id, "destroy", "gone", 2));
+        assert_eq!(changes(&rx), ["gone:null>running", "gone:running>removed"]);
+        // A late event, and the driver's own view from before the removal.
+        owner.engine_event(&event(&id, "start", "gone", 1));
+        owner.engine_event(&event(&id, "die", "gone", 3));
+        let seen =
+            Seen { id: short_id(&id).into(), name: "gone".into(), image: "img:1".into(), state: "running".into() };
+        owner.observed(&seen);
+        // A list that still shows it (taken as it was being removed).
+        owner.reconcile();
+        assert_eq!(changes(&rx), Vec::<String>::new());
+        // A container never seen that is said removed is no news either.
+        owner.engine_event(&event("cccccccccccc", "destroy", "never", 4));
+        assert_eq!(changes(&rx), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_reconcile_after_an_outage_emits_the_net_change() {
+        let sim = Arc::new(Sim::new());
+        for n in ["stopped", "removed", "kept"] {
+            run(&*sim, n);
+        }
+        let (mut owner, rx) = owner(sim.clone());
+        owner.reconcile();
+        // Meanwhile, with no event seen:
+        sim.stop_container("stopped", 0).unwrap();
+        sim.remove_container("removed", true).unwrap();
+        run(&*sim, "new");
+        sim.create_container(Some("created"), &json!({"Image": "img:1"})).unwrap();
+        owner.reconcile();
+        let mut got = changes(&rx);
+        got.sort();
+        assert_eq!(
+            got,
+            ["created:null>created", "new:null>running", "removed:running>removed", "stopped:running>exited"]
+        );
+        owner.reconcile();
+        assert_eq!(changes(&rx), Vec::<String>::new(), "reported once");
+    }
+
+    /// The next state change within 5 s.
+    fn next_change(rx: &Receiver<Event>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = rx.recv_deadline(deadline).expect("a state change within 5 s");
+            if e.name == STATE_CHANGED {
+                return change(&e);
+            }
+        }
+    }
+
+    /// The threads: events arrive as the engine sends them; while the stream is cut the poll
+    /// reports what changed, and nothing is reported twice once it is back.
+    #[test]
+    fn the_threads_follow_the_stream_and_poll_while_it_is_cut() {
+        let engine = Arc::new(Scripted::new());
+        run(&engine.sim, "old");
+        let (tx, rx) = bounded(1000);
+        let state = State::start(engine.clone(), 10.0, Events::new(tx.clone(), tx), Forward::Off);
+        // The stream is connected once the follower has subscribed: wait for that, not a while.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while engine.event_streams() == 0 {
+            assert!(Instant::now() < deadline, "the follower did not connect");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let id = engine.sim.create_container(Some("c"), &json!({"Image": "img:1"})).unwrap();
+        engine.sim.start_container(&id).unwrap();
+        assert_eq!([next_change(&rx), next_change(&rx)], ["c:null>created", "c:created>running"]);
+
+        engine.cut_events();
+        engine.sim.stop_container(&id, 0).unwrap();
+        engine.sim.remove_container("old", true).unwrap();
+        let mut got = [next_change(&rx), next_change(&rx)];
+        got.sort();
+        assert_eq!(got, ["c:running>exited", "old:running>removed"], "the poll reports the outage");
+
+        engine.restore_events();
+        engine.sim.start_container(&id).unwrap();
+        assert_eq!(next_change(&rx), "c:exited>running");
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing twice");
+        state.shutdown();
+    }
+}

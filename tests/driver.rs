@@ -145,9 +145,16 @@ fn real_lifecycle_logs_exec_and_listing() {
         .unwrap()
         .iter()
         .any(|c| c["id"] == id.as_str()));
-    std::thread::sleep(Duration::from_millis(2500));
-
-    let logs = rig.ok("container_logs", json!({"container_id": name}))["logs"].as_str().unwrap().to_string();
+    // The script prints "late" after two seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logs = loop {
+        let logs = rig.ok("container_logs", json!({"container_id": name}))["logs"].as_str().unwrap().to_string();
+        if logs.lines().any(|l| l.ends_with("late")) {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "no \"late\" within 20 s: {logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for want in ["out-1", "err-1", "out-2", "late"] {
         assert!(logs.lines().any(|l| l.ends_with(want)), "{want} missing from {logs:?}");
     }

@@ -1,16 +1,16 @@
 //! `Docker` (the real engine client) against the Docker Engine at
-//! /var/run/docker.sock, plus a fake engine on a private socket for version
-//! negotiation. Needs the image dcd-test/busybox:latest and the registry on
-//! 127.0.0.1:5000 that `tests/setup.sh` provides. Without them the engine
-//! tests are skipped, unless `CI` is set, where they fail.
+//! /var/run/docker.sock; version negotiation and status mapping are unit tests
+//! on a fake engine (src/engine/docker.rs). Needs the image
+//! dcd-test/busybox:latest and the registry on 127.0.0.1:5000 that
+//! `tests/setup.sh` provides. Without them the engine tests are skipped,
+//! unless `CI` is set, where they fail.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::Read;
 use std::net::TcpStream;
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,10 +24,7 @@ const REGISTRY: &str = "127.0.0.1:5000";
 const REGISTRY_IMAGE: &str = "127.0.0.1:5000/dcd-test/busybox:latest";
 
 fn skip<T>(why: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("SKIPPED: {why}");
+    common::require(false, why);
     None
 }
 
@@ -491,95 +488,6 @@ fn unknown_and_hostile_ids_stay_in_their_segment() {
             assert!(matches!(result, Err(EngineError::NotFound(_) | EngineError::BadRequest(_))), "{id:?}: {result:?}");
         }
     }
-}
-
-/// An engine that answers `/version` with `api` and everything else with
-/// `[]`, recording the request paths. One request per connection.
-struct FakeEngine {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl FakeEngine {
-    fn start(path: &Path, api: &str, seen: Arc<Mutex<Vec<String>>>) -> FakeEngine {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let api = api.to_string();
-        let thread = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let mut conn = conn.unwrap();
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    let mut request_line = String::new();
-                    reader.read_line(&mut request_line).unwrap();
-                    let mut header = String::new();
-                    while reader.read_line(&mut header).unwrap() > 2 {
-                        header.clear();
-                    }
-                    let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-                    let body = if path == "/version" {
-                        json!({"ApiVersion": api, "Version": "fake"}).to_string()
-                    } else {
-                        "[]".to_string()
-                    };
-                    seen.lock().unwrap().push(path);
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            })
-        };
-        FakeEngine { path: path.to_path_buf(), stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for FakeEngine {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = std::os::unix::net::UnixStream::connect(&self.path);
-        let _ = self.thread.take().unwrap().join();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[test]
-fn version_is_negotiated_lazily_and_again_after_outage() {
-    let sock = std::env::temp_dir().join(format!("{}.sock", name("fake")));
-    let _ = std::fs::remove_file(&sock);
-    let d = Docker::connect(Some(&format!("unix://{}", sock.display()))).unwrap();
-    let err = d.list_containers(false).unwrap_err();
-    assert!(matches!(err, EngineError::Unreachable(_)), "{err:?}");
-
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let take = || std::mem::take(&mut *seen.lock().unwrap());
-
-    let fake = FakeEngine::start(&sock, "1.43", seen.clone());
-    d.list_containers(true).unwrap();
-    d.list_images().unwrap();
-    assert_eq!(take(), ["/version", "/v1.43/containers/json?all=1", "/v1.43/images/json"]);
-    drop(fake);
-
-    let err = d.list_images().unwrap_err();
-    assert!(matches!(err, EngineError::Unreachable(_)), "{err:?}");
-
-    let fake = FakeEngine::start(&sock, "1.39", seen.clone());
-    let err = d.list_images().unwrap_err();
-    assert!(matches!(&err, EngineError::TooOld(m) if m.contains("1.39")), "{err:?}");
-    drop(fake);
-    take();
-
-    let _fake = FakeEngine::start(&sock, "1.52", seen.clone());
-    d.list_images().unwrap();
-    assert_eq!(take(), ["/version", "/v1.45/images/json"]);
 }
 
 #[test]

@@ -8,46 +8,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::relay::Relay;
+use common::{docker_ok, Cleanup};
 use dcd::engine::{docker::Docker, Engine};
 use dcd::events::{LOG_LINE, STATE_CHANGED};
-
-const DOCKER_SOCK: &str = "/var/run/docker.sock";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The `docker` CLI, which must succeed: the engine's own hand, not ours.
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Test containers, removed on drop whatever happened.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            common::docker(&["rm", "-f", n]);
-        }
-    }
-}
 
 /// `docker create` a labelled container named `name` running `cmd`.
 fn create(image: &str, name: &str, cmd: &[&str]) {
     let mut args = vec!["create", "--label", "dcd-test=1", "--name", name, image];
     args.extend_from_slice(cmd);
-    docker(&args);
+    docker_ok(&args);
 }
 
 /// Each container's transitions as `previous>state` (`null` for none), in arrival order.
@@ -208,7 +188,7 @@ impl Mesh {
 /// `previous>state`: the ground truth to check ours against.
 fn engine_record(name: &str, since: f64) -> Vec<String> {
     let until = format!("{:.3}", dcd::time::now_epoch());
-    let actions = docker(&[
+    let actions = docker_ok(&[
         "events",
         "--since",
         &format!("{since:.3}"),
@@ -250,19 +230,20 @@ fn mesh_fast_flips_arrive_in_order() {
     create(&mesh.image, flip, &["sh", "-c", "exit 0"]);
     for _ in 0..5 {
         // -a waits for the exit, so each start is a new run.
-        docker(&["start", "-a", flip]);
+        docker_ok(&["start", "-a", flip]);
     }
     // Back to back: a start may find the last run still going, as the engine will record.
     create(&mesh.image, burst, &["sh", "-c", "exit 0"]);
     for _ in 0..5 {
-        docker(&["start", burst]);
+        docker_ok(&["start", burst]);
     }
     create(&mesh.image, kill, &["sleep", "300"]);
-    docker(&["start", kill]);
+    docker_ok(&["start", kill]);
     std::thread::sleep(Duration::from_millis(50));
-    docker(&["kill", kill]);
-    std::thread::sleep(Duration::from_millis(500));
-    docker(&["rm", "-f", flip, burst, kill]);
+    docker_ok(&["kill", kill]);
+    // Every run has ended (and been recorded) before the removals.
+    docker_ok(&["wait", kill, burst]);
+    docker_ok(&["rm", "-f", flip, burst, kill]);
 
     let mut want = vec!["null>created".to_string(), "created>running".into(), "running>exited".into()];
     for _ in 1..5 {
@@ -296,9 +277,9 @@ fn mesh_engine_side_changes_arrive() {
     for n in &names {
         assert_eq!(mesh.chain(n, 2), ["null>created", "created>running"], "{n}");
     }
-    docker(&["stop", "-t", "1", &names[0]]);
-    docker(&["kill", &names[1]]);
-    docker(&["rm", "-f", &names[2]]);
+    docker_ok(&["stop", "-t", "1", &names[0]]);
+    docker_ok(&["kill", &names[1]]);
+    docker_ok(&["rm", "-f", &names[2]]);
     assert_eq!(mesh.chain(&names[0], 3)[2..], ["running>exited"]);
     assert_eq!(mesh.chain(&names[1], 3)[2..], ["running>exited"]);
     assert_eq!(mesh.chain(&names[2], 4)[2..], ["running>exited", "exited>removed"]);
@@ -325,12 +306,12 @@ fn mesh_engine_events_are_forwarded() {
         let (foreign, ours) = (common::unique("fwd-foreign"), common::unique("fwd-ours"));
         let _c = Cleanup(vec![foreign.clone(), ours.clone()]);
         // The foreign container's events all come first: the engine sends events in order.
-        docker(&["run", "-d", "--name", &foreign, &mesh.image, "sleep", "300"]);
-        docker(&["rm", "-f", &foreign]);
+        docker_ok(&["run", "-d", "--name", &foreign, &mesh.image, "sleep", "300"]);
+        docker_ok(&["rm", "-f", &foreign]);
         let label = format!("{}=true", dcd::labels::MANAGED_LABEL);
-        docker(&["run", "-d", "--label", &label, "--name", &ours, &mesh.image, "sleep", "300"]);
-        docker(&["stop", "-t", "0", &ours]);
-        docker(&["rm", &ours]);
+        docker_ok(&["run", "-d", "--label", &label, "--name", &ours, &mesh.image, "sleep", "300"]);
+        docker_ok(&["stop", "-t", "0", &ours]);
+        docker_ok(&["rm", &ours]);
 
         let deadline = Instant::now() + WAIT;
         let mut seen: Vec<(String, String)> = Vec::new();
@@ -420,169 +401,9 @@ impl Rig {
     }
 }
 
-/// A unix socket in front of the engine's. Listening, it either passes every connection
-/// through or (`forward` false) acts as an engine that is up but broken: it answers
-/// `GET /version` and closes every other connection unanswered after reading its request.
-/// Cut, every connection is closed and the socket is gone. It counts the container list
-/// requests it sees, and with `replay` false it strips `since` from `/events` requests, as an
-/// engine restarted during an outage has nothing to replay.
-struct Relay {
-    path: PathBuf,
-    tap: Arc<Tap>,
-    open: Arc<Mutex<Vec<UnixStream>>>,
-    accepting: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
-}
-
-struct Tap {
-    lists: AtomicUsize,
-    replay: bool,
-}
-
-impl Tap {
-    const LIST: &[u8] = b"/containers/json";
-
-    /// Copy requests to the engine, looking at each on the way.
-    fn forward(&self, mut from: UnixStream, mut to: UnixStream) {
-        let mut buf = vec![0u8; 64 * 1024];
-        // The end of the previous read, so a request line cut by a read still counts.
-        let mut tail = Vec::new();
-        while let Ok(n @ 1..) = from.read(&mut buf) {
-            let chunk = self.look(&buf[..n], &mut tail);
-            if to.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-    }
-
-    /// Count the list requests in `chunk` and strip `since` if asked; returns what to send on.
-    fn look(&self, chunk: &[u8], tail: &mut Vec<u8>) -> Vec<u8> {
-        let mut chunk = chunk.to_vec();
-        eprintln!("TAP {:?}", String::from_utf8_lossy(&chunk[..chunk.len().min(80)]));
-        if !self.replay && chunk.windows(8).any(|w| w == b"/events?") {
-            strip_query(&mut chunk, b"&since=");
-        }
-        let seen = [&tail[..], &chunk[..]].concat();
-        let new = seen
-            .windows(Self::LIST.len())
-            .enumerate()
-            .filter(|(i, w)| *w == Self::LIST && i + Self::LIST.len() > tail.len())
-            .count();
-        self.lists.fetch_add(new, Ordering::SeqCst);
-        *tail = seen[seen.len().saturating_sub(Self::LIST.len() - 1)..].to_vec();
-        chunk
-    }
-
-    fn lists(&self) -> usize {
-        self.lists.load(Ordering::SeqCst)
-    }
-}
-
-/// Pass one `GET /version` to the engine, which closes the connection after its answer.
-fn version_once(request: &[u8], client: &mut UnixStream) {
-    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return;
-    };
-    let Ok(mut engine) = UnixStream::connect(DOCKER_SOCK) else {
-        return;
-    };
-    let request = [&request[..end], b"\r\nconnection: close\r\n\r\n"].concat();
-    if engine.write_all(&request).is_ok() {
-        let _ = std::io::copy(&mut engine, client);
-    }
-}
-
-/// Remove `key` (`&name=`) and its value from the first request line in `chunk`.
-fn strip_query(chunk: &mut Vec<u8>, key: &[u8]) {
-    let Some(at) = chunk.windows(key.len()).position(|w| w == key) else {
-        return;
-    };
-    let len = chunk[at + 1..].iter().position(|&b| b == b'&' || b == b' ').map_or(0, |n| n + 1);
-    chunk.drain(at..at + len);
-}
-
-impl Relay {
-    fn new(tag: &str, replay: bool) -> Relay {
-        let path = std::env::temp_dir().join(format!("dcd-relay-{tag}-{}.sock", std::process::id()));
-        let tap = Arc::new(Tap { lists: 0.into(), replay });
-        let mut r = Relay { path, tap, open: Arc::default(), accepting: None };
-        r.listen(true);
-        r
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-
-    fn listen(&mut self, forward: bool) {
-        let _ = std::fs::remove_file(&self.path);
-        let listener = UnixListener::bind(&self.path).expect("bind relay socket");
-        let (stop, open, tap) = (Arc::new(AtomicBool::new(false)), self.open.clone(), self.tap.clone());
-        let thread = std::thread::spawn({
-            let stop = stop.clone();
-            move || {
-                for client in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut client) = client else { continue };
-                    if !forward {
-                        let _ = client.set_read_timeout(Some(Duration::from_secs(1)));
-                        let mut buf = vec![0u8; 64 * 1024];
-                        if let Ok(n) = client.read(&mut buf) {
-                            let request = tap.look(&buf[..n], &mut Vec::new());
-                            // Answered, or every call would stop at the version check.
-                            if request.starts_with(b"GET /version ") {
-                                version_once(&request, &mut client);
-                            }
-                        }
-                        continue;
-                    }
-                    let Ok(engine) = UnixStream::connect(DOCKER_SOCK) else {
-                        continue;
-                    };
-                    let (c, e) = (client.try_clone().unwrap(), engine.try_clone().unwrap());
-                    let tap = tap.clone();
-                    std::thread::spawn(move || {
-                        tap.forward(c.try_clone().unwrap(), e.try_clone().unwrap());
-                        let _ = c.shutdown(std::net::Shutdown::Both);
-                        let _ = e.shutdown(std::net::Shutdown::Both);
-                    });
-                    let (mut e, mut c) = (engine.try_clone().unwrap(), client.try_clone().unwrap());
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut e, &mut c);
-                        let _ = c.shutdown(std::net::Shutdown::Both);
-                        let _ = e.shutdown(std::net::Shutdown::Both);
-                    });
-                    open.lock().unwrap().extend([client, engine]);
-                }
-            }
-        });
-        self.accepting = Some((stop, thread));
-    }
-
-    fn cut(&mut self) {
-        if let Some((stop, thread)) = self.accepting.take() {
-            stop.store(true, Ordering::SeqCst);
-            // Wakes the accept loop so it sees `stop`.
-            let _ = UnixStream::connect(&self.path);
-            let _ = thread.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
 /// `docker run -d` a labelled `sleep 300` named `name`.
 fn run_sleeper(image: &str, name: &str) {
-    docker(&["run", "-d", "--label", "dcd-test=1", "--name", name, image, "sleep", "300"]);
+    docker_ok(&["run", "-d", "--label", "dcd-test=1", "--name", name, image, "sleep", "300"]);
 }
 
 /// The state thread through a relay that is cut for a while: what changed during the outage
@@ -592,41 +413,41 @@ fn run_sleeper(image: &str, name: &str) {
 /// without, `since` is ignored as by an engine restarted meanwhile, the fallback poll runs,
 /// and a list reports the net change.
 fn outage(tag: &str, replay: bool) {
-    let (Some(_), Some(image)) = (common::engine(), common::test_image()) else {
+    let Some((_, image)) = common::real_engine() else {
         return;
     };
     let mut relay = Relay::new(tag, replay);
-    let tap = relay.tap.clone();
-    let engine = Arc::new(Docker::connect(Some(&relay.host())).unwrap());
+    relay.restore();
+    let engine = Arc::new(Docker::connect(Some(&relay.docker_host())).unwrap());
     let mut rig = Rig::new(engine, 10_000, if replay { 0.0 } else { 2.0 });
     let names = ["a", "b", "c"].map(|n| common::unique(&format!("{tag}-{n}")));
     let _c = Cleanup(names.to_vec());
-    // Give the stream time to connect, so these arrive as events.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the stream is connected, these arrive as events.
+    relay.wait_streams(1, WAIT);
     for n in &names[..2] {
         run_sleeper(&image, n);
         assert_eq!(rig.chain(n, 2), ["null>created", "created>running"], "{n}");
     }
 
     // While events flow nothing polls.
-    let lists = tap.lists();
-    docker(&["restart", "-t", "0", &names[0]]);
+    let lists = relay.lists();
+    docker_ok(&["restart", "-t", "0", &names[0]]);
     assert_eq!(rig.chain(&names[0], 4)[2..], ["running>exited", "exited>running"]);
     std::thread::sleep(Duration::from_secs(2));
-    let flowing = tap.lists() - lists;
+    let flowing = relay.lists() - lists;
 
     relay.cut();
-    docker(&["stop", "-t", "0", &names[0]]);
-    docker(&["rm", "-f", &names[1]]);
+    docker_ok(&["stop", "-t", "0", &names[0]]);
+    docker_ok(&["rm", "-f", &names[1]]);
     run_sleeper(&image, &names[2]);
     std::thread::sleep(Duration::from_secs(1));
     // Polls while down show as requests the broken engine never answers.
-    let lists = tap.lists();
-    relay.listen(false);
+    let lists = relay.lists();
+    relay.break_engine();
     std::thread::sleep(Duration::from_millis(2000));
     relay.cut();
-    let down = tap.lists() - lists;
-    relay.listen(true);
+    let down = relay.lists() - lists;
+    relay.restore();
 
     assert_eq!(rig.chain(&names[0], 5)[4..], ["running>exited"]);
     if replay {
@@ -639,10 +460,10 @@ fn outage(tag: &str, replay: bool) {
     }
     // Polling stops once the stream is back (the follower may still be in its backoff).
     let back = Instant::now();
-    let mut lists = tap.lists();
+    let mut lists = relay.lists();
     loop {
         std::thread::sleep(Duration::from_millis(1500));
-        let now = tap.lists();
+        let now = relay.lists();
         if now == lists {
             break;
         }
@@ -650,13 +471,13 @@ fn outage(tag: &str, replay: bool) {
         assert!(back.elapsed() < Duration::from_secs(20), "still polling {:?} after the restore", back.elapsed());
     }
     let polled_for = back.elapsed().saturating_sub(Duration::from_millis(1500));
-    docker(&["start", &names[0]]);
-    docker(&["stop", "-t", "0", &names[2]]);
+    docker_ok(&["start", &names[0]]);
+    docker_ok(&["stop", "-t", "0", &names[2]]);
     assert_eq!(rig.chain(&names[0], 6)[5..], ["exited>running"]);
     let n = rig.chain(&names[2], 0).len();
     assert_eq!(rig.chain(&names[2], n + 1)[n..], ["running>exited"]);
     std::thread::sleep(Duration::from_secs(1));
-    let after = tap.lists() - lists;
+    let after = relay.lists() - lists;
     for (n, chain) in &rig.chains.0 {
         assert_chained(n, chain);
     }
@@ -691,9 +512,9 @@ fn provision(rig: &Rig, image: &str, name: &str, script: &str) -> String {
     c["container"]["id"].as_str().unwrap().to_string()
 }
 
+/// The in-process rig with an event queue of `queue` slots on the real engine, and the test image.
 fn real_rig(queue: usize) -> Option<(Rig, String)> {
-    let engine = common::engine()?;
-    let image = common::test_image()?;
+    let (engine, image) = common::real_engine()?;
     Some((Rig::new(engine, queue, 2.0), image))
 }
 
@@ -786,7 +607,7 @@ fn follows_do_not_leak() {
     };
     let name = common::unique("leak");
     let _c = Cleanup(vec![name.clone()]);
-    let id = docker(&["run", "-d", "--label", "dcd-test=1", "--name", &name, &image, "sleep", "300"]);
+    let id = docker_ok(&["run", "-d", "--label", "dcd-test=1", "--name", &name, &image, "sleep", "300"]);
     // Ten names for one container (id prefixes), so ten follows run at once.
     let keys: Vec<&str> = (12..22).map(|n| &id[..n]).collect();
     let round = || {

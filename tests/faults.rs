@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,114 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{dcd_on_nats, free_port, nats_server, rpc_request, subject, threads_and_rss, Nats, Proc, READY};
-
-const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+use common::relay::Relay;
+use common::{dcd_on_nats, free_port, nats_server, rpc_request, subject, threads_and_rss, Cleanup, Nats, Proc, READY};
 /// The driver caches engine info this long; status may lag the engine by as much.
 const INFO_TTL: Duration = Duration::from_secs(5);
-
-/// A unix socket that forwards each connection to the engine's socket. `cut` makes the socket
-/// disappear and closes every open connection, as a crashed or restarting engine does;
-/// `restore` brings it back.
-struct Relay {
-    path: PathBuf,
-    up: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Relay {
-    /// Down until `restore`.
-    fn new(tag: &str) -> Relay {
-        let path = std::env::temp_dir().join(format!("{}.sock", common::unique(tag)));
-        let _ = std::fs::remove_file(&path);
-        let (up, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (path, up, stop, conns) = (path.clone(), up.clone(), stop.clone(), conns.clone());
-            std::thread::spawn(move || {
-                let mut listener: Option<UnixListener> = None;
-                while !stop.load(Ordering::SeqCst) {
-                    match (up.load(Ordering::SeqCst), &listener) {
-                        (true, None) => {
-                            let l = UnixListener::bind(&path).expect("bind the relay socket");
-                            l.set_nonblocking(true).unwrap();
-                            listener = Some(l);
-                        }
-                        (false, Some(_)) => {
-                            listener = None;
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        _ => {}
-                    }
-                    match listener.as_ref().map(UnixListener::accept) {
-                        Some(Ok((client, _))) => pipe(client, &conns),
-                        _ => std::thread::sleep(Duration::from_millis(5)),
-                    }
-                }
-                let _ = std::fs::remove_file(&path);
-            })
-        };
-        Relay { path, up, stop, conns, thread: Some(thread) }
-    }
-
-    fn docker_host(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-
-    /// Up, and accepting, when this returns.
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while UnixStream::connect(&self.path).is_err() {
-            assert!(Instant::now() < deadline, "the relay did not come up");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Gone, with every open connection closed, when this returns.
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.path.exists() {
-            assert!(Instant::now() < deadline, "the relay did not go down");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Copy bytes both ways between `client` and a new engine connection until either side ends.
-fn pipe(client: UnixStream, conns: &Arc<Mutex<Vec<UnixStream>>>) {
-    client.set_nonblocking(false).unwrap();
-    let Ok(engine) = UnixStream::connect(ENGINE_SOCKET) else { return };
-    let ends = [client.try_clone().unwrap(), engine.try_clone().unwrap()];
-    conns.lock().unwrap().extend(ends.iter().map(|s| s.try_clone().unwrap()));
-    for (mut from, mut to) in [(client.try_clone().unwrap(), engine.try_clone().unwrap()), (engine, client)] {
-        let ends = [ends[0].try_clone().unwrap(), ends[1].try_clone().unwrap()];
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            for s in ends {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        });
-    }
-}
 
 /// A unix socket that accepts connections and never answers: a hung engine.
 struct Stall {
@@ -200,7 +96,8 @@ impl Rig {
         let (_, payload) = rpc_request("get_container", json!({"container_id": "x"}));
         let cmd = self.subject("cmd");
         self.client.send_request(&cmd, &payload).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Logged by the worker as it takes the request, just before it asks the engine.
+        self.dcd.expect_line("rpc get_container from", Duration::from_secs(10));
     }
 
     fn subject(&self, tail: &str) -> String {
@@ -252,7 +149,8 @@ fn engine_missing_at_start_then_appears() {
     if !engine_parts() {
         return;
     }
-    let relay = Relay::new("late");
+    // Down until restored.
+    let mut relay = Relay::new("late", true);
     let mut rig = Rig::start("late", &[], &[("DOCKER_HOST", &relay.docker_host())]);
     let presence_subject = rig.subject("presence");
     rig.client.sub(&presence_subject).unwrap();
@@ -293,7 +191,7 @@ fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
         return;
     }
     let Some(image) = common::test_image() else { return };
-    let relay = Relay::new("cut");
+    let mut relay = Relay::new("cut", true);
     relay.restore();
     let mut rig = Rig::start("cut", &[], &[("DOCKER_HOST", &relay.docker_host())]);
     rig.call("list_containers", json!({}), Duration::from_secs(10)).expect("the engine answers through the relay");
@@ -320,7 +218,7 @@ fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
 
     // What happens on the engine meanwhile must still be reported once it is back.
     let name = common::unique("cut-meanwhile");
-    let _cleanup = Cleanup(name.clone());
+    let _cleanup = Cleanup(vec![name.clone()]);
     assert!(
         !common::docker(&["run", "-d", "--name", &name, "--label", "dcd-test=1", &image, "sleep", "300"]).is_empty()
     );
@@ -350,14 +248,6 @@ fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
         "{name}, created while the engine was out of reach: {states:?}"
     );
     eprintln!("state change during the outage reported {:?} after the engine came back", back.elapsed());
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        common::docker(&["rm", "-f", &self.0]);
-    }
 }
 
 #[test]

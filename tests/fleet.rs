@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -74,9 +74,16 @@ fn stats_redeploy_replace_and_endpoints() {
     let second = rig.ok("provision_container", json!({"spec": again}))["container"].clone();
     assert_ne!(second["id"], first["id"], "replace made a new container");
 
-    std::thread::sleep(Duration::from_millis(1200));
-    let st = rig.ok("container_stats", json!({"container_id": name}));
-    assert!(st["memory_usage"].as_u64().unwrap() > 0 && st["pids"].as_u64().unwrap() >= 1, "{st}");
+    // The engine samples a new container's usage after a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = rig.ok("container_stats", json!({"container_id": name}));
+        if st["memory_usage"].as_u64().unwrap() > 0 && st["pids"].as_u64().unwrap() >= 1 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no usage within 20 s: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(st["cpu_percent"].as_f64().unwrap() >= 0.0);
     assert!(rig.err("container_stats", json!({"container_id": "nope-404"})).contains("not found"));
 

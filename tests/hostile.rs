@@ -2,21 +2,18 @@
 //! bounds fed random and mutated data from a seeded xorshift generator (no fuzzing crates). Each
 //! test prints its seed; `DCD_FUZZ_SEED=<n>` replays a run. Every loop is bounded in count.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_channel::{bounded, Receiver};
 use serde_json::{json, Map, Value};
 
-use dcd::driver::Driver;
 use dcd::engine::stream::{Demux, JsonLines, Line, MAX_LINE};
 use dcd::engine::{sim::Sim, Credentials, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
-use dcd::events::{Event, Events};
-use dcd::policy::Policy;
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
-use dcd::state::{Forward, State};
 
 const DEVICE: &str = "fuzz-host";
 /// How deep `rpc` lets JSON nest before dropping it unread.
@@ -157,23 +154,24 @@ impl Engine for Counting {
     }
 }
 
-/// The driver on a counting simulator with the default policy, as `dcd --sim` runs it.
+/// The shared rig on a counting simulator, as `dcd --sim` runs it. Its event queue is small and
+/// never read: a full queue makes the driver drop events, which is what a slow mesh causes.
 struct Rig {
-    driver: Driver,
+    rig: common::Rig,
     engine: Arc<Counting>,
-    state: Option<State>,
-    // Never read: a full queue makes the driver drop events, which is what a slow mesh causes.
-    _events: Receiver<Event>,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = common::Rig;
+    fn deref(&self) -> &common::Rig {
+        &self.rig
+    }
 }
 
 impl Rig {
     fn new() -> Rig {
         let engine = Arc::new(Counting { sim: Sim::new(), creates: AtomicUsize::new(0), pulls: AtomicUsize::new(0) });
-        let (tx, rx) = bounded(64);
-        let events = Events::new(tx.clone(), tx);
-        let state = State::start(engine.clone(), 2.0, events.clone(), Forward::Off);
-        let driver = Driver::new(engine.clone(), true, 2.0, state.handle(), events, Policy::default());
-        Rig { driver, engine, state: Some(state), _events: rx }
+        Rig { rig: common::Rig::with(engine.clone(), true, 64, 2.0), engine }
     }
 
     /// Every advertised function with its parameter schema.
@@ -247,15 +245,6 @@ impl Rig {
             }
         }
         Some(r)
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.driver.shutdown();
-        if let Some(s) = self.state.take() {
-            s.shutdown();
-        }
     }
 }
 

@@ -32,21 +32,40 @@ fn interop(py: &Path, id: &str, extra: &[&str], env: &[(&str, &str)]) {
     expect_success(&mut script(None, py, "interop.py", &args, env));
 }
 
+/// The daemon as a D2D device on a nats-server of its own, ready, and the venv Python.
+struct D2d {
+    py: PathBuf,
+    tenant: String,
+    id: String,
+    url: String,
+    dcd: Proc,
+    _nats: Proc,
+}
+
+impl D2d {
+    fn start(tag: &str) -> Option<D2d> {
+        let (Some(py), true) = (python(), nats_installed()) else {
+            return None;
+        };
+        let (tenant, id) = names(tag);
+        let port = free_port();
+        let nats = nats_server(port, &[]);
+        let url = format!("nats://127.0.0.1:{port}");
+        let dcd = daemon(
+            &id,
+            &tenant,
+            &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
+        );
+        dcd.expect_line(READY, Duration::from_secs(15));
+        Some(D2d { py, tenant, id, url, dcd, _nats: nats })
+    }
+}
+
 #[test]
 fn nats_d2d_sim() {
-    let (Some(py), true) = (python(), nats_installed()) else {
+    let Some(D2d { _nats, py, tenant, id, url, mut dcd }) = D2d::start("nats-d2d") else {
         return;
     };
-    let (tenant, id) = names("nats-d2d");
-    let port = free_port();
-    let _nats = nats_server(port, &[]);
-    let url = format!("nats://127.0.0.1:{port}");
-    let mut dcd = daemon(
-        &id,
-        &tenant,
-        &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
-    );
-    dcd.expect_line(READY, Duration::from_secs(15));
     let client = [
         ("MESSAGING_BACKEND", "nats"),
         ("NATS_URL", &url),
@@ -242,19 +261,9 @@ fn nats_reconnect() {
 
 #[test]
 fn nats_wire_rules() {
-    let (Some(py), true) = (python(), nats_installed()) else {
+    let Some(D2d { _nats, py, tenant, id, url, mut dcd }) = D2d::start("nats-wire") else {
         return;
     };
-    let (tenant, id) = names("nats-wire");
-    let port = free_port();
-    let _nats = nats_server(port, &[]);
-    let url = format!("nats://127.0.0.1:{port}");
-    let mut dcd = daemon(
-        &id,
-        &tenant,
-        &[("NATS_URL", &url), ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"), ("DEVICE_CONNECT_ALLOW_INSECURE", "true")],
-    );
-    dcd.expect_line(READY, Duration::from_secs(15));
     let mut wire = script(None, &py, "wire.py", &[&url, &tenant, &id], &[]);
     wire.expect_line("await-departure", common::SCRIPT_TIMEOUT);
     stop_daemon(&mut dcd);

@@ -16,6 +16,8 @@
 #   DCD_TEST_IMAGE     dcd-test/busybox:latest (local image; /bin/sh + busybox applets, CMD /bin/sh)
 #   DCD_TEST_REGISTRY  127.0.0.1:5000 (holds dcd-test/busybox:latest; no local tag of that name)
 #   DCD_BIN            target/release/dcd (integration tests also get CARGO_BIN_EXE_dcd)
+#
+# A test whose parts are missing skips (outside CI) and is listed at the end: "N tests skipped: ...".
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +38,22 @@ step "cargo build --release"
 cargo build --release
 
 step "cargo test"
+# Each test that skips for want of a part records itself here (tests/common/mod.rs, `require`).
+SKIPS=${CARGO_TARGET_DIR:-$ROOT/target}/test-skips.txt
+rm -f "$SKIPS"
+skip_summary() {
+    if [ -s "$SKIPS" ]; then
+        printf '\n==== run.sh: %s tests skipped: %s ====\n' "$(cut -f1 "$SKIPS" | sort -u | wc -l)" \
+            "$(sort -u "$SKIPS" | awk -F'\t' '{printf "%s%s (%s)", (NR > 1 ? ", " : ""), $1, $2}')"
+    fi
+}
+trap skip_summary EXIT
 cargo test -- --test-threads=2
+# `require` already fails a test under CI; this catches a skip that went around it.
+if [ -n "${CI:-}" ] && [ -s "$SKIPS" ]; then
+    echo "run.sh: tests skipped under CI" >&2
+    exit 1
+fi
 
 step "deploy checks"
 bash tests/deploy.sh

@@ -37,6 +37,8 @@ use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions,
 use crate::sync::lock;
 
 pub mod auth;
+#[cfg(test)]
+mod fake;
 
 /// The newest API version we speak; a newer engine is spoken to in this one.
 const OUR_NEWEST: (u32, u32) = (1, 45);
@@ -1152,6 +1154,100 @@ mod tests {
         assert_eq!(pick_version("2.0").unwrap(), "1.45");
         assert!(matches!(pick_version("1.39"), Err(EngineError::TooOld(_))));
         assert!(matches!(pick_version("x"), Err(EngineError::Server(_))));
+    }
+
+    /// A fake engine that speaks API `api` and answers other paths with `answer`.
+    fn fake(api: &'static str, answer: fn(&str) -> fake::Answer) -> (fake::FakeEngine, Docker) {
+        let engine = fake::FakeEngine::start(fake::FakeEngine::socket_path(), move |path| match path {
+            "/version" => (200, json!({"ApiVersion": api, "Version": "fake"}).to_string()),
+            p => answer(p),
+        });
+        let docker = Docker::connect(Some(&engine.host())).unwrap();
+        (engine, docker)
+    }
+
+    #[test]
+    fn http_statuses_map_to_errors() {
+        let (_fake, d) = fake("1.43", |path| {
+            let id = path.trim_start_matches("/v1.43/containers/").split('/').next().unwrap();
+            let message = |m: &str| json!({"message": m}).to_string();
+            match id {
+                "missing" => (404, message("No such container: missing")),
+                "busy" => (409, message("container is running")),
+                "bad" => (400, message("invalid reference format")),
+                "teapot" => (418, String::new()),
+                "broken" => (500, "boom\n".into()),
+                "down" => (503, String::new()),
+                "moved" => (302, String::new()),
+                "garbled" => (200, "{not json".into()),
+                "started" => (304, String::new()),
+                _ => (200, json!({"Id": id}).to_string()),
+            }
+        });
+        let inspect = |id: &str| d.inspect_container(id);
+        assert_eq!(inspect("ok").unwrap(), json!({"Id": "ok"}));
+        assert_eq!(inspect("missing"), Err(EngineError::NotFound("No such container: missing".into())));
+        assert_eq!(inspect("busy"), Err(EngineError::Conflict("container is running".into())));
+        assert_eq!(inspect("bad"), Err(EngineError::BadRequest("invalid reference format".into())));
+        assert_eq!(inspect("teapot"), Err(EngineError::BadRequest("HTTP 418".into())), "other 4xx");
+        assert_eq!(inspect("broken"), Err(EngineError::Server("boom".into())), "a message that is not JSON");
+        assert_eq!(inspect("down"), Err(EngineError::Server("HTTP 503".into())));
+        assert_eq!(
+            inspect("moved"),
+            Err(EngineError::BadRequest("unexpected HTTP 302 for /v1.43/containers/moved/json".into())),
+            "redirects are not followed"
+        );
+        let garbled = inspect("garbled");
+        assert!(
+            matches!(&garbled, Err(EngineError::Server(m)) if m.starts_with("engine sent invalid JSON")),
+            "{garbled:?}"
+        );
+        assert_eq!(d.start_container("started"), Ok(()), "304: already started");
+        assert_eq!(d.start_container("busy"), Err(EngineError::Conflict("container is running".into())));
+    }
+
+    #[test]
+    fn version_is_negotiated_lazily_and_again_after_outage() {
+        let sock = fake::FakeEngine::socket_path();
+        let d = Docker::connect(Some(&format!("unix://{}", sock.display()))).unwrap();
+        let err = d.list_containers(false).unwrap_err();
+        assert!(matches!(err, EngineError::Unreachable(_)), "{err:?}");
+
+        let listing = |_: &str| (200, "[]".to_string());
+        let version = |api: &'static str| {
+            move |p: &str| match p {
+                "/version" => (200, json!({"ApiVersion": api, "Version": "fake"}).to_string()),
+                p => listing(p),
+            }
+        };
+        let fake = fake::FakeEngine::start(sock.clone(), version("1.43"));
+        d.list_containers(true).unwrap();
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/version", "/v1.43/containers/json?all=1", "/v1.43/images/json"]);
+        drop(fake);
+
+        let err = d.list_images().unwrap_err();
+        assert!(matches!(err, EngineError::Unreachable(_)), "{err:?}");
+
+        let fake = fake::FakeEngine::start(sock.clone(), version("1.39"));
+        let err = d.list_images().unwrap_err();
+        assert!(matches!(&err, EngineError::TooOld(m) if m.contains("1.39")), "{err:?}");
+        drop(fake);
+
+        let fake = fake::FakeEngine::start(sock.clone(), version("1.52"));
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/version", "/v1.45/images/json"], "a newer engine is spoken to in ours");
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/v1.45/images/json"], "negotiated once");
+        drop(fake);
+
+        let _fake = fake::FakeEngine::start(sock, |p| match p {
+            "/version" => (200, json!({"Version": "fake"}).to_string()),
+            p => (200, format!("unexpected {p}")),
+        });
+        // `info` negotiates each time: it is the health check.
+        let err = d.info().unwrap_err();
+        assert_eq!(err, EngineError::Server("engine did not report an API version".into()));
     }
 
     #[test]

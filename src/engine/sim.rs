@@ -369,3 +369,150 @@ impl Engine for Sim {
         None
     }
 }
+
+/// For unit tests: the simulator with streams a test scripts in place of its own, and an event
+/// stream that can be cut and restored.
+#[cfg(test)]
+pub(crate) mod scripted {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    pub(crate) struct Scripted {
+        pub sim: Sim,
+        /// Handed out by `logs`, oldest first; the simulator's own when none is left.
+        logs: Mutex<VecDeque<Stream>>,
+        /// `events` fails while this is false, as for an engine that is down.
+        events_up: AtomicBool,
+        /// The event streams handed out, so `cut_events` can end them.
+        event_streams: Mutex<Vec<Canceller>>,
+    }
+
+    impl Scripted {
+        pub fn new() -> Scripted {
+            let events_up = AtomicBool::new(true);
+            Scripted { sim: Sim::new(), logs: Mutex::default(), events_up, event_streams: Mutex::default() }
+        }
+
+        /// A log stream for the next `logs` call, fed through the sender: a chunk of bytes at a
+        /// time, an empty chunk for the end. It also ends when cancelled.
+        pub fn script_log(&self) -> Sender<Vec<u8>> {
+            let (tx, stream) = channel_stream(false);
+            lock(&self.logs).push_back(stream);
+            tx
+        }
+
+        /// End every event stream, and refuse new ones until `restore_events`.
+        pub fn cut_events(&self) {
+            self.events_up.store(false, Ordering::SeqCst);
+            for c in lock(&self.event_streams).drain(..) {
+                c.cancel();
+            }
+        }
+
+        pub fn restore_events(&self) {
+            self.events_up.store(true, Ordering::SeqCst);
+        }
+
+        /// How many event streams were handed out since the last cut.
+        pub fn event_streams(&self) -> usize {
+            lock(&self.event_streams).len()
+        }
+    }
+
+    /// One frame of the engine's multiplexed log format: `stream` 1 is stdout, 2 stderr.
+    pub(crate) fn log_frame(stream: u8, text: &str) -> Vec<u8> {
+        let mut f = vec![stream, 0, 0, 0];
+        f.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        f.extend_from_slice(text.as_bytes());
+        f
+    }
+
+    impl Engine for Scripted {
+        fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream> {
+            self.sim.inspect_container(id)?;
+            match lock(&self.logs).pop_front() {
+                Some(s) => Ok(s),
+                None => self.sim.logs(id, opts),
+            }
+        }
+
+        fn events(&self, since: Option<f64>) -> Result<Stream> {
+            if !self.events_up.load(Ordering::SeqCst) {
+                return Err(EngineError::Unreachable("scripted: events are cut".into()));
+            }
+            let s = self.sim.events(since)?;
+            lock(&self.event_streams).push(s.cancel.clone());
+            Ok(s)
+        }
+
+        // The rest is the simulator's.
+        fn info(&self) -> Result<Value> {
+            self.sim.info()
+        }
+        fn ping(&self) -> Result<()> {
+            self.sim.ping()
+        }
+        fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
+            self.sim.list_containers(all)
+        }
+        fn inspect_container(&self, id: &str) -> Result<Value> {
+            self.sim.inspect_container(id)
+        }
+        fn create_container(&self, name: Option<&str>, body: &Value) -> Result<String> {
+            self.sim.create_container(name, body)
+        }
+        fn start_container(&self, id: &str) -> Result<()> {
+            self.sim.start_container(id)
+        }
+        fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+            self.sim.stop_container(id, timeout_s)
+        }
+        fn restart_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+            self.sim.restart_container(id, timeout_s)
+        }
+        fn remove_container(&self, id: &str, force: bool) -> Result<()> {
+            self.sim.remove_container(id, force)
+        }
+        fn rename_container(&self, id: &str, name: &str) -> Result<()> {
+            self.sim.rename_container(id, name)
+        }
+        fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
+            self.sim.exec(id, cmd, env, workdir)
+        }
+        fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>> {
+            self.sim.pull_image(image, auth)
+        }
+        fn list_images(&self) -> Result<Vec<Value>> {
+            self.sim.list_images()
+        }
+        fn stats(&self, id: &str) -> Result<Value> {
+            self.sim.stats(id)
+        }
+        fn list_objects(&self, kind: Object) -> Result<Vec<Value>> {
+            self.sim.list_objects(kind)
+        }
+        fn create_object(&self, kind: Object, body: &Value) -> Result<Value> {
+            self.sim.create_object(kind, body)
+        }
+        fn inspect_object(&self, kind: Object, id: &str) -> Result<Value> {
+            self.sim.inspect_object(kind, id)
+        }
+        fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()> {
+            self.sim.remove_object(kind, id, force)
+        }
+        fn connect_network(&self, network: &str, id: &str) -> Result<()> {
+            self.sim.connect_network(network, id)
+        }
+        fn remove_image(&self, reference: &str, force: bool) -> Result<Value> {
+            self.sim.remove_image(reference, force)
+        }
+        fn prune_images(&self, filters: &Value) -> Result<Value> {
+            self.sim.prune_images(filters)
+        }
+        fn host(&self) -> Option<String> {
+            self.sim.host()
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! under CI and skips elsewhere, and the real engine and test image.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod relay;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -14,15 +16,42 @@ use dcd::events::{Event, Events};
 use dcd::policy::Policy;
 use dcd::state::{Forward, State};
 
-/// `false` (skip) when `ok` is false outside CI; a failure under CI.
+/// `false` (skip) when `ok` is false outside CI; a failure under CI. A skip is said on stderr
+/// and recorded in `skips_file()`, so tests/run.sh can count it: a run that skipped is not green.
 pub fn require(ok: bool, what: &str) -> bool {
     if !ok {
         if std::env::var_os("CI").is_some() {
             panic!("{what} is required under CI (run tests/setup.sh)");
         }
-        eprintln!("SKIP: {what} is not available (run tests/setup.sh)");
+        // libtest runs each test on a thread named after it.
+        let test = format!("{}::{}", env!("CARGO_CRATE_NAME"), std::thread::current().name().unwrap_or("?"));
+        eprintln!("SKIP: {test}: {what} is not available (run tests/setup.sh)");
+        record_skip(&test, what);
     }
     ok
+}
+
+/// Where skips are recorded, one `<test>\t<what was missing>` line each; tests/run.sh empties it
+/// before `cargo test` and summarises it after.
+pub fn skips_file() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("test-skips.txt")
+}
+
+fn record_skip(test: &str, what: &str) {
+    // One write of one line with O_APPEND: lines from test threads and test binaries running at
+    // once do not interleave, and no lock is needed.
+    let line = format!("{test}\t{}\n", what.replace(['\t', '\n'], " "));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(skips_file())
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("SKIP not recorded in {}: {e}", skips_file().display());
+    }
 }
 
 /// The real engine, if it answers (see `require`).
@@ -44,10 +73,22 @@ pub fn unique(tag: &str) -> String {
     format!("dcd-test-{tag}-{}", std::process::id())
 }
 
-/// `docker` CLI output (the engine's own view, to check ours against).
+/// `docker` CLI output (the engine's own view, to check ours against); empty when it failed.
 pub fn docker(args: &[&str]) -> String {
+    docker_cli(args).1
+}
+
+/// `docker` CLI output, which must succeed: the engine's own hand, not ours.
+pub fn docker_ok(args: &[&str]) -> String {
+    let (o, out) = docker_cli(args);
+    assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn docker_cli(args: &[&str]) -> (std::process::Output, String) {
     let o = Command::new("docker").args(args).output().expect("docker CLI");
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (o, out)
 }
 
 // Processes, nats-server, the daemon and a raw NATS client, shared by the tests that run the
@@ -540,10 +581,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// The real engine and the test image (see `require`).
+pub fn real_engine() -> Option<(Arc<dyn Engine>, String)> {
+    let engine = engine()?;
+    Some((engine, test_image()?))
+}
+
 /// A rig on the real engine, and the test image.
 pub fn real_rig() -> Option<(Rig, String)> {
-    let engine = engine()?;
-    let image = test_image()?;
+    let (engine, image) = real_engine()?;
     Some((Rig::new(engine, false), image))
 }
 
