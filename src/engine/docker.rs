@@ -707,6 +707,12 @@ fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
     Err(match status {
         404 => EngineError::NotFound(message),
         409 => EngineError::Conflict(message),
+        // Podman answers a request its container's state refuses (remove a
+        // running one, exec in a stopped one) and a name in use with 500, not
+        // Docker's 409.
+        500 if PODMAN_CONFLICTS.iter().any(|c| message.ends_with(c)) => EngineError::Conflict(message),
+        // And what it finds invalid (a bad name) with 500 too, not 400.
+        500 if message.ends_with(": invalid argument") => EngineError::BadRequest(message),
         400..=499 => EngineError::BadRequest(message),
         500..=599 => EngineError::Server(message),
         // Redirects are not followed: the engine only sends one when the
@@ -714,6 +720,11 @@ fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
         _ => EngineError::BadRequest(format!("unexpected HTTP {status} for {path}")),
     })
 }
+
+/// How Podman's conflicts end (its errors `ErrCtrStateInvalid`, storage's
+/// `ErrDuplicateName` and `ErrCtrExists`).
+const PODMAN_CONFLICTS: &[&str] =
+    &["container state improper", "that name is already in use", "container already exists"];
 
 /// The body of a Podman stream handed out before its headers came: the first
 /// read waits for them.
