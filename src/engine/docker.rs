@@ -72,9 +72,8 @@ const STOP_SLACK: Duration = Duration::from_secs(30);
 const LOG_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a followed stream on Podman waits for its response headers before
 /// it is handed out anyway: Podman sends none until the first event or log
-/// line (containers/podman#23712). Its refusals (404, 400) come at once, and
-/// by then it has subscribed the stream.
-const HEADER_GRACE: Duration = Duration::from_millis(500);
+/// line (containers/podman#23712). Its refusals (404, 400) come at once.
+const HEADER_GRACE: Duration = Duration::from_millis(100);
 /// Between the two samples of a stats call the engine did not sample twice
 /// itself (Podman), as Docker spaces its own.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -330,7 +329,8 @@ impl Docker {
     /// neither holds up other calls nor outlives a `cancel`. Without a
     /// `timeout` (a follow) on Podman, whose headers wait for the first event
     /// or line, the request runs on a thread of its own until they come; after
-    /// `HEADER_GRACE` the stream is handed out and its first read waits.
+    /// `HEADER_GRACE` the stream is handed out, if the engine still answers a
+    /// ping (a hung one is not taken for a quiet one), and its first read waits.
     fn stream(&self, path: &str, timeout: Option<Duration>) -> Result<Stream> {
         let facts = self.facts()?;
         let path = format!("/v{}{path}", facts.api);
@@ -354,7 +354,13 @@ impl Docker {
             .map_err(|e| EngineError::Server(format!("cannot start a thread for {path}: {e}")))?;
         let body: Box<dyn Read + Send> = match rx.recv_timeout(HEADER_GRACE) {
             Ok(sent) => Box::new(checked(sent.map_err(|e| self.fail(e))?, &path)?.into_body().into_reader()),
-            Err(_) => Box::new(Headerless { pending: Some((rx, path)), body: None }),
+            Err(_) => {
+                if let Err(e) = self.ping() {
+                    cancel.cancel();
+                    return Err(e);
+                }
+                Box::new(Headerless { pending: Some((rx, path)), body: None })
+            }
         };
         Ok(Stream { body, cancel })
     }
@@ -666,7 +672,12 @@ impl Engine for Docker {
     }
 
     fn events(&self, since: Option<f64>) -> Result<Stream> {
-        let since = since.map(unix_time);
+        // Docker has subscribed the stream when it sends the headers; Podman
+        // sends none until an event, and subscribes by reading its event log
+        // from where it is once it gets to the request, so what happens in
+        // between would be lost: ask it for the events from now on instead.
+        let podman = self.facts()?.podman;
+        let since = since.or_else(|| podman.then(crate::time::now_epoch)).map(unix_time);
         let mut q = vec![("filters", r#"{"type":["container"]}"#)];
         if let Some(s) = &since {
             q.push(("since", s));

@@ -79,6 +79,12 @@ pub fn test_image() -> Option<String> {
     require(ok, &format!("the test image {image}")).then_some(image)
 }
 
+/// Rootless Podman on a cgroup v1 host: it can neither limit nor measure a container, and dcd
+/// refuses what asks it to.
+pub fn podman_without_cgroups() -> bool {
+    engine_kind() == EngineKind::PodmanRootless && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 /// Podman's test configuration and rootless user, made by tests/setup.sh.
 const PODMAN_CONF: &str = "/etc/dcd-test/podman";
 const PODMAN_USER: &str = "dcd-podman";
