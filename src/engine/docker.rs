@@ -737,10 +737,14 @@ fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
 const PODMAN_CONFLICTS: &[&str] =
     &["container state improper", "that name is already in use", "container already exists"];
 
+/// What a request on another thread comes back with.
+type Sent = std::result::Result<Response<Body>, ureq::Error>;
+
 /// The body of a Podman stream handed out before its headers came: the first
 /// read waits for them.
 struct Headerless {
-    pending: Option<(mpsc::Receiver<std::result::Result<Response<Body>, ureq::Error>>, String)>,
+    /// The request's outcome to come, and its path.
+    pending: Option<(mpsc::Receiver<Sent>, String)>,
     body: Option<ureq::BodyReader<'static>>,
 }
 
