@@ -931,8 +931,9 @@ fn explain(message: String) -> String {
     if let Some(n) = rlimit {
         let name = RLIMITS.get(n).copied().unwrap_or("unknown");
         return format!(
-            "{message} (the container's {name} ulimit is above this host's hard limit; Podman's default ulimits \
-             come from default_ulimits in containers.conf: lower them there, or set the ulimit in the spec)"
+            "{message} (the container's {name} ulimit is above this host's hard limit; Podman sets the ulimits \
+             a container leaves out from default_ulimits in containers.conf, or at 1048576: set it in the spec's \
+             ulimits, or lower Podman's default)"
         );
     }
     if message.contains("/dev/net/tun") {
