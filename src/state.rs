@@ -316,7 +316,8 @@ impl Owner {
             Some("start" | "restart" | "unpause") => "running",
             Some("die" | "stop") => "exited",
             Some("pause") => "paused",
-            Some("destroy") => REMOVED,
+            // Podman names it `remove`.
+            Some("destroy" | "remove") => REMOVED,
             _ => return,
         };
         let short = short_id(id).to_string();

@@ -1,6 +1,7 @@
-//! `Docker` (the real engine client) against the Docker Engine at
-//! /var/run/docker.sock; version negotiation and status mapping are unit tests
-//! on a fake engine (src/engine/docker.rs). Needs the image
+//! `Docker` (the real engine client) against the real engine (the Docker
+//! Engine at /var/run/docker.sock, or Podman: `common::engine_kind`); version
+//! negotiation and status mapping are unit tests on a fake engine
+//! (src/engine/docker.rs). Needs the image
 //! dcd-test/busybox:latest and the registry on 127.0.0.1:5000 that
 //! `tests/setup.sh` provides. Without them the engine tests are skipped,
 //! unless `CI` is set, where they fail.
@@ -9,7 +10,6 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,23 +23,23 @@ const IMAGE: &str = "dcd-test/busybox:latest";
 const REGISTRY: &str = "127.0.0.1:5000";
 const REGISTRY_IMAGE: &str = "127.0.0.1:5000/dcd-test/busybox:latest";
 
-fn skip<T>(why: &str) -> Option<T> {
-    common::require(false, why);
-    None
+/// Whether an image list entry is `reference`; Podman lists local images
+/// under `localhost/`.
+fn tagged(image: &Value, reference: &str) -> bool {
+    let localhost = format!("localhost/{reference}");
+    image["RepoTags"].as_array().is_some_and(|t| t.iter().any(|t| t == reference || *t == localhost.as_str()))
 }
 
 /// The engine with the test image, or `None` when the test must be skipped.
 fn engine() -> Option<Docker> {
-    let d = Docker::connect(Some("unix:///var/run/docker.sock")).unwrap();
+    let host = common::engine_host()?;
+    let d = Docker::connect(Some(&host)).unwrap();
     if let Err(e) = d.info() {
-        return skip(&format!("no Docker Engine ({e})"));
+        common::require(false, &format!("an engine on {host} ({e})"));
+        return None;
     }
-    let images = d.list_images().unwrap();
-    let has_image = images.iter().any(|i| i["RepoTags"].as_array().is_some_and(|t| t.contains(&json!(IMAGE))));
-    if !has_image {
-        return skip(&format!("image {IMAGE} missing: run tests/setup.sh"));
-    }
-    Some(d)
+    let has_image = d.list_images().unwrap().iter().any(|i| tagged(i, IMAGE));
+    common::require(has_image, &format!("image {IMAGE} on {host}")).then_some(d)
 }
 
 fn now() -> f64 {
@@ -148,10 +148,17 @@ fn info_and_list_images() {
     let api = info["api_version"].as_str().unwrap();
     let minor: u32 = api.strip_prefix("1.").unwrap().parse().unwrap();
     assert!((40..=45).contains(&minor), "{api}");
-    assert_eq!(d.host().as_deref(), Some("unix:///var/run/docker.sock"));
+    assert_eq!(d.host(), common::engine_host());
+    let kind = common::engine_kind();
+    let engine = if kind.podman() { "Podman" } else { "Docker" };
+    assert_eq!(
+        (&info["engine"], &info["rootless"]),
+        (&json!(engine), &json!(kind == common::EngineKind::PodmanRootless))
+    );
+    assert!(info["engine_version"].as_str().is_some_and(|v| v.starts_with(char::is_numeric)), "{info}");
 
     let images = d.list_images().unwrap();
-    let ours = images.iter().find(|i| i["RepoTags"].as_array().unwrap().contains(&json!(IMAGE))).unwrap();
+    let ours = images.iter().find(|i| tagged(i, IMAGE)).unwrap();
     assert!(ours["Id"].as_str().unwrap().starts_with("sha256:"));
     assert!(ours["Size"].is_u64() && ours["Created"].is_i64());
 }
@@ -164,33 +171,40 @@ fn create_with_options_then_inspect() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "from the host\n").unwrap();
     let bind = format!("{}:/data:ro", dir.display());
-    let id = made.create(
-        "opts",
-        &["sleep", "1000"],
-        json!({
-            "Env": ["GREETING=hi there"],
-            "Labels": {"dcd-test": "1", "deviceconnect.dev/managed": "true"},
-            "ExposedPorts": {"80/tcp": {}},
-            "HostConfig": {
-                "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
-                "Binds": [bind],
-                "RestartPolicy": {"Name": "unless-stopped"},
-                "Memory": 64 << 20,
-            },
-        }),
-    );
+    let mut body = json!({
+        "Env": ["GREETING=hi there"],
+        "Labels": {"dcd-test": "1", "deviceconnect.dev/managed": "true"},
+        "ExposedPorts": {"80/tcp": {}},
+        "HostConfig": {
+            "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+            "Binds": [bind],
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "Memory": 64 << 20,
+        },
+    });
+    let limits = !common::podman_without_cgroups();
+    if !limits {
+        body["Image"] = json!(IMAGE);
+        let err = d.create_container(Some(&name("opts")), &body).unwrap_err();
+        let refused = "mem_limit cannot be applied: rootless Podman on cgroup v1 has no cgroup per container";
+        assert!(matches!(&err, EngineError::BadRequest(m) if m.starts_with(refused)), "{err:?}");
+        body["HostConfig"]["Memory"].take();
+    }
+    let id = made.create("opts", &["sleep", "1000"], body);
     assert_eq!(id.len(), 64, "full id: {id}");
 
     let c = d.inspect_container(&name("opts")).unwrap();
     assert_eq!(c["Id"], json!(id));
     assert_eq!(c["Name"], json!(format!("/{}", name("opts"))));
     assert_eq!(c["State"]["Status"], "created");
-    assert_eq!(c["Config"]["Image"], IMAGE);
+    assert!(c["Config"]["Image"] == IMAGE || c["Config"]["Image"] == format!("localhost/{IMAGE}"), "{c}");
     assert!(c["Config"]["Env"].as_array().unwrap().contains(&json!("GREETING=hi there")));
     assert_eq!(c["Config"]["Labels"]["deviceconnect.dev/managed"], "true");
-    assert_eq!(c["HostConfig"]["Binds"], json!([bind]));
+    // Podman adds the propagation it applied: ",rprivate,rbind".
+    let binds = c["HostConfig"]["Binds"].as_array().unwrap();
+    assert!(binds.len() == 1 && binds[0].as_str().unwrap().starts_with(&bind), "{binds:?}");
     assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
-    assert_eq!(c["HostConfig"]["Memory"], json!(64 << 20));
+    assert_eq!(c["HostConfig"]["Memory"], json!(if limits { 64 << 20 } else { 0 }));
     assert_eq!(c["HostConfig"]["PortBindings"]["80/tcp"][0]["HostIp"], "127.0.0.1");
 
     // Prefixes and the list API's "/name" spelling work as ids too.
@@ -371,7 +385,8 @@ fn exec_collects_output_and_exit_code() {
     d.stop_container(&id, 0).unwrap();
     let err = d.exec(&id, &sh("true"), &[], None).unwrap_err();
     match err {
-        EngineError::Conflict(m) => assert!(m.contains("not running"), "{m}"),
+        // Podman: "can only create exec sessions on running containers".
+        EngineError::Conflict(m) => assert!(m.contains("not running") || m.contains("on running containers"), "{m}"),
         other => panic!("{other:?}"),
     }
     let err = d.exec("dcd-test-no-such-container", &sh("true"), &[], None).unwrap_err();
@@ -379,33 +394,41 @@ fn exec_collects_output_and_exit_code() {
 }
 
 fn remove_image(reference: &str) {
-    let _ = Command::new("docker").args(["rmi", reference]).output();
+    common::docker(&["rmi", reference]);
 }
 
 #[test]
 fn pull_from_local_registry() {
     let Some(d) = engine() else { return };
-    if TcpStream::connect(REGISTRY).is_err() {
-        skip::<()>(&format!("no registry on {REGISTRY}: run tests/setup.sh"));
+    if !common::require(TcpStream::connect(REGISTRY).is_ok(), &format!("a registry on {REGISTRY}")) {
         return;
     }
     remove_image(REGISTRY_IMAGE);
     let progress = d.pull_image(REGISTRY_IMAGE, None).unwrap();
-    assert!(progress.iter().any(|s| s.starts_with("Status: Downloaded newer image")), "{progress:?}");
-    let digest =
-        progress.iter().find_map(|s| s.strip_prefix("Digest: ")).expect("a digest in the progress").to_string();
-    let tagged = d
-        .list_images()
-        .unwrap()
-        .iter()
-        .any(|i| i["RepoTags"].as_array().is_some_and(|t| t.contains(&json!(REGISTRY_IMAGE))));
+    let pulled = d.list_images().unwrap().into_iter().find(|i| tagged(i, REGISTRY_IMAGE));
     let again = d.pull_image(REGISTRY_IMAGE, None).unwrap();
+    // Docker ends a pull's progress with its outcome and the digest; Podman's compatible API
+    // reports only the layers, and each pull alike.
+    let podman = common::engine_kind().podman();
+    let digest = if podman {
+        let digests = pulled.as_ref().map(|i| i["RepoDigests"].clone()).unwrap_or_default();
+        let digest = digests.as_array().into_iter().flatten().filter_map(Value::as_str).find_map(|d| d.split_once('@'));
+        digest.map(|(_, d)| d.to_string()).unwrap_or_else(|| panic!("no digest in {digests}"))
+    } else {
+        progress.iter().find_map(|s| s.strip_prefix("Digest: ")).expect("a digest in the progress").to_string()
+    };
     let by_digest = format!("127.0.0.1:5000/dcd-test/busybox@{digest}");
     let pinned = d.pull_image(&by_digest, None);
     remove_image(REGISTRY_IMAGE);
     remove_image(&by_digest);
-    assert!(tagged, "pulled image is listed");
-    assert!(again.iter().any(|s| s.starts_with("Status: Image is up to date")), "{again:?}");
+    assert!(pulled.is_some(), "pulled image is listed");
+    let (first, next) = if podman {
+        ("Download complete", "Download complete")
+    } else {
+        ("Status: Downloaded newer image", "Status: Image is up to date")
+    };
+    assert!(progress.iter().any(|s| s.starts_with(first)), "{progress:?}");
+    assert!(again.iter().any(|s| s.starts_with(next)), "{again:?}");
     assert!(pinned.is_ok(), "{pinned:?}");
 
     let err = d.pull_image("127.0.0.1:5000/dcd-test/absent:latest", None).unwrap_err();

@@ -207,7 +207,7 @@ fn extended_spec_fields_reach_the_engine() {
     let (name, big) = (common::unique("spec"), common::unique("spec-1g"));
     let refused: Vec<String> = (0..4).map(|i| common::unique(&format!("spec-refused-{i}"))).collect();
     let _c = Cleanup([name.clone(), big.clone()].into_iter().chain(refused.clone()).collect());
-    let (p1, p2) = (common::free_port(), common::free_port());
+    let (mut p1, mut p2) = (common::free_port(), common::free_port());
     let spec = json!({"image": image, "name": name, "command": ["sleep", "300"], "labels": {"dcd-test": "1"},
         "user": "1000:1000", "working_dir": "/tmp", "hostname": "mesh-host",
         "cap_add": ["NET_ADMIN"], "cap_drop": ["MKNOD"], "dns": ["127.0.0.1"],
@@ -219,6 +219,19 @@ fn extended_spec_fields_reach_the_engine() {
         "pids_limit": 64, "cpus": 0.5,
         // Loopback only: the two-part "8080:80" form would publish on every interface.
         "ports": [format!("127.0.0.1:{p1}:80/tcp"), format!("127.0.0.1:{p2}:81")]});
+    let podman = common::engine_kind().podman();
+    let mut spec = spec;
+    if podman {
+        // Podman gives a container the ulimits its spec leaves out at 1048576, above this host's
+        // nproc hard limit: refused, with the limit named; with nproc named it runs.
+        let e = rig.err("provision_container", json!({"spec": spec}));
+        assert!(e.contains("rlimit type 6") && e.contains("nproc ulimit is above this host's hard limit"), "{e}");
+        common::docker(&["rm", "-f", &name]);
+        spec["ulimits"]["nproc"] = json!({"soft": 4096, "hard": 4096});
+        // The refused container's ports are not free again at once.
+        (p1, p2) = (common::free_port(), common::free_port());
+        spec["ports"] = json!([format!("127.0.0.1:{p1}:80/tcp"), format!("127.0.0.1:{p2}:81")]);
+    }
     rig.ok("provision_container", json!({"spec": spec}));
     let c = inspect(&name);
     assert_eq!(c["State"]["Status"], "running", "{}", c["State"]);
@@ -231,11 +244,19 @@ fn extended_spec_fields_reach_the_engine() {
     assert_eq!(host["CapDrop"], json!(["MKNOD"]));
     assert_eq!(host["Dns"], json!(["127.0.0.1"]));
     assert_eq!(host["ExtraHosts"], json!(["db.mesh:10.0.0.2"]));
-    assert_eq!(host["Ulimits"], json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}]));
-    // Not the engine's default (10m here), and the engine's other options are kept.
+    let ulimits = if podman {
+        // In the kernel's names.
+        json!([{"Name": "RLIMIT_NOFILE", "Soft": 1024, "Hard": 2048}, {"Name": "RLIMIT_NPROC", "Soft": 4096, "Hard": 4096}])
+    } else {
+        json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}])
+    };
+    assert_eq!(host["Ulimits"], ulimits);
+    // Not the engine's default (10m here), and the engine's other options are kept. Podman's
+    // inspect shows no log options.
+    let max_size = if podman { Value::Null } else { json!("7m") };
     assert_eq!(
         (&host["LogConfig"]["Type"], &host["LogConfig"]["Config"]["max-size"]),
-        (&json!("json-file"), &json!("7m"))
+        (&json!("json-file"), &max_size)
     );
     assert_eq!(
         cfg["Healthcheck"],
@@ -245,7 +266,9 @@ fn extended_spec_fields_reach_the_engine() {
     assert_eq!(host["ShmSize"], 2048 * 1024);
     assert_eq!(host["Memory"], 512 * 1024 * 1024);
     assert_eq!(host["ReadonlyRootfs"], true);
-    assert_eq!(host["Tmpfs"], json!({"/run": "size=8m"}));
+    // Podman adds the options it applied, and /tmp and /var/tmp to a read-only container.
+    let run = host["Tmpfs"]["/run"].as_str().unwrap_or_default();
+    assert!(run == "size=8m" || (podman && run.starts_with("size=8m,")), "{}", host["Tmpfs"]);
     assert_eq!(host["PidsLimit"], 64);
     assert_eq!(host["NanoCpus"], 500_000_000);
     for (port, host_port) in [("80/tcp", p1), ("81/tcp", p2)] {

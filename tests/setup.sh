@@ -14,6 +14,10 @@
 #   * the image dcd-test/busybox:latest (Debian's static busybox + applet links, `docker import`);
 #   * a registry on 127.0.0.1:5000 (Debian's docker-registry, own loopback-only config) holding
 #     127.0.0.1:5000/dcd-test/busybox:latest, with no local tag of that name left behind;
+#   * Podman (Debian's podman, uidmap, slirp4netns, fuse-overlayfs) beside Docker: a test
+#     containers.conf and registries.conf in /etc/dcd-test/podman, the user dcd-podman with
+#     subuid/subgid ranges and /run/user/<uid> for rootless use, and the test image imported
+#     into both the rootful and that user's rootless storage;
 #   * a Python venv at ${DCD_PYVENV:-$HOME/.cache/dcd-pyvenv} with device-connect-agent-tools and
 #     device-connect-edge 0.2.5;
 #   * the Rust targets aarch64-unknown-linux-musl and x86_64-unknown-linux-musl.
@@ -33,6 +37,10 @@ REGISTRY_IMAGE=$REGISTRY/dcd-test/busybox:latest
 REGISTRY_DIR=/var/lib/dcd-test-registry
 DOCKER_SOCK=/var/run/docker.sock
 PY_PKGS=(device-connect-agent-tools==0.2.5 device-connect-edge==0.2.5)
+# Podman's test configuration, and the unprivileged user that runs it rootless.
+PODMAN_CONF=/etc/dcd-test/podman
+PODMAN_USER=dcd-podman
+PODMAN_HOME=/home/$PODMAN_USER
 
 # ---------------------------------------------------------------------------------------------
 # Debian packages
@@ -83,7 +91,8 @@ missing=()
 for p in ca-certificates file busybox-static docker-compose nats-server docker-registry \
          qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross \
          iproute2 musl-tools \
-         socat apache2-utils openssl; do
+         socat apache2-utils openssl \
+         podman uidmap slirp4netns fuse-overlayfs; do
     pkg_installed "$p" || missing+=("$p")
 done
 command -v systemd-analyze >/dev/null || missing+=(systemd)
@@ -117,21 +126,20 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Test image dcd-test/busybox:latest
 # ---------------------------------------------------------------------------------------------
-if docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
-    log "image $TEST_IMAGE: present"
-else
-    log "image $TEST_IMAGE: building from /bin/busybox (busybox-static)"
-    BUSYBOX=/bin/busybox
-    [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (busybox-static)"
-    file_out=$(file -L "$BUSYBOX")
+# The image's root file system as a tar on stdout: Debian's static busybox with one link per
+# applet, for `docker import` here and `podman import` below.
+busybox_rootfs_tar() {
+    local busybox=/bin/busybox rootfs file_out applets a
+    [ -x "$busybox" ] || die "$busybox missing (busybox-static)"
+    file_out=$(file -L "$busybox")
     case "$file_out" in
         *"statically linked"*) ;;
-        *) die "$BUSYBOX is not statically linked: $file_out" ;;
+        *) die "$busybox is not statically linked: $file_out" ;;
     esac
     rootfs=$(mktemp -d /tmp/dcd-busybox-rootfs.XXXXXX)
     mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,root,proc,sys,dev,var/tmp}
     chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
-    cp "$BUSYBOX" "$rootfs/bin/busybox"
+    cp "$busybox" "$rootfs/bin/busybox"
     # One link per applet this busybox build has (sh, echo, sleep, cat, ls, true, false, printf,
     # yes, head, env, pwd, id, kill, date, seq, ...), all in /bin.
     applets=$("$rootfs/bin/busybox" --list)
@@ -143,13 +151,19 @@ else
     done
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$rootfs/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
-    tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -cf - . \
-        | docker import \
-            --change 'CMD ["/bin/sh"]' \
-            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'LABEL org.opencontainers.image.title=dcd-test-busybox' \
-            - "$TEST_IMAGE" >/dev/null
+    tar --numeric-owner --owner=0 --group=0 -C "$rootfs" -cf - .
     rm -rf "$rootfs"
+}
+# What `docker import` and `podman import` are told besides the root file system.
+IMPORT_CHANGES=(--change 'CMD ["/bin/sh"]'
+                --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+                --change 'LABEL org.opencontainers.image.title=dcd-test-busybox')
+
+if docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
+    log "image $TEST_IMAGE: present"
+else
+    log "image $TEST_IMAGE: building from /bin/busybox (busybox-static)"
+    busybox_rootfs_tar | docker import "${IMPORT_CHANGES[@]}" - "$TEST_IMAGE" >/dev/null
     out=$(docker run --rm "$TEST_IMAGE" sh -c 'echo hello; seq 1 2 | head -n 1')
     [ "$out" = "$(printf 'hello\n1')" ] || die "test image does not run: $out"
     log "image $TEST_IMAGE: built"
@@ -235,6 +249,74 @@ if docker image inspect "$REGISTRY_IMAGE" >/dev/null 2>&1; then
     docker rmi "$REGISTRY_IMAGE" >/dev/null
     log "removed local tag $REGISTRY_IMAGE"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# Podman beside Docker, rootful and rootless (tests/common `Podman`)
+# ---------------------------------------------------------------------------------------------
+# Podman keeps its own storage (/var/lib/containers, ~$PODMAN_USER/.local/share/containers) and
+# networks (CNI, 10.88.0.0/16), so it does not touch Docker's. The tests start the API service
+# themselves, as a board's unit would; nothing here leaves one running.
+PODMAN_ENV=(CONTAINERS_CONF="$PODMAN_CONF/containers.conf" CONTAINERS_REGISTRIES_CONF="$PODMAN_CONF/registries.conf")
+mkdir -p "$PODMAN_CONF"
+# Podman's default container ulimits (nofile 1048576) exceed this machine's open-files hard
+# limit, which fails every `podman run` with "error setting rlimit type 7".
+cat >"$PODMAN_CONF/containers.conf" <<'EOF'
+# Written by dcd tests/setup.sh (CONTAINERS_CONF of the Podman tests).
+[containers]
+default_ulimits = []
+EOF
+cat >"$PODMAN_CONF/registries.conf" <<EOF
+# Written by dcd tests/setup.sh (CONTAINERS_REGISTRIES_CONF of the Podman tests): no search
+# registries, so short names resolve to local images only; the loopback registry speaks HTTP.
+unqualified-search-registries = []
+[[registry]]
+location = "$REGISTRY"
+insecure = true
+EOF
+chmod 0644 "$PODMAN_CONF/containers.conf" "$PODMAN_CONF/registries.conf"
+
+if ! id "$PODMAN_USER" >/dev/null 2>&1; then
+    useradd --create-home --home-dir "$PODMAN_HOME" --shell /usr/sbin/nologin "$PODMAN_USER"
+    log "user $PODMAN_USER: created"
+fi
+PODMAN_RUNTIME=/run/user/$(id -u "$PODMAN_USER")
+# useradd gives new users ranges (login.defs SUB_UID_COUNT) unless told otherwise: make sure.
+for f in subuid subgid; do
+    if ! grep -q "^$PODMAN_USER:" "/etc/$f"; then
+        usermod "--add-${f}s" 300000-365535 "$PODMAN_USER"
+        log "user $PODMAN_USER: /etc/$f range added"
+    fi
+done
+# Rootless networking (slirp4netns) opens /dev/net/tun as the user: udev's default rule makes it
+# 0666 on a Debian host, this machine has no udev.
+if [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+    chmod 0666 /dev/net/tun
+    log "/dev/net/tun: made 0666, as udev does"
+fi
+# What logind makes at login; the tests give this XDG_RUNTIME_DIR to the rootless service.
+install -d -m 0700 -o "$PODMAN_USER" -g "$PODMAN_USER" "$PODMAN_RUNTIME"
+
+as_podman_user() {
+    runuser -u "$PODMAN_USER" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$PODMAN_HOME" \
+        XDG_RUNTIME_DIR="$PODMAN_RUNTIME" "${PODMAN_ENV[@]}" "$@"
+}
+
+# `podman import` of the test image into one Podman's storage; `$@` runs a command as that Podman.
+podman_image() {
+    local who=$1 out
+    shift
+    if "$@" podman image exists "$TEST_IMAGE"; then
+        log "podman ($who): image $TEST_IMAGE present"
+        return
+    fi
+    log "podman ($who): importing $TEST_IMAGE"
+    busybox_rootfs_tar | "$@" podman import --quiet "${IMPORT_CHANGES[@]}" - "$TEST_IMAGE" >/dev/null
+    out=$("$@" podman run --rm "$TEST_IMAGE" sh -c 'echo hello; seq 1 2 | head -n 1' 2>&1) \
+        || die "podman ($who) cannot run $TEST_IMAGE: $out"
+    [ "$out" = "$(printf 'hello\n1')" ] || die "podman ($who): test image does not run: $out"
+}
+podman_image rootful env "${PODMAN_ENV[@]}"
+podman_image rootless as_podman_user
 
 # ---------------------------------------------------------------------------------------------
 # Python venv with the Device Connect client and device SDKs

@@ -6,6 +6,14 @@
 //! a `tcp://` engine, `config.json` under `DOCKER_CONFIG` for registry
 //! credentials (`auth`).
 //!
+//! Podman's Docker-compatible API (`podman system service`) is driven by the
+//! same client. Where it differs, this module hides or names the difference:
+//! its socket is found when Docker's is absent (`default_host`), its followed
+//! streams send no headers until their first data (`stream`), its stats come
+//! without a previous sample (`stats`), and what a rootless Podman on cgroup v1
+//! or a host's rlimits make it refuse or ignore is refused with the limit named
+//! (`Facts`, `explain`).
+//!
 //! Nothing is asked of the engine until the first call, so the daemon starts
 //! while the engine is down. The API version is negotiated on the first call
 //! that reaches the engine and again after the engine was unreachable, since
@@ -16,7 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -45,7 +53,11 @@ const OUR_NEWEST: (u32, u32) = (1, 45);
 /// The oldest API version whose JSON shapes we rely on.
 const OUR_OLDEST: (u32, u32) = (1, 40);
 
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Where `podman system service` listens by default: as root, and (under
+/// `$XDG_RUNTIME_DIR`) as the user running it.
+const PODMAN_ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
+const PODMAN_USER_SOCKET: &str = "podman/podman.sock";
 const DEFAULT_TCP_PORT: u16 = 2375;
 const DEFAULT_TLS_PORT: u16 = 2376;
 
@@ -60,6 +72,13 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_SLACK: Duration = Duration::from_secs(30);
 /// Reading a whole (non-follow) log is paced by the caller.
 const LOG_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a followed stream on Podman waits for its response headers before
+/// it is handed out anyway: Podman sends none until the first event or log
+/// line (containers/podman#23712). Its refusals (404, 400) come at once.
+const HEADER_GRACE: Duration = Duration::from_millis(100);
+/// Between the two samples of a stats call the engine did not sample twice
+/// itself (Podman), as Docker spaces its own.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 const MAX_JSON_BODY: u64 = 64 << 20;
 const MAX_ERROR_BODY: u64 = 64 << 10;
@@ -102,9 +121,31 @@ pub struct Docker {
     target: Target,
     agent: Agent,
     config_dir: Option<PathBuf>,
-    /// The negotiated API version (`"1.41"`); `None` until the engine answers
-    /// and again after it became unreachable.
-    api: Mutex<Option<String>>,
+    /// The negotiated API version and what else the engine said of itself;
+    /// `None` until the engine answers and again after it became unreachable.
+    facts: Mutex<Option<Facts>>,
+}
+
+/// What an engine says of itself at negotiation, for what depends on it.
+#[derive(Debug, Clone, PartialEq)]
+struct Facts {
+    /// The API version both sides speak (`"1.41"`).
+    api: String,
+    /// Podman (`/version` names its component "Podman Engine"), not Docker.
+    podman: bool,
+    /// Podman run by an unprivileged user, from `/libpod/info` (Podman's
+    /// compatible `/info` does not say).
+    rootless: bool,
+    /// The host's cgroups are v1: a rootless Podman then has no cgroup of its
+    /// own, and ignores resource limits without a word.
+    cgroup_v1: bool,
+}
+
+impl Facts {
+    /// Rootless Podman on cgroup v1 cannot limit or measure a container.
+    fn no_cgroups(&self) -> bool {
+        self.podman && self.rootless && self.cgroup_v1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,9 +183,10 @@ impl Docker {
     pub fn connect_with(host: Option<&str>, opts: &Options) -> Result<Docker> {
         let host = match host {
             Some(h) => h.to_string(),
-            None => {
-                std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| DEFAULT_HOST.to_string())
-            }
+            None => std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| {
+                let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok().filter(|d| !d.is_empty());
+                default_host(&|p| p.exists(), runtime_dir.as_deref())
+            }),
         };
         let mut target = parse_host(&host, opts.tls_verify)?;
         if let Target::Tcp(_, tls) = &mut target {
@@ -163,31 +205,45 @@ impl Docker {
             }
         }
         Ok(Docker {
-            agent: new_agent(&target, Some(CALL_TIMEOUT)),
+            agent: new_agent(&target, Some(CALL_TIMEOUT), false),
             host,
             target,
             config_dir: opts.config_dir.clone(),
-            api: Mutex::new(None),
+            facts: Mutex::new(None),
         })
     }
 
-    fn api_version(&self) -> Result<String> {
-        if let Some(v) = lock(&self.api).clone() {
-            return Ok(v);
+    fn facts(&self) -> Result<Facts> {
+        if let Some(f) = lock(&self.facts).clone() {
+            return Ok(f);
         }
         Ok(self.negotiate()?.0)
     }
 
-    /// `GET /version` (unversioned) and the API version both sides speak.
-    fn negotiate(&self) -> Result<(String, Value)> {
+    fn api_version(&self) -> Result<String> {
+        Ok(self.facts()?.api)
+    }
+
+    /// `GET /version` (unversioned), the API version both sides speak and,
+    /// from Podman, `GET /libpod/info` for what its compatible API leaves out.
+    fn negotiate(&self) -> Result<(Facts, Value)> {
         let resp = self.send_to(&self.agent, Method::GET, "/version", None, None, Some(INFO_TIMEOUT))?;
         let version = self.read_json(resp)?;
         let server = version["ApiVersion"]
             .as_str()
             .ok_or_else(|| EngineError::Server("engine did not report an API version".into()))?;
         let api = pick_version(server)?;
-        *lock(&self.api) = Some(api.clone());
-        Ok((api, version))
+        let podman = podman_version(&version).is_some();
+        let mut facts = Facts { api, podman, rootless: false, cgroup_v1: false };
+        if podman {
+            // Versioned by Podman's own API, whose oldest is 4.0.0.
+            let resp = self.send_to(&self.agent, Method::GET, "/v4.0.0/libpod/info", None, None, Some(INFO_TIMEOUT))?;
+            let host = self.read_json(resp)?["host"].take();
+            facts.rootless = host["security"]["rootless"] == true;
+            facts.cgroup_v1 = host["cgroupVersion"] == "v1";
+        }
+        *lock(&self.facts) = Some(facts.clone());
+        Ok((facts, version))
     }
 
     /// A versioned call on the shared agent.
@@ -235,27 +291,7 @@ impl Docker {
             // takes for a (long removed) start body: send an empty one.
             None => run(agent, req.body(&[][..]), timeout),
         };
-        let mut resp = sent.map_err(|e| self.fail(e))?;
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) || status == 304 {
-            return Ok(resp);
-        }
-        let text =
-            resp.body_mut().with_config().limit(MAX_ERROR_BODY).lossy_utf8(true).read_to_string().unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| text.trim().to_string());
-        let message = if message.is_empty() { format!("HTTP {status}") } else { message };
-        Err(match status {
-            404 => EngineError::NotFound(message),
-            409 => EngineError::Conflict(message),
-            400..=499 => EngineError::BadRequest(message),
-            500..=599 => EngineError::Server(message),
-            // Redirects are not followed: the engine only sends one when the
-            // path was rewritten (`..` in an id), i.e. for a bad id.
-            _ => EngineError::BadRequest(format!("unexpected HTTP {status} for {path}")),
-        })
+        checked(sent.map_err(|e| self.fail(e))?, path)
     }
 
     fn read_json(&self, resp: Response<Body>) -> Result<Value> {
@@ -286,21 +322,49 @@ impl Docker {
             e => EngineError::Server(e.to_string()),
         };
         if matches!(err, EngineError::Unreachable(_)) {
-            *lock(&self.api) = None;
+            *lock(&self.facts) = None;
         }
         err
     }
 
     /// A GET whose body is handed out as a `Stream`, on its own agent so it
-    /// neither holds up other calls nor outlives a `cancel`.
+    /// neither holds up other calls nor outlives a `cancel`. Without a
+    /// `timeout` (a follow) on Podman, whose headers wait for the first event
+    /// or line, the request runs on a thread of its own until they come; after
+    /// `HEADER_GRACE` the stream is handed out, if the engine still answers a
+    /// ping (a hung one is not taken for a quiet one), and its first read waits.
     fn stream(&self, path: &str, timeout: Option<Duration>) -> Result<Stream> {
-        let api = self.api_version()?;
-        let agent = new_agent(&self.target, timeout);
-        let resp = self.send_to(&agent, Method::GET, &format!("/v{api}{path}"), None, None, timeout)?;
-        Ok(Stream {
-            body: Box::new(resp.into_body().into_reader()),
-            cancel: Canceller::new(move || agent.clone().shutdown()),
-        })
+        let facts = self.facts()?;
+        let path = format!("/v{}{path}", facts.api);
+        let agent = new_agent(&self.target, timeout, facts.podman);
+        let cancel = {
+            let agent = agent.clone();
+            Canceller::new(move || agent.clone().shutdown())
+        };
+        if timeout.is_some() || !facts.podman {
+            let resp = self.send_to(&agent, Method::GET, &path, None, None, timeout)?;
+            return Ok(Stream { body: Box::new(resp.into_body().into_reader()), cancel });
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let uri = format!("{}{path}", self.target.base());
+        std::thread::Builder::new()
+            .name("engine-stream".into())
+            .spawn(move || {
+                // Ends with the headers, or with an error once cancelled.
+                let _ = tx.send(run(&agent, Request::get(uri).body(()), None));
+            })
+            .map_err(|e| EngineError::Server(format!("cannot start a thread for {path}: {e}")))?;
+        let body: Box<dyn Read + Send> = match rx.recv_timeout(HEADER_GRACE) {
+            Ok(sent) => Box::new(checked(sent.map_err(|e| self.fail(e))?, &path)?.into_body().into_reader()),
+            Err(_) => {
+                if let Err(e) = self.ping() {
+                    cancel.cancel();
+                    return Err(e);
+                }
+                Box::new(Headerless { pending: Some((rx, path)), body: None })
+            }
+        };
+        Ok(Stream { body, cancel })
     }
 
     /// `ExitCode` of a finished exec. The engine may close the output stream
@@ -320,17 +384,28 @@ impl Docker {
 
 impl Engine for Docker {
     fn info(&self) -> Result<Value> {
-        let (api, version) = self.negotiate()?;
+        let (facts, version) = self.negotiate()?;
         let resp = self.send(Method::GET, "/info", None, INFO_TIMEOUT)?;
         let info = self.read_json(resp)?;
+        let (engine, engine_version, rootless) = match podman_version(&version) {
+            Some(v) => ("Podman", json!(v), facts.rootless),
+            // Docker's rootless mode shows in its security options.
+            None => {
+                let options = info["SecurityOptions"].as_array().into_iter().flatten();
+                ("Docker", version["Version"].clone(), options.into_iter().any(|o| o == "name=rootless"))
+            }
+        };
         Ok(json!({
             "docker_version": version["Version"],
-            "api_version": api,
+            "api_version": facts.api,
             "os": version["Os"],
             "arch": version["Arch"],
             "containers": info["Containers"],
             "images": info["Images"],
             "server_version": info["ServerVersion"],
+            "engine": engine,
+            "engine_version": engine_version,
+            "rootless": rootless,
         }))
     }
 
@@ -353,6 +428,22 @@ impl Engine for Docker {
     }
 
     fn create_container(&self, name: Option<&str>, body: &Value) -> Result<String> {
+        if self.facts()?.no_cgroups() {
+            let host = &body["HostConfig"];
+            let limits: Vec<&str> = RESOURCE_LIMITS
+                .iter()
+                .filter(|(key, _)| {
+                    host[*key].as_i64().is_some_and(|v| v != 0) || host[*key].as_f64().is_some_and(|v| v != 0.0)
+                })
+                .map(|(_, name)| *name)
+                .collect();
+            if !limits.is_empty() {
+                return Err(EngineError::BadRequest(format!(
+                    "{} cannot be applied: {NO_CGROUPS}, and would run the container without them",
+                    limits.join(", ")
+                )));
+            }
+        }
         let q = match name {
             Some(n) => query(&[("name", n)]),
             None => String::new(),
@@ -511,8 +602,22 @@ impl Engine for Docker {
     }
 
     fn stats(&self, id: &str) -> Result<Value> {
+        if self.facts()?.no_cgroups() {
+            return Err(EngineError::BadRequest(format!("no stats: {NO_CGROUPS}")));
+        }
         let path = format!("/containers/{}/stats{}", container(id)?, query(&[("stream", "0")]));
-        self.call_json(Method::GET, &path, None)
+        let first = self.call_json(Method::GET, &path, None)?;
+        // Docker samples twice itself; Podman sends one sample with an empty
+        // previous one, which would read as 0 % CPU. Its streamed samples are
+        // 5 s apart, so take a second one here.
+        let started = first["cpu_stats"]["system_cpu_usage"].as_u64().is_some_and(|t| t > 0);
+        if !started || first["precpu_stats"]["system_cpu_usage"].as_u64().is_some_and(|t| t > 0) {
+            return Ok(first);
+        }
+        std::thread::sleep(STATS_INTERVAL);
+        let mut second = self.call_json(Method::GET, &path, None)?;
+        second["precpu_stats"] = first["cpu_stats"].clone();
+        Ok(second)
     }
 
     fn list_objects(&self, kind: Object) -> Result<Vec<Value>> {
@@ -569,7 +674,12 @@ impl Engine for Docker {
     }
 
     fn events(&self, since: Option<f64>) -> Result<Stream> {
-        let since = since.map(unix_time);
+        // Docker has subscribed the stream when it sends the headers; Podman
+        // sends none until an event, and subscribes by reading its event log
+        // from where it is once it gets to the request, so what happens in
+        // between would be lost: ask it for the events from now on instead.
+        let podman = self.facts()?.podman;
+        let since = since.or_else(|| podman.then(crate::time::now_epoch)).map(unix_time);
         let mut q = vec![("filters", r#"{"type":["container"]}"#)];
         if let Some(s) = &since {
             q.push(("since", s));
@@ -591,7 +701,70 @@ fn run(
     agent.run(req)
 }
 
-fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
+/// `podman`: a stream's headers may wait for its first data, so only a call
+/// with a `timeout` waits for them with a deadline of its own.
+/// A response with a non-success status as the error it stands for. 304
+/// counts as success: it is start/stop's "already started/stopped".
+fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) || status == 304 {
+        return Ok(resp);
+    }
+    let text =
+        resp.body_mut().with_config().limit(MAX_ERROR_BODY).lossy_utf8(true).read_to_string().unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.trim().to_string());
+    let message = if message.is_empty() { format!("HTTP {status}") } else { explain(message) };
+    Err(match status {
+        404 => EngineError::NotFound(message),
+        409 => EngineError::Conflict(message),
+        // Podman answers a request its container's state refuses (remove a
+        // running one, exec in a stopped one) and a name in use with 500, not
+        // Docker's 409.
+        500 if PODMAN_CONFLICTS.iter().any(|c| message.ends_with(c)) => EngineError::Conflict(message),
+        // And what it finds invalid (a bad name) with 500 too, not 400.
+        500 if message.ends_with(": invalid argument") => EngineError::BadRequest(message),
+        400..=499 => EngineError::BadRequest(message),
+        500..=599 => EngineError::Server(message),
+        // Redirects are not followed: the engine only sends one when the
+        // path was rewritten (`..` in an id), i.e. for a bad id.
+        _ => EngineError::BadRequest(format!("unexpected HTTP {status} for {path}")),
+    })
+}
+
+/// How Podman's conflicts end (its errors `ErrCtrStateInvalid`, storage's
+/// `ErrDuplicateName` and `ErrCtrExists`).
+const PODMAN_CONFLICTS: &[&str] =
+    &["container state improper", "that name is already in use", "container already exists"];
+
+/// What a request on another thread comes back with.
+type Sent = std::result::Result<Response<Body>, ureq::Error>;
+
+/// The body of a Podman stream handed out before its headers came: the first
+/// read waits for them.
+struct Headerless {
+    /// The request's outcome to come, and its path.
+    pending: Option<(mpsc::Receiver<Sent>, String)>,
+    body: Option<ureq::BodyReader<'static>>,
+}
+
+impl Read for Headerless {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((rx, path)) = self.pending.take() {
+            let sent = rx.recv().map_err(|_| io::Error::other("the engine stream's request ended"))?;
+            let resp = checked(sent.map_err(io::Error::other)?, &path).map_err(io::Error::other)?;
+            self.body = Some(resp.into_body().into_reader());
+        }
+        match &mut self.body {
+            Some(body) => body.read(buf),
+            None => Err(io::Error::other("the engine stream failed before its headers")),
+        }
+    }
+}
+
+fn new_agent(target: &Target, timeout: Option<Duration>, podman: bool) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
@@ -599,9 +772,9 @@ fn new_agent(target: &Target, timeout: Option<Duration>) -> Agent {
         .user_agent(concat!("dcd/", env!("CARGO_PKG_VERSION")))
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(timeout)
-        // A stream without an overall deadline still gets its headers
+        // A Docker stream without an overall deadline still gets its headers
         // promptly (the engine sends them before any log line or event).
-        .timeout_recv_response(timeout.is_none().then_some(CALL_TIMEOUT))
+        .timeout_recv_response((timeout.is_none() && !podman).then_some(CALL_TIMEOUT))
         // ureq's 128 KiB defaults are zero-filled, so resident, per open
         // connection; engine headers and our request bodies are far smaller
         // (BENCHMARKS.md, idle RSS).
@@ -690,6 +863,87 @@ fn parse_host(host: &str, tls: bool) -> Result<Target> {
     let base = if has_port { format!("{scheme}://{authority}") } else { format!("{scheme}://{authority}:{port}") };
     base.parse::<Uri>().map_err(|_| unsupported())?;
     Ok(Target::Tcp(base, None))
+}
+
+/// The engine's address when neither `--docker-host` nor `DOCKER_HOST` names
+/// one: Docker's socket, else a Podman socket that exists (the user's own,
+/// then the rootful one), else Docker's, whose absence the first call reports.
+fn default_host(exists: &dyn Fn(&Path) -> bool, runtime_dir: Option<&str>) -> String {
+    let docker = Path::new(DOCKER_SOCKET);
+    if !exists(docker) {
+        let user = runtime_dir.map(|d| Path::new(d).join(PODMAN_USER_SOCKET));
+        let found = user.into_iter().chain([PathBuf::from(PODMAN_ROOTFUL_SOCKET)]).find(|p| exists(p));
+        if let Some(podman) = found {
+            log::info!("no Docker socket at {DOCKER_SOCKET}; using Podman's at {}", podman.display());
+            return format!("unix://{}", podman.display());
+        }
+    }
+    format!("unix://{DOCKER_SOCKET}")
+}
+
+/// Podman's version, if `/version` comes from Podman.
+fn podman_version(version: &Value) -> Option<&str> {
+    let components = version["Components"].as_array()?;
+    components.iter().find(|c| c["Name"] == "Podman Engine").and_then(|c| c["Version"].as_str())
+}
+
+/// Why rootless Podman on cgroup v1 can neither limit nor measure a container.
+const NO_CGROUPS: &str = "rootless Podman on cgroup v1 has no cgroup per container (run Podman as root, \
+                          or on cgroup v2 with the user's controllers delegated)";
+
+/// The create body's resource limits (`HostConfig`) and their spec names.
+const RESOURCE_LIMITS: &[(&str, &str)] = &[
+    ("Memory", "mem_limit"),
+    ("MemorySwap", "memswap_limit"),
+    ("MemoryReservation", "mem_reservation"),
+    ("NanoCpus", "cpus"),
+    ("CpuShares", "cpu_shares"),
+    ("CpuQuota", "cpu_quota"),
+    ("PidsLimit", "pids_limit"),
+    ("BlkioWeight", "blkio_weight"),
+];
+
+/// An engine's refusal with the limit behind it named, where the engine's
+/// own words leave it out: the OCI runtime reports a container rlimit above
+/// the host's hard limit by number (Podman's default `nofile` of 1048576 is
+/// the usual one), and rootless Podman's network by the device it could not open.
+fn explain(message: String) -> String {
+    const RLIMITS: [&str; 16] = [
+        "cpu",
+        "fsize",
+        "data",
+        "stack",
+        "core",
+        "rss",
+        "nproc",
+        "nofile",
+        "memlock",
+        "as",
+        "locks",
+        "sigpending",
+        "msgqueue",
+        "nice",
+        "rtprio",
+        "rttime",
+    ];
+    let rlimit = message
+        .split("error setting rlimit type ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok());
+    if let Some(n) = rlimit {
+        let name = RLIMITS.get(n).copied().unwrap_or("unknown");
+        return format!(
+            "{message} (the container's {name} ulimit is above this host's hard limit; Podman sets the ulimits \
+             a container leaves out from default_ulimits in containers.conf, or at 1048576: set it in the spec's \
+             ulimits, or lower Podman's default)"
+        );
+    }
+    if message.contains("/dev/net/tun") {
+        return format!(
+            "{message} (rootless Podman's network, slirp4netns, needs /dev/net/tun readable and writable by its user)"
+        );
+    }
+    message
 }
 
 fn pick_version(server: &str) -> Result<String> {
@@ -1145,6 +1399,33 @@ mod tests {
         assert!(err(&no_dir).contains("DOCKER_CERT_PATH"));
         assert!(Docker::connect_with(Some("unix:///x.sock"), &verify).is_ok(), "TLS is for tcp:// only");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn podman_is_found_when_docker_is_absent() {
+        let with = |present: &'static [&'static str], runtime_dir| {
+            default_host(&|p: &Path| present.iter().any(|q| Path::new(q) == p), runtime_dir)
+        };
+        let user = Some("/run/user/1000");
+        assert_eq!(with(&["/var/run/docker.sock", "/run/podman/podman.sock"], user), "unix:///var/run/docker.sock");
+        assert_eq!(with(&["/run/podman/podman.sock"], None), "unix:///run/podman/podman.sock");
+        let both = &["/run/user/1000/podman/podman.sock", "/run/podman/podman.sock"];
+        assert_eq!(with(both, user), "unix:///run/user/1000/podman/podman.sock");
+        assert_eq!(with(both, None), "unix:///run/podman/podman.sock");
+        assert_eq!(with(&[], user), "unix:///var/run/docker.sock", "the first call says it is missing");
+    }
+
+    #[test]
+    fn podman_limits_are_named() {
+        let e = explain("runc create failed: error setting rlimit type 7: operation not permitted".into());
+        assert!(e.contains("nofile ulimit is above this host's hard limit") && e.contains("default_ulimits"), "{e}");
+        assert!(explain("error setting rlimit type 6: x".into()).contains("nproc ulimit"));
+        let e = explain(r#"slirp4netns failed: "open(\"/dev/net/tun\"): Permission denied""#.into());
+        assert!(e.contains("needs /dev/net/tun"), "{e}");
+        assert_eq!(explain("no such container".into()), "no such container");
+        let podman = json!({"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}], "Version": "4.3.1"});
+        assert_eq!(podman_version(&podman), Some("4.3.1"));
+        assert_eq!(podman_version(&json!({"Components": [{"Name": "Engine", "Version": "28.0"}]})), None);
     }
 
     #[test]

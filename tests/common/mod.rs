@@ -1,5 +1,10 @@
 //! Shared by the integration tests: the rule that a missing real part fails
 //! under CI and skips elsewhere, and the real engine and test image.
+//!
+//! The real engine is Docker unless `DCD_TEST_ENGINE` says `podman` (rootful) or
+//! `podman-rootless`: then the same tests run against a Podman API service that
+//! this process starts as a board would (`podman_host`), and the docker CLI the
+//! tests check with talks to it. tests/run.sh runs the suite once per engine.
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod relay;
@@ -54,18 +59,180 @@ fn record_skip(test: &str, what: &str) {
     }
 }
 
+/// The engine the real-engine tests drive (`DCD_TEST_ENGINE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Docker,
+    Podman,
+    PodmanRootless,
+}
+
+impl EngineKind {
+    pub fn podman(self) -> bool {
+        self != EngineKind::Docker
+    }
+}
+
+pub fn engine_kind() -> EngineKind {
+    match std::env::var("DCD_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("" | "docker") => EngineKind::Docker,
+        Ok("podman") => EngineKind::Podman,
+        Ok("podman-rootless") => EngineKind::PodmanRootless,
+        Ok(other) => panic!("DCD_TEST_ENGINE={other}: expected docker, podman or podman-rootless"),
+    }
+}
+
+/// The real engine's DOCKER_HOST: `DOCKER_HOST` or Docker's socket for Docker, else the Podman
+/// service of `podman_host`.
+pub fn engine_host() -> Option<String> {
+    match engine_kind() {
+        EngineKind::Docker => {
+            Some(std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into()))
+        }
+        kind => podman_host(kind == EngineKind::PodmanRootless),
+    }
+}
+
 /// The real engine, if it answers (see `require`).
 pub fn engine() -> Option<Arc<dyn Engine>> {
-    let d = Docker::connect(None).ok()?;
+    let host = engine_host()?;
+    let d = Docker::connect(Some(&host)).ok()?;
     let ok = d.info().is_ok();
-    require(ok, "a Docker Engine on DOCKER_HOST or /var/run/docker.sock").then(|| Arc::new(d) as Arc<dyn Engine>)
+    require(ok, &format!("a {:?} engine on {host}", engine_kind())).then(|| Arc::new(d) as Arc<dyn Engine>)
 }
 
 /// The busybox test image made by tests/setup.sh.
 pub fn test_image() -> Option<String> {
     let image = std::env::var("DCD_TEST_IMAGE").unwrap_or_else(|_| "dcd-test/busybox:latest".into());
-    let ok = Command::new("docker").args(["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
+    let ok = docker_cli(&["image", "inspect", &image]).output().is_ok_and(|o| o.status.success());
     require(ok, &format!("the test image {image}")).then_some(image)
+}
+
+/// Rootless Podman on a cgroup v1 host: it can neither limit nor measure a container, and dcd
+/// refuses what asks it to.
+pub fn podman_without_cgroups() -> bool {
+    engine_kind() == EngineKind::PodmanRootless && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Podman's test configuration and rootless user, made by tests/setup.sh.
+const PODMAN_CONF: &str = "/etc/dcd-test/podman";
+const PODMAN_USER: &str = "dcd-podman";
+
+/// `unix://` of a Podman API service for this test process: one that already answers on the
+/// socket a board's unit would use, else `podman system service --time=0` started as a board
+/// starts it (rootful on /run/podman/podman.sock; rootless as the test user, with an explicit
+/// XDG_RUNTIME_DIR, on its default socket). It is stopped when the process exits.
+pub fn podman_host(rootless: bool) -> Option<String> {
+    static HOSTS: std::sync::Mutex<Vec<(bool, Option<String>)>> = std::sync::Mutex::new(Vec::new());
+    let mut hosts = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, host)) = hosts.iter().find(|(r, _)| *r == rootless) {
+        return host.clone();
+    }
+    let host = start_podman(rootless);
+    hosts.push((rootless, host.clone()));
+    host
+}
+
+fn start_podman(rootless: bool) -> Option<String> {
+    let conf = Path::new(PODMAN_CONF);
+    let user = if rootless { users_entry(PODMAN_USER) } else { Some((0, 0, PathBuf::from("/root"))) };
+    let installed = Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success());
+    let Some((uid, gid, home)) = user.filter(|_| installed && conf.join("containers.conf").exists()) else {
+        require(false, &format!("podman, {PODMAN_CONF} and the user {PODMAN_USER}"));
+        return None;
+    };
+    let runtime_dir = PathBuf::from(format!("/run/user/{uid}"));
+    let socket =
+        if rootless { runtime_dir.join("podman/podman.sock") } else { PathBuf::from("/run/podman/podman.sock") };
+    let host = format!("unix://{}", socket.display());
+    if !podman_answers(&socket) {
+        let mut cmd = Command::new("podman");
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &home)
+            .env("CONTAINERS_CONF", conf.join("containers.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", conf.join("registries.conf"))
+            .args(["system", "service", "--time=0"]);
+        if rootless {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid).env("XDG_RUNTIME_DIR", &runtime_dir);
+        } else {
+            cmd.arg(&host);
+        }
+        spawn_for_process_lifetime(cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !podman_answers(&socket) {
+            assert!(Instant::now() < deadline, "podman system service did not answer on {host} within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Some(host)
+}
+
+/// Whether a Podman API service answers on `socket` (Docker would not say `Libpod`).
+fn podman_answers(socket: &Path) -> bool {
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    let asked = s.write_all(b"GET /_ping HTTP/1.0\r\nHost: podman\r\n\r\n").is_ok();
+    asked && s.read_to_string(&mut reply).is_ok() && reply.contains("Libpod-Api-Version")
+}
+
+/// uid, gid and home of `user`, from /etc/passwd.
+fn users_entry(user: &str) -> Option<(u32, u32, PathBuf)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let fields: Vec<&str> = passwd.lines().find(|l| l.starts_with(&format!("{user}:")))?.split(':').collect();
+    Some((fields[2].parse().ok()?, fields[3].parse().ok()?, PathBuf::from(fields[5])))
+}
+
+/// Starts `cmd` for as long as this process runs. The test harness has no hook for its end, so
+/// the C library's `atexit` stops it, and waits, before the next test binary may look for a
+/// service; should the process die instead, the kernel sends SIGTERM (a death signal goes when
+/// the thread that started the child ends: this one waits on it).
+fn spawn_for_process_lifetime(mut cmd: Command) {
+    use std::os::unix::process::CommandExt;
+    static STARTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    extern "C" fn stop_all() {
+        for pid in STARTED.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            // SAFETY: signalling and probing a child of ours; its waiting thread reaps it.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while unsafe { libc::kill(pid as libc::pid_t, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let name = format!("{:?}", cmd.get_program());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut p = Proc::spawn(&name, &mut cmd);
+        let _ = tx.send(p.pid());
+        let status = p.child.wait();
+        eprintln!("{name} ended: {status:?}");
+    });
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if started.is_empty() {
+        // SAFETY: registers a function without arguments, once.
+        unsafe { libc::atexit(stop_all) };
+    }
+    started.push(rx.recv().expect("the service's thread"));
+}
+
+/// The docker CLI on the real engine.
+pub fn docker_cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new("docker");
+    if let (true, Some(host)) = (engine_kind().podman(), engine_host()) {
+        cmd.env("DOCKER_HOST", host);
+    }
+    cmd.args(args);
+    cmd
 }
 
 /// A name unique to this process and `tag`, for things a test creates.
@@ -75,18 +242,18 @@ pub fn unique(tag: &str) -> String {
 
 /// `docker` CLI output (the engine's own view, to check ours against); empty when it failed.
 pub fn docker(args: &[&str]) -> String {
-    docker_cli(args).1
+    docker_run(args).1
 }
 
 /// `docker` CLI output, which must succeed: the engine's own hand, not ours.
 pub fn docker_ok(args: &[&str]) -> String {
-    let (o, out) = docker_cli(args);
+    let (o, out) = docker_run(args);
     assert!(o.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     out
 }
 
-fn docker_cli(args: &[&str]) -> (std::process::Output, String) {
-    let o = Command::new("docker").args(args).output().expect("docker CLI");
+fn docker_run(args: &[&str]) -> (std::process::Output, String) {
+    let o = docker_cli(args).output().expect("docker CLI");
     let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
     (o, out)
 }
@@ -263,7 +430,10 @@ pub fn dcd_on_nats(id: &str, tenant: &str, port: u16, args: &[&str], env: &[(&st
         ("DEVICE_CONNECT_DISCOVERY_MODE", "d2d"),
         ("DEVICE_CONNECT_ALLOW_INSECURE", "true"),
     ];
-    dcd(None, id, tenant, args, &[&nats[..], env].concat())
+    // The real engine under test, unless `env` names another.
+    let host = engine_kind().podman().then(engine_host).flatten();
+    let engine: Vec<(&str, &str)> = host.iter().map(|h| ("DOCKER_HOST", h.as_str())).collect();
+    dcd(None, id, tenant, args, &[&nats[..], &engine, env].concat())
 }
 
 /// A network namespace of its own with only loopback, multicast-capable: Zenoh scouting inside

@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+/// The real engine's socket (Docker's, or the Podman service's), which the relay stands in front of.
+fn engine_socket() -> String {
+    let host = super::engine_host().expect("the real engine's host");
+    host.strip_prefix("unix://").unwrap_or_else(|| panic!("{host} is not a unix socket")).to_string()
+}
 
 /// Down until `restore` (or `break_engine`). Restored, it passes every connection through to
 /// the engine; broken, it acts as an engine that is up but broken: it answers `GET /version`
@@ -154,7 +158,7 @@ impl Tap {
 
 /// Copy bytes both ways between `client` and a new engine connection until either side ends.
 fn pipe(client: UnixStream, tap: &Arc<Tap>, open: &Mutex<Vec<UnixStream>>) {
-    let Ok(engine) = UnixStream::connect(ENGINE_SOCKET) else { return };
+    let Ok(engine) = UnixStream::connect(engine_socket()) else { return };
     let events = Arc::new(AtomicBool::new(false));
     let (c, e) = (client.try_clone().unwrap(), engine.try_clone().unwrap());
     std::thread::spawn({
@@ -186,24 +190,27 @@ fn pipe(client: UnixStream, tap: &Arc<Tap>, open: &Mutex<Vec<UnixStream>>) {
     open.lock().unwrap().extend([client, engine]);
 }
 
-/// Answer a `GET /version` (or every call would stop at the version check) and drop the rest.
+/// Answer the version check (`GET /version`, and Podman's `/libpod/info`), or every call would
+/// stop there, and drop the rest.
 fn broken(mut client: UnixStream, tap: &Tap) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = vec![0u8; 64 * 1024];
     if let Ok(n) = client.read(&mut buf) {
         let request = tap.look(&buf[..n], &mut Vec::new());
-        if request.starts_with(b"GET /version ") {
+        let info = request.windows(13).any(|w| w == b"/libpod/info ");
+        if request.starts_with(b"GET /version ") || info {
             version_once(&request, &mut client);
         }
     }
 }
 
-/// Pass one `GET /version` to the engine, which closes the connection after its answer.
+/// Pass one request of the version check to the engine, which closes the connection after its
+/// answer.
 fn version_once(request: &[u8], client: &mut UnixStream) {
     let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
         return;
     };
-    let Ok(mut engine) = UnixStream::connect(ENGINE_SOCKET) else {
+    let Ok(mut engine) = UnixStream::connect(engine_socket()) else {
         return;
     };
     let request = [&request[..end], b"\r\nconnection: close\r\n\r\n"].concat();
