@@ -97,7 +97,7 @@ impl Rig {
         let cmd = self.subject("cmd");
         self.client.send_request(&cmd, &payload).unwrap();
         // Logged by the worker as it takes the request, just before it asks the engine.
-        self.dcd.expect_line("rpc get_container from", Duration::from_secs(10));
+        self.dcd.expect_line("rpc get_container from", Duration::from_secs(30));
     }
 
     fn subject(&self, tail: &str) -> String {
