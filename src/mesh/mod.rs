@@ -690,7 +690,8 @@ mod tests {
     use super::*;
     use crate::time::now_rfc3339;
 
-    fn cfg(d2d: bool) -> MeshConfig {
+    /// A NATS device's settings; backends' tests change what they need.
+    pub(super) fn cfg(d2d: bool) -> MeshConfig {
         MeshConfig {
             backend: Backend::Nats,
             device_id: "dev-1".into(),

@@ -286,19 +286,8 @@ mod tests {
             let server = open(json!({"mode": mode, "listen": {"endpoints": [endpoint]}, "scouting": off}));
             let cfg = MeshConfig {
                 backend: super::super::Backend::Zenoh,
-                device_id: "dev".into(),
-                tenant: "t".into(),
                 urls: vec![endpoint],
-                d2d: true,
-                zenoh_listen: Vec::new(),
-                zenoh_multicast: false,
-                zenoh_gossip_multihop: false,
-                nats_jwt: None,
-                nats_seed: None,
-                tls: Tls::default(),
-                tls_skip_hostname: false,
-                ttl: Duration::from_secs(15),
-                test_wedge_after: None,
+                ..super::super::tests::cfg(true)
             };
             let client = open(session_json(&cfg));
             wait_until(&format!("linked to a {mode}"), || linked(&client));
