@@ -223,12 +223,23 @@ impl Policy {
             ));
         }
         let o = options["o"].as_str().unwrap_or_default();
+        let device = options["device"].as_str().unwrap_or_default();
         if o.split(',').any(|opt| matches!(opt.trim(), "bind" | "rbind")) {
-            let device = options["device"].as_str().unwrap_or_default();
             if !device.starts_with('/') {
                 return Err(format!("volume {name} binds {device:?}, which is not an absolute host path"));
             }
             return self.check_bind(device).map_err(|e| format!("volume {name} binds {device}: {e}"));
+        }
+        // `type: ext4, device: /dev/sda1`: the volume mounts a disk of the host.
+        if device.starts_with('/') {
+            if Path::new(device).components().any(|c| c == Component::ParentDir) {
+                return Err(format!("volume {name} mounts {device}: the path must be without .."));
+            }
+            if !self.devices.iter().any(|p| glob_match(p, device)) {
+                return Err(format!(
+                    "volume {name} mounts the host's {device} (allow with \"devices\": [\"{device}\"])"
+                ));
+            }
         }
         Ok(())
     }
@@ -545,6 +556,13 @@ mod tests {
         assert!(p
             .check_volume("v", &json!("local"), &json!({"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}))
             .is_ok());
+        let disk = json!({"type": "ext4", "device": "/dev/sda1"});
+        let e = p.check_volume("v", &json!("local"), &disk).unwrap_err();
+        assert!(e.contains("mounts the host's /dev/sda1") && e.contains("\"devices\""), "{e}");
+        let disks: Policy = serde_json::from_value(json!({"devices": ["/dev/sda*"]})).unwrap();
+        assert!(disks.check_volume("v", &json!("local"), &disk).is_ok());
+        let nfs = json!({"type": "nfs", "o": "addr=10.0.0.2,rw", "device": ":/export"});
+        assert!(p.check_volume("v", &json!("local"), &nfs).is_ok(), "a remote share is not the host");
         assert!(p.check_volume("v", &json!(null), &json!(null)).is_ok(), "a plain volume");
         let e = p.check_volume("v", &json!("rexray"), &json!(null)).unwrap_err();
         assert!(e.contains("driver rexray") && e.contains("volume_drivers"), "{e}");
