@@ -431,7 +431,7 @@ impl Core {
         self.connected = true;
         self.pulse.connected.store(true, Ordering::Relaxed);
         if self.presence.is_some() || self.registration.is_some() {
-            log::info!("mesh: connection to {} back", self.address);
+            log::info!("mesh connection back (to {})", self.address);
         }
         self.next_heartbeat = now;
         if self.d2d {
@@ -447,7 +447,7 @@ impl Core {
     fn disconnected(&mut self) {
         if self.connected {
             log::warn!(
-                "mesh: connection to {} lost; events wait for it to come back (is the broker or peer up and reachable?)",
+                "mesh connection lost (to {}); events wait for it to come back (is the broker or peer up and reachable?)",
                 self.address
             );
         }
