@@ -70,6 +70,9 @@ impl State {
     }
 }
 
+/// A job's work, run once on a job thread.
+type Run = Box<dyn FnOnce(&Progress) -> Result<Value> + Send>;
+
 /// What a function hands over to run as a job.
 pub struct Work {
     target: String,
@@ -77,7 +80,7 @@ pub struct Work {
     phase: &'static str,
     announce: bool,
     join: bool,
-    run: Box<dyn FnOnce(&Progress) -> Result<Value> + Send>,
+    run: Run,
 }
 
 impl Work {
@@ -217,7 +220,7 @@ enum Out {
 struct Table {
     live: HashMap<String, Job>,
     finished: VecDeque<Job>,
-    queue: VecDeque<(String, Box<dyn FnOnce(&Progress) -> Result<Value> + Send>)>,
+    queue: VecDeque<(String, Run)>,
     threads: usize,
 }
 

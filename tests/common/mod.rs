@@ -694,9 +694,18 @@ impl Rig {
         Rig { driver, events, state: Some(state) }
     }
 
+    /// The reply, which a function that runs as a job sends from its thread.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
         let Value::Object(p) = params else { panic!("params must be an object") };
-        self.driver.call(method, p)
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.driver.call(
+            method,
+            p,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().expect("every call is answered")
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
