@@ -37,7 +37,10 @@ fn registry() -> Option<String> {
 fn in_registry(reg: &str, repo: &str, tag: &str) -> bool {
     let Ok(mut s) = std::net::TcpStream::connect(reg) else { return false };
     let accept = "application/vnd.docker.distribution.manifest.v2+json";
-    let _ = write!(s, "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {reg}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {reg}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
@@ -284,7 +287,7 @@ fn provision_pulls_a_missing_image_unless_never() {
 
 /// `docker top` of a container: its processes' command lines.
 fn processes(name: &str) -> String {
-    docker(&["top", name, "-o", "args"])
+    docker(&["top", name, "-o", "pid,args"])
 }
 
 #[test]
@@ -300,7 +303,8 @@ fn long_execs_and_a_pull_do_not_starve_quick_calls() {
     let spec = json!({"image": test_image, "name": name, "command": ["sleep", "600"]});
     assert_eq!(rig.ok("provision_container", json!({"spec": spec}))["container"]["state"], "running");
 
-    let pull = pending_id(&rig.ok("pull_image", json!({"image": format!("127.0.0.1:{}/{repo}", proxy.port), "wait": 0})));
+    let pull =
+        pending_id(&rig.ok("pull_image", json!({"image": format!("127.0.0.1:{}/{repo}", proxy.port), "wait": 0})));
     // 16 execs from another caller, all at once.
     let mut nats = common::Nats::connect(rig.port).unwrap();
     let cmd = common::subject(&rig.tenant, &rig.id, "cmd");
@@ -332,6 +336,8 @@ fn long_execs_and_a_pull_do_not_starve_quick_calls() {
     let running = rig.ok("list_jobs", json!({"state": "running"}));
     assert!(running["jobs"].to_string().contains(&pull), "the pull is no longer in flight: {running}");
 
+    let before = processes(&name);
+    assert_eq!(before.matches("sleep 40").count(), 15, "15 execs run, one waits for a thread: {before}");
     for id in &execs {
         let r = rig.ok("cancel_job", json!({"job_id": id}));
         assert_eq!(r["job"]["state"], "cancelled", "{r}");

@@ -24,6 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -415,7 +416,7 @@ impl Docker {
         let path = format!("/v{}/exec/{}/start", facts.api, segment(exec_id)?);
         let agent = new_agent(&self.target, Some(limit), facts.podman);
         let resp = self.send_to(&agent, Method::POST, &path, None, Some(&start), Some(limit))?;
-        watch.stoppable(Canceller::new(move || agent.clone().shutdown()));
+        let stopped = stopper(&agent, watch);
         let mut body = resp.into_body().into_reader();
         let mut run = ExecRun { exec_id: exec_id.to_string(), stdout: Vec::new(), stderr: Vec::new(), cut: None };
         let mut truncated = false;
@@ -443,6 +444,10 @@ impl Docker {
         }
         if truncated {
             log::warn!("exec output over {MAX_EXEC_OUTPUT} bytes per stream was dropped");
+        }
+        // A closed connection may read as a plain end.
+        if stopped.load(Ordering::SeqCst) {
+            run.cut.get_or_insert_with(|| EngineError::Unreachable(format!("exec {} was stopped", run.exec_id)));
         }
         Ok(run)
     }
@@ -661,7 +666,7 @@ impl Engine for Docker {
                 Some(PULL_MAX),
             )
             .map_err(|e| note_credentials(e, &source))?;
-        watch.stoppable(Canceller::new(move || agent.clone().shutdown()));
+        let stopped = stopper(&agent, watch);
         let mut body = resp.into_body().into_reader();
         let mut lines = JsonLines::new();
         let mut layers = Layers::default();
@@ -688,6 +693,10 @@ impl Engine for Docker {
             }
         }
         lines.finish(&mut collect);
+        // A closed connection may read as a plain end: that is no pull.
+        if stopped.load(Ordering::SeqCst) {
+            return Err(EngineError::Unreachable(format!("the pull of {image} was stopped")));
+        }
         match error {
             Some(m) if is_not_found(&m) => Err(note_credentials(EngineError::NotFound(m), &source)),
             Some(m) => Err(note_credentials(EngineError::Server(m), &source)),
@@ -788,6 +797,17 @@ impl Engine for Docker {
     fn host(&self) -> Option<String> {
         Some(self.host.clone())
     }
+}
+
+/// Hand `watch` the means to close `agent`'s connections; the flag says it did.
+fn stopper(agent: &Agent, watch: &dyn Watch) -> Arc<AtomicBool> {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (flag, agent) = (stopped.clone(), agent.clone());
+    watch.stoppable(Canceller::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        agent.clone().shutdown();
+    }));
+    stopped
 }
 
 fn run(
