@@ -275,12 +275,13 @@ impl Shared {
                     "note": format!("the result was larger than {KEEP_RESULT} bytes: only the callers that waited got it")})),
                 other => other.clone(),
             });
+            let mut replies = Vec::new();
             for w in waiters {
                 let r = match w.answer {
                     Answer::Result => outcome.clone(),
                     Answer::Record => Ok(json!({"status": "success", "job": job.record(false)})),
                 };
-                outs.push(Out::Reply(w.reply, r));
+                replies.push(Out::Reply(w.reply, r));
             }
             if job.announced {
                 if job.unsent {
@@ -299,6 +300,8 @@ impl Shared {
                     t.finished.pop_front();
                 }
             }
+            // Events first: whoever the reply wakes finds job_finished already queued.
+            outs.extend(replies);
         }
         self.send(outs);
     }
@@ -754,9 +757,16 @@ mod tests {
             assert_eq!((t.live.len(), t.threads, t.queue.len()), (MAX_LIVE, MAX_THREADS, MAX_LIVE - MAX_THREADS));
         }
         drop(open);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lock(&jobs.shared.table).live.is_empty() {
+            assert!(Instant::now() < deadline, "the gated jobs did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for _ in 0..300 {
-            let (r, _rx) = reply();
-            jobs.start("pull_image", json!({}), Work::new("x", "pulling", |_| Ok(json!({}))), Duration::ZERO, r);
+            let (r, rx) = reply();
+            let work = Work::new("x", "pulling", |_| Ok(json!({})));
+            jobs.start("pull_image", json!({}), work, Duration::from_secs(5), r);
+            rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while lock(&jobs.shared.table).threads > 0 {
