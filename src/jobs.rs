@@ -551,37 +551,9 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// The work moved on to `phase` (`pulling`, `creating`, ...); what could
-    /// stop the last phase is forgotten.
-    pub fn phase(&self, phase: &'static str) {
-        self.shared.update(&self.id, |job, outs| {
-            job.stop = Stop::Between;
-            if job.phase != phase {
-                job.phase = phase;
-                if job.announced {
-                    outs.push(Out::Event(JOB_PROGRESS, job.progress_event()));
-                }
-            }
-        });
-    }
-
-    /// Announce the job now (a quiet job that turned out to be long).
-    pub fn announce(&self) {
-        self.shared.update(&self.id, |job, outs| {
-            if !job.announced {
-                job.announced = true;
-                outs.push(Out::Event(JOB_PROGRESS, job.progress_event()));
-            }
-        });
-    }
-
     /// From here on the job cannot be cancelled, and `cancel_job` says `why`.
     pub fn unstoppable(&self, why: &'static str) {
         self.shared.update(&self.id, |job, _| job.stop = Stop::Never(why));
-    }
-
-    pub fn cancelled(&self) -> bool {
-        lock(&self.shared.table).live.get(&self.id).is_some_and(|j| j.cancel_requested)
     }
 
     /// Between steps: `Err(Cancelled)` saying that `done` is what was done,
@@ -612,6 +584,24 @@ impl Watch for Progress {
             _ if job.cancel_requested => outs.push(Out::Stop(stop)),
             _ => job.stop = Stop::Now(stop),
         });
+    }
+
+    fn phase(&self, phase: &'static str) {
+        self.shared.update(&self.id, |job, outs| {
+            if !matches!(job.stop, Stop::Never(_)) {
+                job.stop = Stop::Between;
+            }
+            if job.phase != phase {
+                job.phase = phase;
+                if job.announced {
+                    outs.push(Out::Event(JOB_PROGRESS, job.progress_event()));
+                }
+            }
+        });
+    }
+
+    fn cancelled(&self) -> bool {
+        lock(&self.shared.table).live.get(&self.id).is_some_and(|j| j.cancel_requested)
     }
 
     fn pulled(&self, progress: &PullProgress) {

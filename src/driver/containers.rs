@@ -9,7 +9,7 @@ use super::base::{
     Target,
 };
 use super::images::pull;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Watch};
 use crate::error::{Error, Result};
 use crate::ids::{check_image, random_hex, short_id};
 use crate::jobs::Work;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::base::{container_id_schema, Driver, Function, Long, Start, Target};
+use crate::engine::Watch;
 use crate::error::{Error, Result};
 use crate::jobs::Work;
 use crate::policy::Kind;

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::base::{no_params, object_schema, Call, Driver, Function, Long, Start, Target};
-use crate::engine::{Credentials, Engine};
+use crate::engine::{Credentials, Engine, Watch};
 use crate::error::{Error, Result};
 use crate::ids::{check_image, short_id};
 use crate::jobs::{Progress, Work};

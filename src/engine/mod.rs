@@ -65,14 +65,23 @@ pub struct ExecOutput {
     pub killed: bool,
 }
 
-/// Who watches a long engine call (a pull, an exec): it hears the call's
-/// progress and is handed the means to stop it from another thread.
+/// Who watches long work on the engine (a pull, an exec, a compose project
+/// coming up): it hears the work's phase and progress, and is handed the
+/// means to stop it from another thread. A job's `Progress` is one, so work
+/// below the job layer (compose) reports to a job through this alone.
 pub trait Watch: Sync {
     /// The call holds its connection now; `stop` ends it from any thread (a
     /// pull's stream is closed, an exec's process killed).
     fn stoppable(&self, stop: Canceller);
     /// A pull's progress so far, summed over its layers.
     fn pulled(&self, _progress: &PullProgress) {}
+    /// The work moved on to `phase` (`pulling`, `creating`, `starting`,
+    /// `waiting-healthy`); whatever could stop the last phase is forgotten.
+    fn phase(&self, _phase: &'static str) {}
+    /// Whether it was asked to stop: work of several steps looks between them.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Nobody watches: the call runs to its end.
