@@ -399,3 +399,29 @@ fn a_hundred_jobs_stay_bounded_and_keep_secrets() {
     assert!(!rig.dcd.wait_line("dcd-sim", Duration::from_secs(1)), "a credential in the debug log");
     assert!(!rig.dcd.wait_line(wrong, Duration::from_millis(100)), "a credential in the debug log");
 }
+
+#[test]
+fn a_broadcast_long_call_answers_pending_without_holding_its_thread() {
+    let rig = common::Rig::new(std::sync::Arc::new(dcd::engine::sim::Sim::new()), true);
+    let envelope = json!({"correlation_id": "br-1", "function": "pull_image",
+                          "params": {"image": "sim/slow-broadcast", "wait": 0}});
+    let b = dcd::rpc::broadcast("dev-1", envelope.to_string().as_bytes()).expect("a broadcast for us");
+    let (tx, rx) = channel();
+    let t = Instant::now();
+    dcd::rpc::fire(&rig.driver, "dev-1", b, move |topic, payload| {
+        let _ = tx.send((topic, serde_json::from_slice::<Value>(&payload).unwrap()));
+    });
+    let (topic, reply) = rx.recv_timeout(Duration::from_secs(5)).expect("an async_reply");
+    assert!(t.elapsed() < Duration::from_secs(2), "the pending reply took {:?}", t.elapsed());
+    assert_eq!(topic, "event.async_reply.br-1");
+    assert_eq!(
+        (reply["success"].as_bool(), reply["result"]["status"].as_str()),
+        (Some(true), Some("pending")),
+        "{reply}"
+    );
+    let id = reply["result"]["job_id"].as_str().unwrap();
+    let job = rig.ok("get_job", json!({"job_id": id}));
+    assert_eq!(job["job"]["state"], "running", "{job}");
+    let done = rig.ok("cancel_job", json!({"job_id": id}));
+    assert_eq!(done["job"]["state"], "cancelled", "{done}");
+}
