@@ -1405,6 +1405,7 @@ class Bench:
                          "", "", "", "", f"({cnt} received; fed by nats-py at {pub:.0f}/s, so a lower bound)")
                 self.put("log_client_ceiling_msgs_per_s", rate)
                 await self.log_follow(nc, d)
+                await self.job_pull(nc, d)
                 s = d.status()
                 self.row("memory", "NATS: RSS at the end of the full run", f"{s['VmRSS'] / 1024:.2f} MiB",
                          "", "", "", "", f"peak {s['VmHWM'] / 1024:.2f} MiB, {s['Threads']} threads")
@@ -1422,6 +1423,126 @@ class Bench:
             d.stop()
         return {"startup": startup, "rss_nats": rss_n, "rss_zenoh": rss_z, "p50": p50, "cpu": cpu,
                 "delta_nats": delta_n, "delta_zenoh": delta_z}
+
+
+    async def job_pull(self, nc, d: Daemon):
+        """A pull through a rate-limited proxy to the loopback registry, as a job (issue 18): the
+        time from the proxy's last byte to job_finished at the client, and job_progress events per
+        second while bytes flow."""
+        registry = os.environ.get("DCD_TEST_REGISTRY", "127.0.0.1:5000")
+        host, port = registry.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError:
+            self.notes.append(f"jobs: no registry at {registry}; the pull job was not measured")
+            return
+        repo, mib, rate = "dcd-test/slow-bench", 8, 2 << 20
+        pushed = f"{registry}/{repo}:v1"
+        log(f"jobs: {mib} MiB image pulled through a {rate >> 20} MiB/s proxy")
+        if subprocess.run(["docker", "manifest", "inspect", "--insecure", pushed], capture_output=True).returncode:
+            box = f"dcd-bench-slow-{self.run_id}"
+            blob = os.path.join(self.logdir, "random.bin")
+            with open(blob, "wb") as f:
+                f.write(os.urandom(mib << 20))
+            docker("create", "--name", box, IMAGE)
+            try:
+                docker("cp", blob, f"{box}:/random.bin")
+                subprocess.run(f"docker export {box} | docker import - {pushed}", shell=True, check=True,
+                               capture_output=True)
+                docker("push", pushed, timeout=300)
+            finally:
+                docker("rm", "-f", box, check=False)
+                os.remove(blob)
+        def forget():
+            for tag in docker("images", "--format", "{{.Repository}}:{{.Tag}}").splitlines():
+                if repo in tag:
+                    docker("rmi", "-f", tag, check=False)
+
+        # The floor: the docker CLI pulling the same through the same link, last byte to its exit.
+        proxy = SlowProxy(registry, rate)
+        forget()
+        await adocker("pull", "-q", f"127.0.0.1:{proxy.port}/{repo}:v1", timeout=120)
+        floor_ms = (time.perf_counter() - proxy.last_byte) * 1000
+        proxy.close()
+        forget()
+        proxy = SlowProxy(registry, rate)
+        image = f"127.0.0.1:{proxy.port}/{repo}:v1"
+        seen, done = [], asyncio.get_running_loop().create_future()
+
+        async def on_event(msg):
+            body = json.loads(msg.data)
+            seen.append((time.perf_counter(), body["method"], body["params"]))
+            if body["method"] == "job_finished" and not done.done():
+                done.set_result(time.perf_counter())
+
+        sub = await nc.subscribe(f"device-connect.{d.tenant}.{d.device_id}.event.*", cb=on_event)
+        try:
+            pending = await nrpc(nc, d, "pull_image", {"image": image, "wait": 0})
+            finished = await asyncio.wait_for(done, 120)
+        finally:
+            await sub.unsubscribe()
+            proxy.close()
+            forget()
+        moving = [t for t, m, p in seen if m == "job_progress" and p["job_id"] == pending["job_id"]
+                  and p["bytes_done"] > 0]
+        tail_ms = (finished - proxy.last_byte) * 1000
+        # Steady progress: the paced events, without the last (sent when the pull ends).
+        steady = moving[:-1]
+        rate_ev = (len(steady) - 1) / max(steady[-1] - steady[0], 1e-3) if len(steady) > 1 else 0.0
+        self.row("jobs", f"pull_image of {mib} MiB at {rate >> 20} MiB/s: last proxy byte → job_finished",
+                 f"{tail_ms:.0f} ms", f"docker pull: {floor_ms:.0f} ms", "", f"{tail_ms - floor_ms:+.0f} ms",
+                 "≤ 50 ms over the CLI", verdict(tail_ms - floor_ms <= 50)
+                 + " (the engine extracts and tags the layer after its last byte)")
+        self.row("jobs", "  job_progress events per second per job", f"{rate_ev:.2f}/s", "", "", "", "≤ 2",
+                 verdict(rate_ev <= 2) + f" ({len(moving)} events while bytes flowed)")
+        self.put("job_pull_cli_floor_ms", floor_ms)
+        self.put("job_last_byte_to_finished_ms", tail_ms)
+        self.put("job_progress_events_per_s", rate_ev)
+
+
+class SlowProxy:
+    """A TCP proxy on 127.0.0.1 to `upstream` passing what comes back at most `rate` bytes/s
+    (one slow link for all connections); remembers when the last byte went back."""
+
+    def __init__(self, upstream: str, rate: int):
+        host, port = upstream.rsplit(":", 1)
+        self.upstream, self.rate, self.last_byte = (host, int(port)), rate, 0.0
+        self.next_send, self.lock, self.closed = time.perf_counter(), threading.Lock(), False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, up, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, paced):
+        chunk = max(1024, self.rate // 20)
+        try:
+            while data := src.recv(chunk):
+                if paced:
+                    with self.lock:
+                        at = max(self.next_send, time.perf_counter())
+                        self.next_send = at + len(data) / self.rate
+                    time.sleep(max(0.0, at - time.perf_counter()))
+                dst.sendall(data)
+                if paced:
+                    self.last_byte = time.perf_counter()
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self):
+        self.closed = True
+        self.server.close()
 
 
 LINE_NUM = re.compile(rb"(\d{60})")

@@ -42,8 +42,9 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
-/// Why a call failed.
-#[derive(Debug)]
+/// Why a call failed. `Clone`, because a job's outcome goes to every caller
+/// that joined it.
+#[derive(Debug, Clone)]
 pub enum Error {
     /// No such function (JSON-RPC -32601).
     UnknownMethod,
@@ -59,6 +60,10 @@ pub enum Error {
     TooLarge { bytes: usize, max: usize },
     /// The daemon could not start a thread for the work (out of resources).
     Spawn(String),
+    /// The job was cancelled (`cancel_job`); the message says what was left done.
+    Cancelled(String),
+    /// The daemon already runs as many jobs as it holds.
+    Busy(String),
 }
 
 impl fmt::Display for Error {
@@ -73,6 +78,8 @@ impl fmt::Display for Error {
                 write!(f, "reply of {bytes} bytes exceeds the server's max_payload of {max} bytes")
             }
             Error::Spawn(m) => write!(f, "cannot start a thread: {m}"),
+            Error::Cancelled(m) => write!(f, "cancelled: {m}"),
+            Error::Busy(m) => write!(f, "busy: {m}"),
         }
     }
 }

@@ -14,6 +14,10 @@ pub const STATE_CHANGED: &str = "container_state_changed";
 pub const LOG_LINE: &str = "container_log_line";
 /// Extension, opt-in: the engine's container events as they come.
 pub const ENGINE_EVENT: &str = "engine_event";
+/// Extension: how far a job got, at most twice a second per job.
+pub const JOB_PROGRESS: &str = "job_progress";
+/// Extension: a job ended.
+pub const JOB_FINISHED: &str = "job_finished";
 
 /// An event for the mesh: its name (the last token of its subject) and the
 /// whole JSON-RPC notification (spec §4.1). The emitting thread builds it, so
@@ -62,9 +66,10 @@ impl Events {
     }
 
     /// Queue an event without waiting; false when its queue is full and it
-    /// was dropped. The state thread must never wait on the transport.
+    /// was dropped. The state thread must never wait on the transport. A job's
+    /// end is as rare and as awaited as a state change, so it shares that queue.
     pub fn emit(&self, name: &'static str, params: Value) -> bool {
-        let queue = if name == STATE_CHANGED { &self.state } else { &self.bulk };
+        let queue = if matches!(name, STATE_CHANGED | JOB_FINISHED) { &self.state } else { &self.bulk };
         match queue.try_send(Event::new(name, params)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -132,6 +137,34 @@ pub fn advertised(engine_events: bool) -> Value {
                         "description": "\"stdout\" or \"stderr\"; \"dcd\" for a notice that lines were dropped."},
              "ts_engine": string("The engine's RFC3339Nano time of the line, when the follow asked for timestamps.")},
            "required": ["container_id", "line"]},
+         "labels": null, "tags": []},
+        {"name": JOB_PROGRESS,
+         "description": "How far a job (a long call answered with status \"pending\") got; at most twice a second \
+                         per job, and always when its phase changes.",
+         "payload_schema": {"type": "object", "properties": {
+             "job_id": string("The job's id, as in the pending reply."),
+             "function": string("The function that started it, e.g. pull_image."),
+             "target": string("What it works on: an image reference, a container, a project."),
+             "phase": string("queued, pulling, creating, starting, running, stopping, ..."),
+             "bytes_done": {"type": "integer", "description": "Bytes downloaded so far (pulls; else 0)."},
+             "bytes_total": {"type": "integer", "description": "Bytes to download, as far as known yet."},
+             "layers_done": {"type": "integer", "description": "Image layers complete."},
+             "layers_total": {"type": "integer", "description": "Image layers seen so far."},
+             "percent": {"type": ["number", "null"], "description": "bytes_done of bytes_total; null when unknown."},
+             "message": {"type": ["string", "null"], "description": "The engine's latest status, e.g. Downloading."}},
+           "required": ["job_id", "function", "target", "phase", "bytes_done", "bytes_total", "layers_done",
+                        "layers_total", "percent", "message"]},
+         "labels": null, "tags": []},
+        {"name": JOB_FINISHED,
+         "description": "A job ended: its result as the call would have returned it, or its error.",
+         "payload_schema": {"type": "object", "properties": {
+             "job_id": string("The job's id."),
+             "function": string("The function that started it."),
+             "target": string("What it worked on."),
+             "status": string("\"success\", \"error\" or \"cancelled\"."),
+             "result": {"type": "object", "description": "The function's result (status success)."},
+             "error": string("What went wrong, or what a cancelled job left done.")},
+           "required": ["job_id", "function", "target", "status"]},
          "labels": null, "tags": []}
     ]);
     if engine_events {

@@ -5,7 +5,7 @@
 //!
 //! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
-//! 3. `spec`, `compose`, `logs`, `state`;
+//! 3. `spec`, `compose`, `logs`, `state`, `jobs`;
 //! 4. `driver`: the function table;
 //! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads) and `watchdog`, then `config`.
 
@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod jobs;
 pub mod labels;
 pub mod logs;
 pub mod mesh;

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::driver::Driver;
 use crate::error::Error;
+use crate::jobs::Reply;
 
 /// Requests larger than this are dropped unread (spec: bad input is dropped).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -39,59 +40,83 @@ fn with_status(driver: &Driver, device_id: &str, status: Value) -> Value {
     })
 }
 
-/// Handle one request. `None` means "send nothing" (malformed JSON, no `id`,
-/// a batch), as the Python device does. `max_payload` is the largest reply
-/// the transport can carry; a bigger result becomes a -32000 error reply.
-pub fn handle(driver: &Driver, device_id: &str, payload: &[u8], max_payload: Option<usize>) -> Option<Vec<u8>> {
+/// Handle one request: its reply goes to `send`, from this thread or, for a
+/// function that runs as a job, later from the job's thread, so the caller's
+/// thread never waits for long work. Nothing is sent, and `send` is dropped,
+/// for malformed JSON, a request without `id` or a batch, as the Python
+/// device does. `max_payload` is the largest reply the transport can carry; a
+/// bigger result becomes a -32000 error reply.
+pub fn handle(
+    driver: &Driver,
+    device_id: &str,
+    payload: &[u8],
+    max_payload: Option<usize>,
+    send: impl FnOnce(Vec<u8>) + Send + 'static,
+) {
     if payload.len() > MAX_REQUEST_BYTES || too_deep(payload) {
         log::warn!("dropped a request of {} bytes: too large or too deeply nested", payload.len());
-        return None;
+        return;
     }
     let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(payload) else {
-        return None;
+        return;
     };
-    let id = req.remove("id")?;
+    let Some(id) = req.remove("id") else { return };
     let method = match req.get("method") {
         Some(Value::String(m)) => m.clone(),
         None | Some(Value::Null) => "None".to_string(),
         Some(other) => other.to_string(),
     };
-    let outcome = if method == "requestRegistration" {
-        Ok(registration(driver, device_id))
-    } else {
-        match req.remove("params") {
-            None => call(driver, &method, Map::new()),
-            Some(Value::Object(p)) => call(driver, &method, p),
-            Some(_) => Err(Error::Params("params must be an object of named arguments".into())),
-        }
-    };
-    let reply = match outcome {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(e) => error_reply(&id, &method, &e),
-    };
-    let bytes = serde_json::to_vec(&reply).ok()?;
-    match max_payload {
-        Some(max) if bytes.len() > max => {
-            let e = Error::TooLarge { bytes: bytes.len(), max };
-            serde_json::to_vec(&error_reply(&id, &method, &e)).ok()
-        }
-        _ => Some(bytes),
+    let name = method.clone();
+    let reply: Reply = Box::new(move |outcome| {
+        let reply = match outcome {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(e) => error_reply(&id, &name, &e),
+        };
+        let Ok(bytes) = serde_json::to_vec(&reply) else { return };
+        let bytes = match max_payload {
+            Some(max) if bytes.len() > max => {
+                let e = Error::TooLarge { bytes: bytes.len(), max };
+                let Ok(b) = serde_json::to_vec(&error_reply(&id, &name, &e)) else { return };
+                b
+            }
+            _ => bytes,
+        };
+        send(bytes)
+    });
+    if method == "requestRegistration" {
+        return reply(Ok(registration(driver, device_id)));
+    }
+    match req.remove("params") {
+        None => call(driver, &method, Map::new(), reply),
+        Some(Value::Object(p)) => call(driver, &method, p, reply),
+        Some(_) => reply(Err(Error::Params("params must be an object of named arguments".into()))),
     }
 }
 
 /// Strip the reserved params and run the driver. The caller from `_dc_meta`
 /// is kept for the log only.
-fn call(driver: &Driver, method: &str, mut params: Map<String, Value>) -> Result<Value, Error> {
+fn call(driver: &Driver, method: &str, mut params: Map<String, Value>, reply: Reply) {
     let meta = params.remove("_dc_meta");
     let direct = params.remove("source_device");
-    let caller =
-        meta.as_ref().and_then(|m| m.get("source_device")).or(direct.as_ref()).and_then(Value::as_str).unwrap_or("-");
+    let caller = meta
+        .as_ref()
+        .and_then(|m| m.get("source_device"))
+        .or(direct.as_ref())
+        .and_then(Value::as_str)
+        .unwrap_or("-")
+        .to_string();
     log::debug!("rpc {method} from {caller}");
-    let r = driver.call(method, params);
-    if let Err(e) = &r {
-        log::info!("rpc {method} from {caller} failed: {e}");
-    }
-    r
+    let name = method.to_string();
+    driver.call(
+        method,
+        params,
+        Box::new(move |r| {
+            if let Err(e) = &r {
+                log::info!("rpc {name} from {caller} failed: {e}");
+            }
+            reply(r)
+        }),
+    )
 }
 
 fn error_reply(id: &Value, method: &str, e: &Error) -> Value {
@@ -159,27 +184,35 @@ pub fn broadcast(device_id: &str, payload: &[u8]) -> Option<Broadcast> {
     Some(Broadcast { cid: cid.to_string(), function: function.to_string(), params, delay })
 }
 
-/// Run a broadcast now. Returns the `async_reply` topic (relative to the
-/// device) and payload.
-pub fn fire(driver: &Driver, device_id: &str, b: Broadcast) -> Option<(String, Vec<u8>)> {
+/// Run a broadcast now. Its `async_reply` goes to `publish` (topic relative
+/// to the device, payload) when the function has answered: at once, or from
+/// a job's thread, as for a request.
+pub fn fire(driver: &Driver, device_id: &str, b: Broadcast, publish: impl FnOnce(String, Vec<u8>) + Send + 'static) {
     let Broadcast { cid, function, params, .. } = b;
     let fired = crate::time::now_epoch();
     let mut reply = json!({"correlation_id": cid, "device_id": device_id, "actually_fired_at": fired});
-    match call(driver, &function, params) {
-        Ok(result) => {
-            reply["success"] = json!(true);
-            reply["result"] = result;
+    let topic = format!("event.async_reply.{cid}");
+    let name = function.clone();
+    let answer: Reply = Box::new(move |outcome| {
+        match outcome {
+            Ok(result) => {
+                reply["success"] = json!(true);
+                reply["result"] = result;
+            }
+            Err(e) => {
+                let message = match e {
+                    Error::UnknownMethod => format!("unknown function: {name}"),
+                    other => other.to_string(),
+                };
+                reply["success"] = json!(false);
+                reply["error"] = json!({"code": "invoke_failed", "message": message});
+            }
         }
-        Err(e) => {
-            let message = match e {
-                Error::UnknownMethod => format!("unknown function: {function}"),
-                other => other.to_string(),
-            };
-            reply["success"] = json!(false);
-            reply["error"] = json!({"code": "invoke_failed", "message": message});
+        if let Ok(payload) = serde_json::to_vec(&reply) {
+            publish(topic, payload)
         }
-    }
-    Some((format!("event.async_reply.{cid}"), serde_json::to_vec(&reply).ok()?))
+    });
+    call(driver, &function, params, answer)
 }
 
 /// True when the JSON nests deeper than `MAX_DEPTH` (a cheap byte scan that

@@ -141,9 +141,8 @@ impl Worker {
     fn take(&self, msg: Result<Inbound, crossbeam_channel::RecvError>) -> bool {
         match msg {
             Ok(Inbound::Request { payload, reply }) => {
-                if let Some(bytes) = rpc::handle(&self.driver, &self.device_id, &payload, reply.max_payload) {
-                    reply.send(bytes);
-                }
+                let max = reply.max_payload;
+                rpc::handle(&self.driver, &self.device_id, &payload, max, move |bytes| reply.send(bytes));
             }
             Ok(Inbound::Broadcast { payload }) => {
                 if let Some(b) = rpc::broadcast(&self.device_id, &payload) {
@@ -167,9 +166,10 @@ impl Worker {
     }
 
     fn fire(&self, b: Broadcast) {
-        if let Some((topic, payload)) = rpc::fire(&self.driver, &self.device_id, b) {
-            let _ = self.publish.send(Publish { topic, payload });
-        }
+        let publish = self.publish.clone();
+        rpc::fire(&self.driver, &self.device_id, b, move |topic, payload| {
+            let _ = publish.send(Publish { topic, payload });
+        });
     }
 }
 

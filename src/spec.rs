@@ -205,6 +205,9 @@ pub struct ContainerSpec {
     /// Remove an existing container of the same name first (idempotent provisioning).
     #[serde(default)]
     pub replace: bool,
+    /// When to pull the image, as `docker run --pull` says it.
+    #[serde(default)]
+    pub pull: Pull,
     #[serde(default)]
     command: Option<Args>,
     #[serde(default)]
@@ -270,6 +273,19 @@ pub struct ContainerSpec {
 
 fn yes() -> bool {
     true
+}
+
+/// When `provision_container` pulls its image.
+#[derive(Deserialize, Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    /// When the host does not have it (`docker run`'s default).
+    #[default]
+    Missing,
+    /// Every time, for the registry's newest.
+    Always,
+    /// Never: a missing image fails.
+    Never,
 }
 
 impl ContainerSpec {
@@ -538,6 +554,9 @@ pub fn schema() -> Value {
         "image": {"type": "string", "description": "Image reference."},
         "name": opt_str("Container name."),
         "replace": flag("Remove an existing container with this name first."),
+        "pull": {"type": "string", "enum": ["missing", "always", "never"], "default": "missing",
+                 "description": "Pull the image when the host lacks it (missing), always, or never (then a \
+                                 missing image fails). A pull that outlives the call's wait makes it a job."},
         "command": str_or_list, "entrypoint": str_or_list,
         "environment": string_map, "labels": string_map,
         "ports": {"type": "array", "default": [],

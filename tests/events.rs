@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use common::relay::Relay;
 use common::{docker_ok, Cleanup};
 use dcd::engine::{docker::Docker, Engine};
-use dcd::events::{LOG_LINE, STATE_CHANGED};
+use dcd::events::{JOB_FINISHED, JOB_PROGRESS, LOG_LINE, STATE_CHANGED};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `docker create` a labelled container named `name` running `cmd`.
@@ -227,7 +227,11 @@ fn mesh_fast_flips_arrive_in_order() {
     let Some(mut mesh) = Mesh::start("flips") else {
         return;
     };
-    assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE], "engine_event is opt-in");
+    assert_eq!(
+        mesh.advertised_events(),
+        [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED],
+        "engine_event is opt-in"
+    );
     let since = dcd::time::now_epoch() - 1.0;
     let names = ["flip", "burst", "kill50"].map(common::unique);
     let [flip, burst, kill] = &names;
@@ -307,7 +311,7 @@ fn mesh_engine_events_are_forwarded() {
         else {
             return;
         };
-        assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE, "engine_event"]);
+        assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED, "engine_event"]);
         let (foreign, ours) = (common::unique("fwd-foreign"), common::unique("fwd-ours"));
         let _c = Cleanup(vec![foreign.clone(), ours.clone()]);
         // The foreign container's events all come first: the engine sends events in order.

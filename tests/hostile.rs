@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -189,8 +190,15 @@ impl Rig {
     /// §2.3–2.4; panics (with the payload) on a panic inside or a wrong reply.
     fn check(&self, known: &BTreeSet<String>, payload: &[u8], max_payload: Option<usize>) -> Option<Value> {
         let shown = || String::from_utf8_lossy(&payload[..payload.len().min(300)]).into_owned();
-        let reply = catch_unwind(AssertUnwindSafe(|| rpc::handle(&self.driver, DEVICE, payload, max_payload)))
-            .unwrap_or_else(|_| panic!("rpc::handle panicked on {} bytes: {}", payload.len(), shown()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        catch_unwind(AssertUnwindSafe(|| {
+            rpc::handle(&self.driver, DEVICE, payload, max_payload, move |b| {
+                let _ = tx.send(b);
+            })
+        }))
+        .unwrap_or_else(|_| panic!("rpc::handle panicked on {} bytes: {}", payload.len(), shown()));
+        // A silent request drops its sender unused.
+        let reply = rx.recv_timeout(Duration::from_secs(30)).ok();
         let request = expected_request(payload);
         let (Some(req), Some(bytes)) = (&request, &reply) else {
             assert_eq!(

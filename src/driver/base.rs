@@ -13,6 +13,7 @@ use crate::engine::{Engine, EngineError};
 use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::ids::short_id;
+use crate::jobs::{public_params, Jobs, Reply, Work, DEFAULT_WAIT_S, MAX_WAIT_S};
 use crate::labels::is_managed;
 use crate::logs::Follows;
 use crate::policy::{ExecRule, Kind, Policy};
@@ -57,6 +58,25 @@ pub struct Driver {
     pub(super) alive: Cached<std::result::Result<(), String>>,
     /// Whether the engine answered when last asked, so that only the changes are logged.
     pub(super) engine_up: Mutex<Option<bool>>,
+    pub(super) jobs: Jobs,
+}
+
+/// What a job's work needs of the driver, owned, so that it runs on a job
+/// thread after the call that started it has returned.
+#[derive(Clone)]
+pub(super) struct Reach {
+    pub(super) engine: Arc<dyn Engine>,
+    state: StateHandle,
+}
+
+impl Reach {
+    /// The container's summary now, after telling the state thread what we
+    /// just did to it.
+    pub(super) fn observe(&self, id: &str) -> Result<Value> {
+        let inspect = self.engine.inspect_container(id)?;
+        self.state.observed(Seen::from_inspect(&inspect));
+        Ok(summary(&inspect))
+    }
 }
 
 impl Driver {
@@ -70,6 +90,7 @@ impl Driver {
     ) -> Self {
         Driver {
             policy,
+            jobs: Jobs::new(events.clone()),
             follows: Follows::new(engine.clone(), events),
             engine,
             simulate,
@@ -116,12 +137,18 @@ impl Driver {
         }
     }
 
-    /// The container's summary now, after telling the state thread what we
-    /// just did to it.
+    pub(super) fn reach(&self) -> Reach {
+        Reach { engine: self.engine.clone(), state: self.state.clone() }
+    }
+
     pub(super) fn observe(&self, id: &str) -> Result<Value> {
-        let inspect = self.engine.inspect_container(id)?;
-        self.state.observed(Seen::from_inspect(&inspect));
-        Ok(summary(&inspect))
+        self.reach().observe(id)
+    }
+
+    /// Refuse a job's record to a caller who could not have started it: under
+    /// `owned_only`, a job on a container we do not manage.
+    pub(super) fn may_see(&self, container: Option<&str>) -> Result<()> {
+        container.map_or(Ok(()), |c| self.guard_if_exists(c, Kind::Read))
     }
 
     pub(super) fn summary_of(&self, id: &str) -> Result<Value> {
@@ -164,14 +191,40 @@ pub trait Call: DeserializeOwned + Debug {
     fn call(self, d: &Driver) -> Result<Value>;
 }
 
+/// A function whose work may take longer than its caller waits (a pull, an
+/// exec, a redeploy): it answers at once, or hands over the `Work` of a job
+/// whose result the caller gets if it ends within the call's `wait`, else a
+/// `pending` reply. Checks that can fail at once (params, policy, a missing
+/// container) run in `start`, on the request worker; the long part runs in
+/// the `Work`, on a job thread.
+pub trait Long: DeserializeOwned + Debug {
+    fn start(self, d: &Driver) -> Result<Start>;
+}
+
+/// What `Long::start` found.
+pub enum Start {
+    /// The result, right away.
+    Done(Value),
+    /// The work to run as a job.
+    Job(Work),
+}
+
+/// A function that answers through `reply` itself, now or later from another
+/// thread (`cancel_job`, which answers once the job has ended).
+pub trait Answer: DeserializeOwned + Debug {
+    fn answer(self, d: &Driver, reply: Reply);
+}
+
 /// A row of the function table.
 pub struct Function {
     pub name: &'static str,
     pub kind: Kind,
     pub target: Target,
     pub description: &'static str,
-    pub schema: fn() -> Value,
-    pub(super) run: fn(&Driver, &Function, Map<String, Value>) -> Result<Value>,
+    schema: fn() -> Value,
+    /// It runs as a job and takes `wait`.
+    long: bool,
+    pub(super) run: fn(&Driver, &Function, Map<String, Value>, Reply),
     /// The params as the handler would take them, for the table's tests.
     #[cfg(test)]
     pub(super) parse: fn(Map<String, Value>) -> Result<String>,
@@ -191,23 +244,124 @@ impl Function {
             target,
             description,
             schema,
-            run: run::<A>,
+            long: false,
+            run: |d, f, params, reply| reply(checked::<A>(d, f, params).and_then(|a| a.call(d))),
             #[cfg(test)]
             parse: |p| args::<A>(p).map(|a| format!("{a:?}")),
         }
     }
+
+    /// A row whose handler may hand its work to a job (`Long`); it takes
+    /// `wait` besides the params of `schema`.
+    pub const fn job<A: Long>(
+        name: &'static str,
+        kind: Kind,
+        target: Target,
+        description: &'static str,
+        schema: fn() -> Value,
+    ) -> Function {
+        Function {
+            name,
+            kind,
+            target,
+            description,
+            schema,
+            long: true,
+            run: run_long::<A>,
+            #[cfg(test)]
+            parse: |mut p| {
+                take_wait(&mut p)?;
+                args::<A>(p).map(|a| format!("{a:?}"))
+            },
+        }
+    }
+
+    /// A row whose handler answers through the reply itself (`Answer`).
+    pub const fn replying<A: Answer>(
+        name: &'static str,
+        kind: Kind,
+        target: Target,
+        description: &'static str,
+        schema: fn() -> Value,
+    ) -> Function {
+        Function {
+            name,
+            kind,
+            target,
+            description,
+            schema,
+            long: false,
+            run: |d, f, params, reply| match checked::<A>(d, f, params) {
+                Ok(a) => a.answer(d, reply),
+                Err(e) => reply(Err(e)),
+            },
+            #[cfg(test)]
+            parse: |p| args::<A>(p).map(|a| format!("{a:?}")),
+        }
+    }
+
+    /// The advertised parameter schema.
+    pub fn parameters(&self) -> Value {
+        let mut schema = (self.schema)();
+        if self.long {
+            schema["properties"]["wait"] = json!({"type": "number", "default": DEFAULT_WAIT_S, "minimum": 0,
+                "maximum": MAX_WAIT_S,
+                "description": format!("Seconds to wait for the result; at most {MAX_WAIT_S} (the daemon's cap). \
+                    Work that ends within it answers as usual; else the reply is {{\"status\": \"pending\", \
+                    \"job_id\", \"function\", \"progress\"}} and the job goes on, with job_progress and \
+                    job_finished events. 0 answers pending at once.")});
+        }
+        schema
+    }
 }
 
-fn run<A: Call>(d: &Driver, f: &Function, params: Map<String, Value>) -> Result<Value> {
-    let target = match f.target {
-        Target::Container => params.get("container_id").and_then(Value::as_str).map(String::from),
-        Target::Host => None,
-    };
+/// The params parsed, and the container guarded when the row targets one.
+fn checked<A: DeserializeOwned>(d: &Driver, f: &Function, params: Map<String, Value>) -> Result<A> {
+    let target = container_of(f, &params);
     let a: A = args(params)?;
     if let Some(id) = target {
         d.guard(&id, f.kind)?;
     }
-    a.call(d)
+    Ok(a)
+}
+
+/// The container a row targets.
+fn container_of(f: &Function, params: &Map<String, Value>) -> Option<String> {
+    match f.target {
+        Target::Container => params.get("container_id").and_then(Value::as_str).map(String::from),
+        Target::Host => None,
+    }
+}
+
+fn run_long<A: Long>(d: &Driver, f: &Function, mut params: Map<String, Value>, reply: Reply) {
+    let container = container_of(f, &params);
+    let started = take_wait(&mut params).and_then(|wait| {
+        let public = public_params(&params);
+        Ok((wait, public, checked::<A>(d, f, params)?.start(d)?))
+    });
+    match started {
+        Err(e) => reply(Err(e)),
+        Ok((_, _, Start::Done(v))) => reply(Ok(v)),
+        Ok((wait, public, Start::Job(work))) => {
+            let work = match container {
+                Some(id) => work.on_container(id),
+                None => work,
+            };
+            d.jobs.start(f.name, public, work, wait, reply)
+        }
+    }
+}
+
+/// Take `wait` (seconds) out of a job row's params: default `DEFAULT_WAIT_S`,
+/// at most `MAX_WAIT_S`.
+fn take_wait(params: &mut Map<String, Value>) -> Result<Duration> {
+    let secs = match params.remove("wait") {
+        None | Some(Value::Null) => DEFAULT_WAIT_S as f64,
+        Some(v) => v.as_f64().filter(|s| *s >= 0.0).ok_or_else(|| {
+            Error::Params(format!("wait must be a number of seconds from 0 to {MAX_WAIT_S}, not {v}"))
+        })?,
+    };
+    Ok(Duration::from_secs_f64(secs.min(MAX_WAIT_S as f64)))
 }
 
 /// Parse keyword params into a handler's argument struct.

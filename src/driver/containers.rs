@@ -4,13 +4,22 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::base::{container_id_schema, id_only_schema, no_params, object_schema, Call, Driver, Function, Target};
-use crate::engine::EngineError;
+use super::base::{
+    container_id_schema, id_only_schema, no_params, object_schema, summary, Call, Driver, Function, Long, Reach, Start,
+    Target,
+};
+use super::images::pull;
+use crate::engine::{EngineError, Watch};
 use crate::error::{Error, Result};
 use crate::ids::{check_image, random_hex, short_id};
+use crate::jobs::Work;
 use crate::labels::is_managed;
 use crate::policy::Kind;
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, Pull};
+
+/// A stop or restart with a grace period up to this (the default) runs on the
+/// request worker; a longer one becomes a (quiet) job.
+const QUICK_STOP_S: i64 = 10;
 
 /// A `label` filter: `"key"` matches a container that has the label,
 /// `"key=value"` one whose label has that value.
@@ -96,7 +105,7 @@ impl Call for GetContainer {
     }
 }
 
-pub const PROVISION_CONTAINER: Function = Function::new::<ProvisionContainer>(
+pub const PROVISION_CONTAINER: Function = Function::job::<ProvisionContainer>(
     "provision_container",
     Kind::Mutate,
     Target::Host,
@@ -110,8 +119,10 @@ struct ProvisionContainer {
     spec: ContainerSpec,
 }
 
-impl Call for ProvisionContainer {
-    fn call(self, d: &Driver) -> Result<Value> {
+/// At once when the image is here (or `pull: never`); a job when it must be
+/// pulled first.
+impl Long for ProvisionContainer {
+    fn start(self, d: &Driver) -> Result<Start> {
         let spec = self.spec;
         let body = spec.create_body()?;
         d.policy.admit_create(d.engine.as_ref(), &body)?;
@@ -122,11 +133,50 @@ impl Call for ProvisionContainer {
                 Err(e) => return Err(e.into()),
             }
         }
-        let id = d.engine.create_container(spec.name.as_deref(), &body)?;
-        d.observe(&id)?;
-        d.engine.start_container(&id)?;
-        Ok(json!({"status": "success", "container": d.observe(&id)?}))
+        let image = body["Image"].as_str().unwrap_or_default().to_string();
+        if spec.pull != Pull::Always {
+            match d.engine.create_container(spec.name.as_deref(), &body) {
+                Ok(id) => return Ok(Start::Done(started(&d.reach(), &id)?)),
+                Err(EngineError::NotFound(m)) if is_missing_image(&m) && spec.pull == Pull::Missing => {}
+                Err(EngineError::NotFound(m)) if is_missing_image(&m) => {
+                    return Err(EngineError::NotFound(format!(
+                        "{m}: pull is \"never\" (pull the image first, or provision with pull \"missing\")"
+                    ))
+                    .into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let reach = d.reach();
+        let name = spec.name.clone();
+        let work = Work::new(name.clone().unwrap_or_else(|| image.clone()), "pulling", move |p| {
+            pull(reach.engine.as_ref(), &image, None, p)?;
+            p.check("the image was pulled; no container was created")?;
+            p.phase("creating");
+            p.unstoppable("it is creating and starting the container");
+            let id = reach.engine.create_container(name.as_deref(), &body)?;
+            p.phase("starting");
+            started(&reach, &id)
+        });
+        Ok(Start::Job(match &spec.name {
+            Some(n) => work.on_container(n),
+            None => work,
+        }))
     }
+}
+
+/// Whether a create failed for want of its image (Docker: "No such image",
+/// Podman: "image not known").
+fn is_missing_image(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no such image") || m.contains("image not known")
+}
+
+/// Start container `id`, just created, and say so.
+fn started(r: &Reach, id: &str) -> Result<Value> {
+    r.observe(id)?;
+    r.engine.start_container(id)?;
+    Ok(json!({"status": "success", "container": r.observe(id)?}))
 }
 
 fn id_and_timeout_schema() -> Value {
@@ -169,7 +219,7 @@ impl Call for StartContainer {
     }
 }
 
-pub const STOP_CONTAINER: Function = Function::new::<StopContainer>(
+pub const STOP_CONTAINER: Function = Function::job::<StopContainer>(
     "stop_container",
     Kind::Mutate,
     Target::Container,
@@ -181,15 +231,43 @@ pub const STOP_CONTAINER: Function = Function::new::<StopContainer>(
 #[serde(transparent)]
 struct StopContainer(IdTimeout);
 
-impl Call for StopContainer {
-    fn call(self, d: &Driver) -> Result<Value> {
+impl Long for StopContainer {
+    fn start(self, d: &Driver) -> Result<Start> {
         let a = self.0;
-        d.engine.stop_container(&a.container_id, a.timeout_s)?;
-        Ok(json!({"status": "success", "container": d.summary_of(&a.container_id)?}))
+        a.lifecycle(d, "stopping", |e, id, t| e.stop_container(id, t))
     }
 }
 
-pub const RESTART_CONTAINER: Function = Function::new::<RestartContainer>(
+impl IdTimeout {
+    /// Run `act` (a stop or restart) with its grace period: on this thread
+    /// up to `QUICK_STOP_S`, else in a quiet job, since the engine answers
+    /// only when the container has gone down.
+    fn lifecycle(
+        self,
+        d: &Driver,
+        phase: &'static str,
+        act: fn(&dyn crate::engine::Engine, &str, i64) -> std::result::Result<(), EngineError>,
+    ) -> Result<Start> {
+        let engine = d.engine.clone();
+        let (id, timeout_s) = (self.container_id.clone(), self.timeout_s);
+        let run = move || -> Result<Value> {
+            act(engine.as_ref(), &id, timeout_s)?;
+            Ok(json!({"status": "success", "container": summary(&engine.inspect_container(&id)?)}))
+        };
+        if timeout_s <= QUICK_STOP_S {
+            return Ok(Start::Done(run()?));
+        }
+        Ok(Start::Job(
+            Work::new(self.container_id, phase, move |p| {
+                p.unstoppable("the engine finishes a stop it has begun");
+                run()
+            })
+            .quiet(),
+        ))
+    }
+}
+
+pub const RESTART_CONTAINER: Function = Function::job::<RestartContainer>(
     "restart_container",
     Kind::Mutate,
     Target::Container,
@@ -201,11 +279,10 @@ pub const RESTART_CONTAINER: Function = Function::new::<RestartContainer>(
 #[serde(transparent)]
 struct RestartContainer(IdTimeout);
 
-impl Call for RestartContainer {
-    fn call(self, d: &Driver) -> Result<Value> {
+impl Long for RestartContainer {
+    fn start(self, d: &Driver) -> Result<Start> {
         let a = self.0;
-        d.engine.restart_container(&a.container_id, a.timeout_s)?;
-        Ok(json!({"status": "success", "container": d.summary_of(&a.container_id)?}))
+        a.lifecycle(d, "restarting", |e, id, t| e.restart_container(id, t))
     }
 }
 
@@ -319,7 +396,7 @@ impl Call for DeprovisionManaged {
     }
 }
 
-pub const REDEPLOY_CONTAINER: Function = Function::new::<RedeployContainer>(
+pub const REDEPLOY_CONTAINER: Function = Function::job::<RedeployContainer>(
     "redeploy_container",
     Kind::Mutate,
     Target::Container,
@@ -348,37 +425,52 @@ struct RedeployContainer {
     pull: bool,
 }
 
-impl Call for RedeployContainer {
-    fn call(self, d: &Driver) -> Result<Value> {
+/// A job; quiet unless it pulls.
+impl Long for RedeployContainer {
+    fn start(self, d: &Driver) -> Result<Start> {
         if let Some(i) = &self.image {
             check_image("image", i).map_err(Error::Params)?;
         }
         let old = d.engine.inspect_container(&self.container_id)?;
         let body = recreate_body(&old, self.image.as_deref(), &self.environment);
         d.policy.admit_create(d.engine.as_ref(), &body)?;
-        if let (true, Some(image)) = (self.pull, body["Image"].as_str()) {
-            d.engine.pull_image(image, None)?;
-        }
-        let name = old["Name"].as_str().unwrap_or_default().trim_start_matches('/').to_string();
-        let old_id = old["Id"].as_str().unwrap_or_default().to_string();
-        // The new container needs the name: park the old one under another
-        // name, and put it back if the new one cannot be created.
-        let parked = format!("{name}-dcd-old-{}", random_hex(6));
-        d.engine.rename_container(&old_id, &parked)?;
-        let id = match d.engine.create_container(Some(&name), &body) {
-            Ok(id) => id,
-            Err(e) => {
-                if let Err(back) = d.engine.rename_container(&old_id, &name) {
-                    log::error!("redeploy {name}: could not restore the old container's name: {back}");
-                }
-                return Err(e.into());
+        let reach = d.reach();
+        let pulls = self.pull;
+        let work = Work::new(self.container_id, if pulls { "pulling" } else { "creating" }, move |p| {
+            if let (true, Some(image)) = (pulls, body["Image"].as_str()) {
+                pull(reach.engine.as_ref(), image, None, p)?;
+                p.check("the image was pulled; the container was not touched")?;
             }
-        };
-        d.engine.remove_container(&old_id, true)?;
-        d.engine.start_container(&id)?;
-        let container = d.observe(&id)?;
-        Ok(json!({"status": "success", "container": container, "replaced": short_id(&old_id)}))
+            p.phase("creating");
+            p.unstoppable("it is replacing the container");
+            replace(&reach, &old, &body, p)
+        });
+        Ok(Start::Job(if pulls { work } else { work.quiet() }))
     }
+}
+
+/// Put a container made from `body` in the place of `old`.
+fn replace(r: &Reach, old: &Value, body: &Value, p: &crate::jobs::Progress) -> Result<Value> {
+    let name = old["Name"].as_str().unwrap_or_default().trim_start_matches('/').to_string();
+    let old_id = old["Id"].as_str().unwrap_or_default().to_string();
+    // The new container needs the name: park the old one under another
+    // name, and put it back if the new one cannot be created.
+    let parked = format!("{name}-dcd-old-{}", random_hex(6));
+    r.engine.rename_container(&old_id, &parked)?;
+    let id = match r.engine.create_container(Some(&name), body) {
+        Ok(id) => id,
+        Err(e) => {
+            if let Err(back) = r.engine.rename_container(&old_id, &name) {
+                log::error!("redeploy {name}: could not restore the old container's name: {back}");
+            }
+            return Err(e.into());
+        }
+    };
+    r.engine.remove_container(&old_id, true)?;
+    p.phase("starting");
+    r.engine.start_container(&id)?;
+    let container = r.observe(&id)?;
+    Ok(json!({"status": "success", "container": container, "replaced": short_id(&old_id)}))
 }
 
 /// `container_stats` the way the docker CLI computes them (cli/command/container/stats_helpers.go).

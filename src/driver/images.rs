@@ -3,14 +3,15 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::base::{no_params, object_schema, Call, Driver, Function, Target};
-use crate::engine::Credentials;
+use super::base::{no_params, object_schema, Call, Driver, Function, Long, Start, Target};
+use crate::engine::{Credentials, Engine, Watch};
 use crate::error::{Error, Result};
 use crate::ids::{check_image, short_id};
+use crate::jobs::{Progress, Work};
 use crate::policy::Kind;
 
 pub const PULL_IMAGE: Function =
-    Function::new::<PullImage>("pull_image", Kind::Mutate, Target::Host, "Pull an image from a registry.", || {
+    Function::job::<PullImage>("pull_image", Kind::Mutate, Target::Host, "Pull an image from a registry.", || {
         json!({"type": "object", "properties": {
             "image": {"type": "string", "description": "Image reference, e.g. alpine:3.20."},
             "auth": {"type": ["object", "null"], "default": null,
@@ -43,15 +44,28 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-impl Call for PullImage {
-    fn call(self, d: &Driver) -> Result<Value> {
+/// A job; a second call for the same reference joins the running one.
+impl Long for PullImage {
+    fn start(self, d: &Driver) -> Result<Start> {
         let creds: Option<Credentials> = Credentials::from_param(&self.auth.0).map_err(Error::Params)?;
         check_image("image", &self.image).map_err(Error::Params)?;
-        let mut progress = d.engine.pull_image(&self.image, creds.as_ref())?;
-        let keep = progress.len().saturating_sub(5);
-        progress.drain(..keep);
-        Ok(json!({"status": "success", "image": self.image, "progress": progress}))
+        let engine = d.engine.clone();
+        let work = Work::new(self.image.clone(), "pulling", move |p| {
+            let mut progress = pull(engine.as_ref(), &self.image, creds.as_ref(), p)?;
+            let keep = progress.len().saturating_sub(5);
+            progress.drain(..keep);
+            Ok(json!({"status": "success", "image": self.image, "progress": progress}))
+        });
+        Ok(Start::Job(work.joinable()))
     }
+}
+
+/// Pull `image` in job `p`, reporting its progress; a cancelled pull says
+/// how far it got.
+pub(super) fn pull(engine: &dyn Engine, image: &str, creds: Option<&Credentials>, p: &Progress) -> Result<Vec<String>> {
+    engine
+        .pull_watched(image, creds, p)
+        .map_err(|e| if p.cancelled() { Error::Cancelled(p.pull_left()) } else { e.into() })
 }
 
 pub const LIST_IMAGES: Function = Function::new::<ListImages>(

@@ -8,6 +8,7 @@ mod compose;
 mod containers;
 mod exec;
 mod images;
+mod jobs;
 mod logs;
 mod objects;
 mod status;

@@ -4,8 +4,9 @@
 use serde_json::{json, Map, Value};
 
 use super::base::{Driver, Function};
-use super::{compose, containers, exec, images, logs, objects, status};
-use crate::error::{Error, Result};
+use super::{compose, containers, exec, images, jobs, logs, objects, status};
+use crate::error::Error;
+use crate::jobs::Reply;
 use crate::policy::Kind;
 
 const FUNCTIONS: &[&Function] = &[
@@ -39,6 +40,9 @@ const FUNCTIONS: &[&Function] = &[
     &objects::REMOVE_VOLUME,
     &images::REMOVE_IMAGE,
     &images::PRUNE_IMAGES,
+    &jobs::GET_JOB,
+    &jobs::LIST_JOBS,
+    &jobs::CANCEL_JOB,
 ];
 
 const DESCRIPTION: &str = "Device Connect driver for provisioning and controlling Docker containers. \
@@ -49,18 +53,20 @@ Exposes container CRUD, logs, exec, image pull, and compose up/down over the Dev
 impl Driver {
     /// Run `method` with keyword `params` (`_dc_meta` and `source_device`
     /// already removed): the policy's say on the function, then the row's
-    /// parse, the ownership guard when it targets a container, and its handler.
-    pub fn call(&self, method: &str, params: Map<String, Value>) -> Result<Value> {
-        let f = FUNCTIONS.iter().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
+    /// parse, the ownership guard when it targets a container, and its
+    /// handler. `reply` gets the outcome: at once from this thread, or later
+    /// from a job's thread, so a long call never holds the caller's thread.
+    pub fn call(&self, method: &str, params: Map<String, Value>, reply: Reply) {
+        let Some(f) = FUNCTIONS.iter().find(|f| f.name == method) else { return reply(Err(Error::UnknownMethod)) };
         if !self.policy.serves(f.kind, self.simulate) {
             let how = match f.kind {
                 _ if self.policy.read_only => "read_only is set",
                 Kind::Exec => "allow with \"exec\": \"allow\"",
                 _ => "allow with \"compose\": true",
             };
-            return Err(Error::Policy(format!("{method} is disabled on this host ({how})")));
+            return reply(Err(Error::Policy(format!("{method} is disabled on this host ({how})"))));
         }
-        (f.run)(self, f, params)
+        (f.run)(self, f, params, reply)
     }
 
     /// `capabilities` of presence and registration (spec §3.2).
@@ -70,7 +76,7 @@ impl Driver {
             .filter(|f| self.policy.serves(f.kind, self.simulate))
             .map(|f| {
                 json!({"name": f.name, "description": f.description,
-                       "parameters": (f.schema)(), "labels": null, "tags": []})
+                       "parameters": f.parameters(), "labels": null, "tags": []})
             })
             .collect();
         json!({
@@ -115,7 +121,7 @@ mod tests {
     #[test]
     fn schemas_and_arguments_agree() {
         for f in FUNCTIONS {
-            let schema = (f.schema)();
+            let schema = f.parameters();
             let Value::Object(minimal) = sample(&schema) else { panic!("{}: params are not an object", f.name) };
             let parse = |m: &Map<String, Value>| (f.parse)(m.clone());
             let base = parse(&minimal).unwrap_or_else(|e| panic!("{}: {minimal:?} refused: {e}", f.name));

@@ -24,6 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -40,8 +41,9 @@ use ureq::unversioned::transport::{
 };
 use ureq::{Agent, AsSendBody, Body};
 
+use super::pull::Layers;
 use super::stream::{Frames, JsonLines, Source};
-use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream, Watch};
 use crate::sync::lock;
 
 pub mod auth;
@@ -66,8 +68,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `info` is our health check: an engine that takes longer is not healthy.
 const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// A pull over a cellular link may take hours; a job's `cancel_job` ends it sooner.
+const PULL_MAX: Duration = Duration::from_secs(6 * 3600);
 /// Commands run by exec may legitimately take minutes.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+/// The exec that kills another exec's processes.
+const EXEC_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The environment variable that marks an exec's processes, so that they can
+/// be found and killed (`exec_kill`).
+const EXEC_MARK: &str = "DCD_EXEC";
 /// Added to a stop/restart grace period for the engine's own work.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 /// Reading a whole (non-follow) log is paced by the caller.
@@ -113,6 +122,14 @@ impl Options {
             config_dir: var("DOCKER_CONFIG").map(PathBuf::from).or(home_docker),
         }
     }
+}
+
+/// What an exec printed, and why it ended before its process did, if it did.
+struct ExecRun {
+    exec_id: String,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    cut: Option<EngineError>,
 }
 
 /// A Docker Engine reached over `unix://` or `tcp://`.
@@ -367,6 +384,96 @@ impl Docker {
         Ok(Stream { body, cancel })
     }
 
+    /// Create and start an exec, and read its output until it ends, `limit`
+    /// passes or `watch` stops it (then `cut` says why). The start runs on a
+    /// connection of its own, so that stopping it touches no other call.
+    fn exec_run(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        workdir: Option<&str>,
+        limit: Duration,
+        watch: &dyn Watch,
+    ) -> Result<ExecRun> {
+        let mut create = json!({
+            "AttachStdin": false,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "Tty": false,
+            "Cmd": cmd,
+            "Env": env,
+        });
+        if let Some(dir) = workdir {
+            create["WorkingDir"] = json!(dir);
+        }
+        let path = format!("/containers/{}/exec", container(id)?);
+        let created = self.call_json(Method::POST, &path, Some(&create))?;
+        let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+
+        let start = json!({ "Detach": false, "Tty": false });
+        let facts = self.facts()?;
+        let path = format!("/v{}/exec/{}/start", facts.api, segment(exec_id)?);
+        let agent = new_agent(&self.target, Some(limit), facts.podman);
+        let resp = self.send_to(&agent, Method::POST, &path, None, Some(&start), Some(limit))?;
+        let stopped = stopper(&agent, watch);
+        let mut body = resp.into_body().into_reader();
+        let mut run = ExecRun { exec_id: exec_id.to_string(), stdout: Vec::new(), stderr: Vec::new(), cut: None };
+        let mut truncated = false;
+        let mut frames = Frames::new(false);
+        let mut buf = vec![0; 32 << 10];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    run.cut = Some(self.fail(e.into()));
+                    break;
+                }
+            };
+            frames.push(&buf[..n], &mut |source, data, _| {
+                let sink = match source {
+                    Source::Stdout => &mut run.stdout,
+                    Source::Stderr => &mut run.stderr,
+                };
+                let room = MAX_EXEC_OUTPUT - sink.len();
+                truncated |= data.len() > room;
+                sink.extend_from_slice(&data[..data.len().min(room)]);
+            });
+        }
+        if truncated {
+            log::warn!("exec output over {MAX_EXEC_OUTPUT} bytes per stream was dropped");
+        }
+        // A closed connection may read as a plain end.
+        if stopped.load(Ordering::SeqCst) {
+            run.cut.get_or_insert_with(|| EngineError::Unreachable(format!("exec {} was stopped", run.exec_id)));
+        }
+        Ok(run)
+    }
+
+    /// Kill the processes of an exec in container `id`: the one it started
+    /// and its children, found by the `EXEC_MARK` in their environment. The
+    /// engine has no call that kills an exec, and the PID its exec inspect
+    /// reports is the host's, which means nothing in the container's PID
+    /// namespace; so a second exec kills them from inside. It needs `sh`,
+    /// `grep` and `kill` in the container.
+    fn exec_kill(&self, id: &str, mark: &str) -> Result<()> {
+        let script = format!(
+            "for p in /proc/[0-9]*; do grep -qs {EXEC_MARK}={mark} $p/environ && kill -9 ${{p#/proc/}}; done; true"
+        );
+        let cmd = ["sh".to_string(), "-c".to_string(), script];
+        let run = self.exec_run(id, &cmd, &[], None, EXEC_KILL_TIMEOUT, &())?;
+        match (run.cut, self.exec_exit_code(&run.exec_id)?) {
+            (None, 0) => Ok(()),
+            (Some(e), _) => Err(EngineError::Server(format!("could not kill the process: {e}"))),
+            (None, code) => Err(EngineError::Server(format!(
+                "could not kill the process (exit {code}: {})",
+                String::from_utf8_lossy(&run.stderr).trim()
+            ))),
+        }
+    }
+
     /// `ExitCode` of a finished exec. The engine may close the output stream
     /// a moment before it records the exit code.
     fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
@@ -502,74 +609,67 @@ impl Engine for Docker {
     }
 
     fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
-        let mut create = json!({
-            "AttachStdin": false,
-            "AttachStdout": true,
-            "AttachStderr": true,
-            "Tty": false,
-            "Cmd": cmd,
-            "Env": env,
-        });
-        if let Some(dir) = workdir {
-            create["WorkingDir"] = json!(dir);
-        }
-        let path = format!("/containers/{}/exec", container(id)?);
-        let created = self.call_json(Method::POST, &path, Some(&create))?;
-        let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+        self.exec_watched(id, cmd, env, workdir, EXEC_TIMEOUT, &())
+    }
 
-        let start = json!({ "Detach": false, "Tty": false });
-        let path = format!("/exec/{}/start", segment(exec_id)?);
-        let resp = self.send(Method::POST, &path, Some(&start), EXEC_TIMEOUT)?;
-        let mut body = resp.into_body().into_reader();
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut truncated = false;
-        let mut frames = Frames::new(false);
-        let mut buf = vec![0; 32 << 10];
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(e.into())),
-            };
-            frames.push(&buf[..n], &mut |source, data, _| {
-                let sink = match source {
-                    Source::Stdout => &mut stdout,
-                    Source::Stderr => &mut stderr,
-                };
-                let room = MAX_EXEC_OUTPUT - sink.len();
-                truncated |= data.len() > room;
-                sink.extend_from_slice(&data[..data.len().min(room)]);
-            });
-        }
-        if truncated {
-            log::warn!("exec output over {MAX_EXEC_OUTPUT} bytes per stream was dropped");
-        }
+    fn exec_watched(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        workdir: Option<&str>,
+        limit: Duration,
+        watch: &dyn Watch,
+    ) -> Result<ExecOutput> {
+        let mark = crate::ids::random_hex(16);
+        let mut env = env.to_vec();
+        env.push(format!("{EXEC_MARK}={mark}"));
+        let run = self.exec_run(id, cmd, &env, workdir, limit, watch)?;
+        let killed = match run.cut {
+            None => false,
+            // Cut off (its time ran out, or `watch` stopped it): the process
+            // may still run, so it is killed, and what it printed is kept.
+            Some(e) => {
+                self.exec_kill(id, &mark).map_err(|k| EngineError::Server(format!("{e}; then {k}")))?;
+                true
+            }
+        };
         Ok(ExecOutput {
-            exit_code: self.exec_exit_code(exec_id)?,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit_code: self.exec_exit_code(&run.exec_id)?,
+            stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
+            killed,
         })
     }
 
     fn pull_image(&self, image: &str, given: Option<&Credentials>) -> Result<Vec<String>> {
+        self.pull_watched(image, given, &())
+    }
+
+    fn pull_watched(&self, image: &str, given: Option<&Credentials>, watch: &dyn Watch) -> Result<Vec<String>> {
         let (from, tag) = split_reference(image)?;
         let registry = auth::registry_key(from);
         let (creds, source) = auth::lookup(given, self.config_dir.as_deref(), &registry);
         let header = creds.map(|c| c.header(&registry));
-        let path = format!("/v{}/images/create{}", self.api_version()?, query(&[("fromImage", from), ("tag", tag)]));
+        let facts = self.facts()?;
+        let path = format!("/v{}/images/create{}", facts.api, query(&[("fromImage", from), ("tag", tag)]));
+        // Its own connection, so that `watch` can close it (the engine then
+        // abandons the pull) without touching any other call.
+        let agent = new_agent(&self.target, Some(PULL_MAX), facts.podman);
         let resp = self
             .send_to(
-                &self.agent,
+                &agent,
                 Method::POST,
                 &path,
                 header.as_deref().map(|h| ("X-Registry-Auth", h)),
                 None,
-                Some(PULL_TIMEOUT),
+                Some(PULL_MAX),
             )
             .map_err(|e| note_credentials(e, &source))?;
+        let stopped = stopper(&agent, watch);
         let mut body = resp.into_body().into_reader();
         let mut lines = JsonLines::new();
+        let mut layers = Layers::default();
         let mut statuses = Vec::new();
         let mut error = None;
         let mut collect = |v: Value| {
@@ -578,6 +678,9 @@ impl Engine for Docker {
                 error.get_or_insert_with(|| m.to_string());
             } else if let Some(s) = v["status"].as_str() {
                 statuses.push(s.to_string());
+                if layers.take(&v) {
+                    watch.pulled(&layers.progress());
+                }
             }
         };
         let mut buf = vec![0; 16 << 10];
@@ -590,6 +693,10 @@ impl Engine for Docker {
             }
         }
         lines.finish(&mut collect);
+        // A closed connection may read as a plain end: that is no pull.
+        if stopped.load(Ordering::SeqCst) {
+            return Err(EngineError::Unreachable(format!("the pull of {image} was stopped")));
+        }
         match error {
             Some(m) if is_not_found(&m) => Err(note_credentials(EngineError::NotFound(m), &source)),
             Some(m) => Err(note_credentials(EngineError::Server(m), &source)),
@@ -690,6 +797,17 @@ impl Engine for Docker {
     fn host(&self) -> Option<String> {
         Some(self.host.clone())
     }
+}
+
+/// Hand `watch` the means to close `agent`'s connections; the flag says it did.
+fn stopper(agent: &Agent, watch: &dyn Watch) -> Arc<AtomicBool> {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (flag, agent) = (stopped.clone(), agent.clone());
+    watch.stoppable(Canceller::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        agent.clone().shutdown();
+    }));
+    stopped
 }
 
 fn run(

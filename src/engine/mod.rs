@@ -5,14 +5,17 @@
 //! and the real engine are shaped alike and the driver shapes both the same way.
 
 pub mod docker;
+pub mod pull;
 pub mod sim;
 pub mod stream;
 
 use std::fmt;
 use std::io::Read;
+use std::time::Duration;
 
 use serde_json::Value;
 
+pub use self::pull::PullProgress;
 pub use crate::error::EngineError;
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -57,6 +60,33 @@ pub struct ExecOutput {
     pub exit_code: i64,
     pub stdout: String,
     pub stderr: String,
+    /// The process was killed before it ended: its time ran out or it was
+    /// stopped. The output is what it printed until then.
+    pub killed: bool,
+}
+
+/// Who watches long work on the engine (a pull, an exec, a compose project
+/// coming up): it hears the work's phase and progress, and is handed the
+/// means to stop it from another thread. A job's `Progress` is one, so work
+/// below the job layer (compose) reports to a job through this alone.
+pub trait Watch: Sync {
+    /// The call holds its connection now; `stop` ends it from any thread (a
+    /// pull's stream is closed, an exec's process killed).
+    fn stoppable(&self, stop: Canceller);
+    /// A pull's progress so far, summed over its layers.
+    fn pulled(&self, _progress: &PullProgress) {}
+    /// The work moved on to `phase` (`pulling`, `creating`, `starting`,
+    /// `waiting-healthy`); whatever could stop the last phase is forgotten.
+    fn phase(&self, _phase: &'static str) {}
+    /// Whether it was asked to stop: work of several steps looks between them.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Nobody watches: the call runs to its end.
+impl Watch for () {
+    fn stoppable(&self, _: Canceller) {}
 }
 
 /// Registry credentials for one pull. A password must never reach a log
@@ -110,10 +140,30 @@ pub trait Engine: Send + Sync {
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream>;
     /// Run `cmd` once (no TTY) and collect its output and exit code.
     fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput>;
+    /// `exec`, killed at `limit` or when `watch` stops it, returning what it
+    /// printed so far. An engine that cannot kill runs `exec` as it is.
+    fn exec_watched(
+        &self,
+        id: &str,
+        cmd: &[String],
+        env: &[String],
+        workdir: Option<&str>,
+        limit: Duration,
+        watch: &dyn Watch,
+    ) -> Result<ExecOutput> {
+        let _ = (limit, watch);
+        self.exec(id, cmd, env, workdir)
+    }
     /// Pull `image` (a reference with optional tag or digest), with `auth`
     /// when given, else the credentials the host holds for its registry.
     /// Returns the status strings of the progress stream, in order.
     fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>>;
+    /// `pull_image`, telling `watch` how far it got and letting it stop the
+    /// pull. An engine that cannot report progress just pulls.
+    fn pull_watched(&self, image: &str, auth: Option<&Credentials>, watch: &dyn Watch) -> Result<Vec<String>> {
+        let _ = watch;
+        self.pull_image(image, auth)
+    }
     /// `GET /images/json` entries (Id, RepoTags, Size, Created as epoch int).
     fn list_images(&self) -> Result<Vec<Value>>;
     /// One stats sample (`GET /containers/{id}/stats?stream=false`).

@@ -4,18 +4,34 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::sync::lock;
 
-use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream};
+use super::{
+    Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, PullProgress, Result, Stream, Watch,
+};
 
 /// The one account the simulated registry knows (username, password). Pulls
 /// without credentials are public; pulls with any other credentials fail.
 pub const SIM_ACCOUNT: (&str, &str) = ("dcd", "dcd-sim");
+
+/// Images under this prefix pull slowly (`SLOW_PULL`), to show a pull's
+/// progress and let it be cancelled; all others pull at once.
+pub const SLOW_PREFIX: &str = "sim/slow";
+/// How long a slow simulated pull takes.
+pub const SLOW_PULL: Duration = Duration::from_secs(5);
+/// The simulated layers of every pull, and their size.
+const SIM_LAYERS: u64 = 2;
+const SIM_LAYER_BYTES: u64 = 4 << 20;
+const DAY: Duration = Duration::from_secs(86_400);
+/// How often a simulated wait looks whether it was stopped.
+const SIM_TICK: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct World {
@@ -72,6 +88,22 @@ impl World {
         line.push(b'\n');
         self.subscribers.retain(|s| s.send(line.clone()).is_ok());
     }
+}
+
+/// Sleep `d`, or until `watch` stops it: false when stopped.
+fn sleep_watched(d: Duration, watch: &dyn Watch) -> bool {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = stopped.clone();
+    watch.stoppable(Canceller::new(move || flag.store(true, Ordering::Relaxed)));
+    let end = Instant::now() + d;
+    while !stopped.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(SIM_TICK));
+    }
+    false
 }
 
 fn now_nano() -> i64 {
@@ -245,22 +277,72 @@ impl Engine for Sim {
         Ok(stream)
     }
 
-    fn exec(&self, id: &str, cmd: &[String], _env: &[String], _workdir: Option<&str>) -> Result<ExecOutput> {
-        let w = self.world();
-        let id = w.find(id)?;
-        if w.containers[&id]["State"]["Status"] != "running" {
-            return Err(EngineError::Conflict(format!("container {} is not running", &id[..12])));
+    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
+        self.exec_watched(id, cmd, env, workdir, Duration::MAX, &())
+    }
+
+    /// Echoes the command; `sleep N` sleeps, until `limit` or a stop.
+    fn exec_watched(
+        &self,
+        id: &str,
+        cmd: &[String],
+        _env: &[String],
+        _workdir: Option<&str>,
+        limit: Duration,
+        watch: &dyn Watch,
+    ) -> Result<ExecOutput> {
+        {
+            let w = self.world();
+            let id = w.find(id)?;
+            if w.containers[&id]["State"]["Status"] != "running" {
+                return Err(EngineError::Conflict(format!("container {} is not running", &id[..12])));
+            }
+        }
+        let stdout = format!("simulated: {}\n", cmd.join(" "));
+        let sleep = match cmd {
+            // At most a day: a simulated sleep need not be longer.
+            [c, n] if c == "sleep" => {
+                n.parse().ok().and_then(|n| Duration::try_from_secs_f64(n).ok()).map(|d| d.min(DAY))
+            }
+            _ => None,
+        };
+        if let Some(d) = sleep {
+            if !sleep_watched(d.min(limit), watch) || d > limit {
+                return Ok(ExecOutput { exit_code: 137, stdout, stderr: String::new(), killed: true });
+            }
         }
         let exit_code = if cmd.first().map(String::as_str) == Some("false") { 1 } else { 0 };
-        Ok(ExecOutput { exit_code, stdout: format!("simulated: {}\n", cmd.join(" ")), stderr: String::new() })
+        Ok(ExecOutput { exit_code, stdout, stderr: String::new(), killed: false })
     }
 
     fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>> {
+        self.pull_watched(image, auth, &())
+    }
+
+    /// Two layers of 4 MiB each, reported in steps; at once, or over
+    /// `SLOW_PULL` for an image under `SLOW_PREFIX`.
+    fn pull_watched(&self, image: &str, auth: Option<&Credentials>, watch: &dyn Watch) -> Result<Vec<String>> {
         if auth.is_some_and(|c| (c.username.as_str(), c.password.as_str()) != SIM_ACCOUNT) {
             // As a registry answers a wrong login, so that credentials are checked in --sim too.
             return Err(EngineError::Server(format!(
                 "Get \"https://sim-registry/v2/\": unauthorized: incorrect username or password (pulling {image})"
             )));
+        }
+        const STEPS: u64 = 20;
+        let slow = image.starts_with(SLOW_PREFIX);
+        let total = SIM_LAYERS * SIM_LAYER_BYTES;
+        for step in 1..=STEPS {
+            if slow && !sleep_watched(SLOW_PULL / STEPS as u32, watch) {
+                return Err(EngineError::Unreachable(format!("the pull of {image} was stopped")));
+            }
+            let bytes_done = total * step / STEPS;
+            watch.pulled(&PullProgress {
+                bytes_done,
+                bytes_total: total,
+                layers_done: bytes_done / SIM_LAYER_BYTES,
+                layers_total: SIM_LAYERS,
+                status: "Downloading".into(),
+            });
         }
         let mut w = self.world();
         let full = if image.rsplit('/').next().is_some_and(|l| l.contains(':')) {

@@ -694,9 +694,18 @@ impl Rig {
         Rig { driver, events, state: Some(state) }
     }
 
+    /// The reply, which a function that runs as a job sends from its thread.
     pub fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
         let Value::Object(p) = params else { panic!("params must be an object") };
-        self.driver.call(method, p)
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.driver.call(
+            method,
+            p,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().expect("every call is answered")
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
@@ -783,10 +792,13 @@ const MESH_CALL: Duration = Duration::from_secs(40);
 /// `Rig`'s do. Everything is killed on drop, the client first.
 pub struct MeshRig {
     pub id: String,
+    pub tenant: String,
+    /// The NATS server's port, for raw clients beside the Python one.
+    pub port: u16,
     client: Proc,
     /// serve.py's stdin and the last request id; one call at a time.
     requests: std::sync::Mutex<(ChildStdin, u64)>,
-    _dcd: Proc,
+    pub dcd: Proc,
     _nats: Proc,
 }
 
@@ -800,7 +812,7 @@ impl MeshRig {
         dcd.expect_line(READY, Duration::from_secs(15));
         let (client, stdin) = Proc::spawn_piped("serve.py", python_on_nats(py, "serve.py", &tenant, port).arg(&id));
         client.expect_line(r#"{"ready": true}"#, Duration::from_secs(30));
-        MeshRig { id, client, requests: std::sync::Mutex::new((stdin, 0)), _dcd: dcd, _nats: nats }
+        MeshRig { id, tenant, port, client, requests: std::sync::Mutex::new((stdin, 0)), dcd, _nats: nats }
     }
 
     /// serve.py's reply to `request` (which gets an id).
@@ -858,4 +870,124 @@ impl MeshRig {
 pub fn real_mesh_rig() -> Option<(MeshRig, String)> {
     let (py, image) = mesh_parts()?;
     Some((MeshRig::start(&py, &[], &[]), image))
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` (a registry) that passes
+/// what comes back at most `rate` bytes a second, as a slow site link does.
+/// With `cut_after`, the link goes down once a connection has carried that
+/// many bytes back: that connection is closed, and every later one is
+/// answered `403 DENIED`, which the engine does not retry. Stops on drop.
+pub struct SlowProxy {
+    pub port: u16,
+    stats: Arc<ProxyStats>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Default)]
+struct ProxyStats {
+    /// Bytes passed back to the client.
+    down: std::sync::atomic::AtomicU64,
+    /// Connections the client closed before the upstream had sent all.
+    abandoned: std::sync::atomic::AtomicUsize,
+    /// The link is down (`cut_after` reached).
+    cut: std::sync::atomic::AtomicBool,
+    last_byte: std::sync::Mutex<Option<Instant>>,
+    /// When the next chunk may go, across all connections: one link.
+    next_send: std::sync::Mutex<Option<Instant>>,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: &str, rate: u64, cut_after: Option<u64>) -> SlowProxy {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port for the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let (stats, stop) = (Arc::new(ProxyStats::default()), Arc::new(AtomicBool::new(false)));
+        let (s, st, upstream) = (stats.clone(), stop.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let (s, upstream) = (s.clone(), upstream.clone());
+                std::thread::spawn(move || proxy_one(client, &upstream, rate, cut_after, &s));
+            }
+        });
+        SlowProxy { port, stats, stop }
+    }
+
+    /// Bytes passed back so far.
+    pub fn bytes(&self) -> u64 {
+        self.stats.down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections the client gave up on mid-transfer.
+    pub fn abandoned(&self) -> usize {
+        self.stats.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// When the last byte went back to the client.
+    pub fn last_byte(&self) -> Option<Instant> {
+        *self.stats.last_byte.lock().unwrap()
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn proxy_one(mut client: TcpStream, upstream: &str, rate: u64, cut_after: Option<u64>, stats: &ProxyStats) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    if stats.cut.load(SeqCst) {
+        let body = r#"{"errors":[{"code":"DENIED","message":"the link is down"}]}"#;
+        let _ = write!(
+            client,
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    let Ok(up) = TcpStream::connect(upstream) else { return };
+    let (mut up_w, mut client_r) = (up.try_clone().unwrap(), client.try_clone().unwrap());
+    let client_gone = Arc::new(AtomicBool::new(false));
+    let gone = client_gone.clone();
+    // Client to registry, unpaced; the client's end of it is its close.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_r, &mut up_w);
+        gone.store(true, SeqCst);
+        let _ = up_w.shutdown(std::net::Shutdown::Write);
+    });
+    let chunk = (rate / 20).clamp(1024, 64 * 1024) as usize;
+    let mut buf = vec![0; chunk];
+    let (mut up_r, mut carried) = (up, 0u64);
+    loop {
+        let n = match up_r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // One link for all connections: each chunk waits its turn.
+        let at = {
+            let mut next = stats.next_send.lock().unwrap();
+            let at = next.map_or_else(Instant::now, |t| t.max(Instant::now()));
+            *next = Some(at + Duration::from_secs_f64(n as f64 / rate as f64));
+            at
+        };
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        if client.write_all(&buf[..n]).is_err() || client_gone.load(SeqCst) {
+            stats.abandoned.fetch_add(1, SeqCst);
+            break;
+        }
+        carried += n as u64;
+        stats.down.fetch_add(n as u64, SeqCst);
+        *stats.last_byte.lock().unwrap() = Some(Instant::now());
+        if cut_after.is_some_and(|c| carried >= c) {
+            stats.cut.store(true, SeqCst);
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = up_r.shutdown(std::net::Shutdown::Both);
 }
