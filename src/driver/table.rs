@@ -27,6 +27,8 @@ const FUNCTIONS: &[&Function] = &[
     &compose::COMPOSE_DOWN,
     &containers::LIST_MANAGED_CONTAINERS,
     // Beyond the Python dcd: what fleet operators ask for.
+    &compose::COMPOSE_PS,
+    &compose::COMPOSE_LOGS,
     &containers::CONTAINER_STATS,
     &containers::DEPROVISION_MANAGED,
     &containers::REDEPLOY_CONTAINER,
@@ -52,7 +54,7 @@ impl Driver {
     /// parse, the ownership guard when it targets a container, and its handler.
     pub fn call(&self, method: &str, params: Map<String, Value>) -> Result<Value> {
         let f = FUNCTIONS.iter().find(|f| f.name == method).ok_or(Error::UnknownMethod)?;
-        if !self.policy.serves(f.kind, self.simulate) {
+        if !self.policy.serves(f.kind) {
             let how = match f.kind {
                 _ if self.policy.read_only => "read_only is set",
                 Kind::Exec => "allow with \"exec\": \"allow\"",
@@ -67,7 +69,7 @@ impl Driver {
     pub fn capabilities(&self) -> Value {
         let functions: Vec<Value> = FUNCTIONS
             .iter()
-            .filter(|f| self.policy.serves(f.kind, self.simulate))
+            .filter(|f| self.policy.serves(f.kind))
             .map(|f| {
                 json!({"name": f.name, "description": f.description,
                        "parameters": (f.schema)(), "labels": null, "tags": []})
