@@ -8,7 +8,6 @@ use std::path::{Component, Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use serde_saphyr::options::{DuplicateKeyPolicy, MergeKeyPolicy, PropertySyntax};
 
 /// The largest compose file (inline or on disk) and `.env` / `env_file` read.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -532,43 +531,13 @@ pub struct Context<'a> {
     pub default_name: &'a str,
 }
 
-/// Parse YAML text into a JSON value within our budgets, interpolating
-/// `${VAR}` forms from `variables` only.
+/// Parse YAML text into a JSON value within our budgets (see `yaml`),
+/// interpolating `${VAR}` forms from `variables` only.
 pub fn parse_yaml(text: &str, variables: &HashMap<String, String>, origin: Origin) -> Result<Value> {
     if text.len() > MAX_FILE_BYTES {
         return Err(format!("the compose file has {} bytes, more than {MAX_FILE_BYTES}", text.len()));
     }
-    let budget = serde_saphyr::budget! {
-        max_reader_input_bytes: Some(MAX_FILE_BYTES),
-        max_events: 200_000,
-        max_nodes: 100_000,
-        max_depth: 32,
-        flow_nesting_limit: 32,
-        max_documents: 1,
-        max_aliases: 1_000,
-        max_anchors: 1_000,
-        max_merge_keys: 1_000,
-        max_inclusion_depth: 0,
-        max_total_scalar_bytes: 4 * MAX_FILE_BYTES,
-        max_recorded_anchor_events: 100_000,
-        max_recorded_anchor_bytes: MAX_FILE_BYTES,
-        max_property_expansion_depth: 8,
-        max_total_property_interpolation_work: 16 * MAX_FILE_BYTES,
-    };
-    let options = serde_saphyr::options! {
-        budget: budget,
-        duplicate_keys: DuplicateKeyPolicy::Error,
-        merge_keys: MergeKeyPolicy::Merge,
-        alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: 100_000,
-            max_replay_stack_depth: 16,
-            max_alias_expansions_per_anchor: 64,
-        },
-        property_syntax: PropertySyntax::DockerCompose,
-        with_snippet: false,
-    }
-    .with_properties(variables.clone());
-    serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|e| match origin {
+    super::yaml::to_json(text, variables).map_err(|e| match origin {
         Origin::Inline => format!("compose file: {e}"),
         Origin::Host => format!("compose file: {}", redact(&e.to_string())),
     })
@@ -580,7 +549,8 @@ fn redact(msg: &str) -> String {
     let mut quote: Option<char> = None;
     for c in msg.chars() {
         match quote {
-            Some(q) if c == q => {
+            // `x' is a quote too (the YAML parser's unexpected character).
+            Some(q) if c == q || (q == '`' && c == '\'') => {
                 out.push('…');
                 out.push(c);
                 quote = None;
@@ -1120,6 +1090,10 @@ mod tests {
     fn host_file_errors_do_not_quote_content() {
         let e = parse_yaml("root:$6$secret:19000:0:99999:7:::\n  bad: [", &HashMap::new(), Origin::Host).unwrap_err();
         assert!(!e.contains("secret"), "{e}");
+        let e = parse_yaml("a: @secret\n", &HashMap::new(), Origin::Host).unwrap_err();
+        assert_eq!(e, "compose file: unexpected character: `…' at line 1 column 4");
+        let e = parse_yaml("a: 1\nsecret: 1\nsecret: 2\n", &HashMap::new(), Origin::Host).unwrap_err();
+        assert_eq!(e, "compose file: duplicate key \"…\" at line 3 column 1");
         let doc = parse_yaml("\"root:$6$secret::\"\n", &HashMap::new(), Origin::Host).unwrap();
         let cx = Context {
             origin: Origin::Host,

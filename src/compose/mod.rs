@@ -6,6 +6,7 @@
 pub mod file;
 pub mod plan;
 pub mod run;
+mod yaml;
 
 use std::collections::HashMap;
 
