@@ -16,10 +16,10 @@ use serde_json::{Map, Number, Value};
 pub const MAX_DEPTH: usize = 32;
 /// At most this many aliases (`*name`) in one file.
 pub const MAX_ALIASES: usize = 1_000;
-/// At most this many nodes built, each alias counting the nodes it copies.
+/// At most this many nodes built, counting what anchors keep and aliases copy.
 pub const MAX_NODES: usize = 100_000;
-/// At most this many bytes of scalar text built, counting alias copies and
-/// interpolated values.
+/// At most this many bytes of scalar text built (after interpolation),
+/// counting what anchors keep and aliases copy.
 pub const MAX_TEXT_BYTES: usize = 4 * super::file::MAX_FILE_BYTES;
 /// `${A:-${B:-${C}}}` nests at most this deep.
 const MAX_INTERPOLATION_DEPTH: usize = 8;
@@ -124,12 +124,15 @@ impl Builder<'_> {
         self.nodes += nodes;
         self.bytes += bytes;
         if self.nodes > MAX_NODES {
-            return Err(at(span, format!("more than {MAX_NODES} nodes with aliases expanded (node budget)")));
+            return Err(at(
+                span,
+                format!("more than {MAX_NODES} nodes, counting anchor and alias copies (node budget)"),
+            ));
         }
         if self.bytes > MAX_TEXT_BYTES {
             return Err(at(
                 span,
-                format!("more than {MAX_TEXT_BYTES} bytes of text with aliases expanded (size budget)"),
+                format!("more than {MAX_TEXT_BYTES} bytes of text, counting anchor and alias copies (size budget)"),
             ));
         }
         Ok(())
@@ -171,8 +174,7 @@ impl Builder<'_> {
             None => return Err(at(span, "a collection ends that never started")),
         };
         if anchor != 0 {
-            let cost = Anchored { value: value.clone(), nodes: self.nodes - nodes, bytes: self.bytes - bytes };
-            self.anchors.insert(anchor, cost);
+            self.anchor(anchor, &value, self.nodes - nodes, self.bytes - bytes, span)?;
         }
         self.add(value, span)
     }
@@ -198,8 +200,7 @@ impl Builder<'_> {
         if self.key_due() {
             self.charge(1, text.len(), span)?;
             if anchor != 0 {
-                let cost = Anchored { value: Value::String(text.to_string()), nodes: 1, bytes: text.len() };
-                self.anchors.insert(anchor, cost);
+                self.anchor(anchor, &Value::String(text.to_string()), 1, text.len(), span)?;
             }
             let key = if style == ScalarStyle::Plain && text == "<<" {
                 Key::Merge
@@ -229,9 +230,17 @@ impl Builder<'_> {
         };
         self.charge(1, bytes, span)?;
         if anchor != 0 {
-            self.anchors.insert(anchor, Anchored { value: value.clone(), nodes: 1, bytes });
+            self.anchor(anchor, &value, 1, bytes, span)?;
         }
         self.add(value, span)
+    }
+
+    /// Keep a copy of an anchored node for its aliases. The copy is charged
+    /// too: nested anchors would otherwise copy the same nodes again and again.
+    fn anchor(&mut self, id: usize, value: &Value, nodes: usize, bytes: usize, span: &Span) -> Result<(), Error> {
+        self.charge(nodes, bytes, span)?;
+        self.anchors.insert(id, Anchored { value: value.clone(), nodes, bytes });
+        Ok(())
     }
 
     fn alias(&mut self, id: usize, span: &Span) -> Result<(), Error> {
@@ -534,6 +543,10 @@ mod tests {
         let wide = format!("a: &a \"{}\"\nb: [{}]\n", "x".repeat(100_000), "*a,".repeat(50));
         assert!(parse(&wide).unwrap_err().contains("size budget"));
         assert!(parse("a: &a [*a]\n").is_err());
+        // Nested anchors each keep a copy: charged, so 32 of them cannot copy 100,000 nodes 32 times.
+        let nested = format!("{}&n [{}]{}", "&n [".repeat(3), "x,".repeat(40_000), "]".repeat(3));
+        assert!(parse(&nested.replace("&n ", "")).is_ok());
+        assert!(parse(&nested).unwrap_err().contains("node budget"));
     }
 
     #[test]
