@@ -14,7 +14,7 @@ use serde_json::{Map, Number, Value};
 
 /// Collections nested deeper than this are refused.
 pub const MAX_DEPTH: usize = 32;
-/// At most this many aliases (`*name`) in one file.
+/// At most this many aliases (`*name`) in one file, and as many anchors.
 pub const MAX_ALIASES: usize = 1_000;
 /// At most this many nodes built, counting what anchors keep and aliases copy.
 pub const MAX_NODES: usize = 100_000;
@@ -49,8 +49,7 @@ pub fn to_json(text: &str, vars: &HashMap<String, String>) -> Result<Value, Erro
         flow_nesting_limit: 2 * MAX_DEPTH,
         block_nesting_limit: 2 * MAX_DEPTH,
     };
-    let mut b =
-        Builder { vars, stack: Vec::new(), anchors: HashMap::new(), root: None, nodes: 0, bytes: 0, aliases: 0 };
+    let mut b = Builder { vars, stack: Vec::new(), anchors: Vec::new(), root: None, nodes: 0, bytes: 0, aliases: 0 };
     let mut documents = 0;
     for next in Parser::new_from_str_with_options(text, options) {
         let (event, span) =
@@ -108,7 +107,8 @@ struct Anchored {
 struct Builder<'v> {
     vars: &'v HashMap<String, String>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Anchored>,
+    /// By the parser's anchor id; at most `MAX_ALIASES`, so a scan is cheap.
+    anchors: Vec<(usize, Anchored)>,
     root: Option<Value>,
     nodes: usize,
     bytes: usize,
@@ -239,7 +239,10 @@ impl Builder<'_> {
     /// too: nested anchors would otherwise copy the same nodes again and again.
     fn anchor(&mut self, id: usize, value: &Value, nodes: usize, bytes: usize, span: &Span) -> Result<(), Error> {
         self.charge(nodes, bytes, span)?;
-        self.anchors.insert(id, Anchored { value: value.clone(), nodes, bytes });
+        if self.anchors.len() >= MAX_ALIASES {
+            return Err(at(span, format!("more than {MAX_ALIASES} anchors (alias budget)")));
+        }
+        self.anchors.push((id, Anchored { value: value.clone(), nodes, bytes }));
         Ok(())
     }
 
@@ -248,12 +251,12 @@ impl Builder<'_> {
         if self.aliases > MAX_ALIASES {
             return Err(at(span, format!("more than {MAX_ALIASES} aliases (alias budget)")));
         }
-        let Some(a) = self.anchors.get(&id) else {
+        let Some(i) = self.anchors.iter().rposition(|(a, _)| *a == id) else {
             return Err(at(span, "an alias inside the node it names"));
         };
-        let (nodes, bytes) = (a.nodes, a.bytes);
+        let (nodes, bytes) = (self.anchors[i].1.nodes, self.anchors[i].1.bytes);
         self.charge(nodes, bytes, span)?;
-        let value = self.anchors[&id].value.clone();
+        let value = self.anchors[i].1.value.clone();
         if self.key_due() {
             let key = match value {
                 Value::String(s) => s,
@@ -537,6 +540,8 @@ mod tests {
             .chain(std::iter::once("]\n".to_string()))
             .collect();
         assert!(parse(&many).unwrap_err().contains("alias budget"));
+        let anchors: String = (0..=MAX_ALIASES).map(|i| format!("k{i}: &a{i} x\n")).collect();
+        assert!(parse(&anchors).unwrap_err().contains("anchors (alias budget)"));
         let laughs = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n";
         let e = parse(laughs).unwrap_err();
         assert!(e.contains("node budget") && e.contains("line 5"), "{e}");
