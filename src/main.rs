@@ -44,7 +44,14 @@ fn init_logging() {
         other => other,
     };
     // zenoh logs through `tracing` and is not bridged; keep our own crate's level.
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("RUST_LOG", format!("dcd={default}"))).init();
+    // env_logger's own layout, `[2026-11-22T06:08:00Z INFO  dcd::serve] ...`, with our RFC3339
+    // clock instead of its humantime feature (jiff, tens of KB of the binary).
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("RUST_LOG", format!("dcd={default}")))
+        .format(|buf, r| {
+            use std::io::Write;
+            writeln!(buf, "[{} {:<5} {}] {}", dcd::time::now_rfc3339(), r.level(), r.target(), r.args())
+        })
+        .init();
 }
 
 fn run(cfg: Config) -> Result<(), String> {

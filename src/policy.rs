@@ -72,11 +72,14 @@ pub struct Policy {
     pub owned_only: bool,
     #[serde(default)]
     pub exec: ExecRule,
-    /// compose_up/compose_down. A compose file can ask for anything, and it
-    /// is not checked field by field, so this is off on a real engine unless
-    /// allowed (`None` = on only in --sim).
+    /// compose_up/compose_down/compose_ps/compose_logs; on unless `false`.
+    /// Every container, network and volume of a project passes the checks below.
     #[serde(default)]
     pub compose: Option<bool>,
+    /// Host directories a `project_dir` may name (files there are read on a
+    /// caller's word); empty: only inline `compose_yaml`.
+    #[serde(default)]
+    pub compose_dirs: Vec<String>,
     #[serde(default)]
     pub privileged: bool,
     /// Capabilities `cap_add` may name.
@@ -98,6 +101,12 @@ pub struct Policy {
     /// reach anything, so none is allowed unless listed.
     #[serde(default)]
     pub volume_drivers: Vec<String>,
+    /// Supplementary groups `group_add` may name (a group can open host devices and sockets).
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// Kernel parameters `sysctls` may set; a trailing `*` matches any suffix.
+    #[serde(default)]
+    pub sysctls: Vec<String>,
     /// Image reference prefixes allowed (`127.0.0.1:5000/`, `library/alpine`);
     /// empty allows every image.
     #[serde(default)]
@@ -120,13 +129,13 @@ impl Policy {
     }
 
     /// Whether a function of this kind is served (and advertised) at all.
-    pub fn serves(&self, kind: Kind, simulate: bool) -> bool {
+    pub fn serves(&self, kind: Kind) -> bool {
         match kind {
             Kind::Read => true,
             _ if self.read_only => false,
             Kind::Mutate => true,
             Kind::Exec => self.exec != ExecRule::Deny,
-            Kind::Compose => self.compose.unwrap_or(simulate),
+            Kind::Compose => self.compose.unwrap_or(true),
         }
     }
 
@@ -298,6 +307,16 @@ impl Policy {
         if !strings(&host["DeviceCgroupRules"]).is_empty() && self.devices.is_empty() {
             return Err("device cgroup rules are not allowed (allow devices first)".into());
         }
+        for g in strings(&host["GroupAdd"]) {
+            if !self.group_add.iter().any(|a| a == g) {
+                return Err(format!("group_add {g} is not allowed (allow with \"group_add\": [\"{g}\"])"));
+            }
+        }
+        for k in host["Sysctls"].as_object().into_iter().flat_map(|m| m.keys()) {
+            if !self.sysctls.iter().any(|p| glob_match(p, k)) {
+                return Err(format!("sysctl {k} is not allowed (allow with \"sysctls\": [\"{k}\"])"));
+            }
+        }
         if !self.weaken_security {
             for opt in strings(&host["SecurityOpt"]) {
                 let o = opt.to_ascii_lowercase().replace(' ', "");
@@ -307,6 +326,37 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// A network create body: a bridge of its own is a private network; any
+    /// other driver (macvlan, ipvlan, ...) or driver option reaches the host's
+    /// interfaces, as the host network does.
+    pub fn check_network(&self, body: &Value) -> Result<(), String> {
+        let name = body["Name"].as_str().unwrap_or_default();
+        let driver = body["Driver"].as_str().filter(|d| !d.is_empty()).unwrap_or("bridge");
+        let opts = body["Options"].as_object().is_some_and(|o| !o.is_empty());
+        if (driver != "bridge" || opts) && !self.host_namespaces {
+            return Err(format!(
+                "network {name} with driver {driver}{} is not allowed (allow with \"host_namespaces\": true)",
+                if opts { " and driver options" } else { "" }
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `project_dir` a caller names: absolute, without `..`, and inside
+    /// one of `compose_dirs` once symlinks are followed. Returns the real path.
+    pub fn check_compose_dir(&self, dir: &str) -> Result<PathBuf, String> {
+        let p = Path::new(dir);
+        if !p.is_absolute() || p.components().any(|c| c == Component::ParentDir) {
+            return Err(format!("project_dir {dir} must be an absolute path without .."));
+        }
+        let real =
+            std::fs::canonicalize(p).map_err(|_| format!("project_dir {dir} is not a directory on this host"))?;
+        if self.compose_dirs.iter().any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d))) {
+            return Ok(real);
+        }
+        Err(format!("project_dir {dir} is not allowed (allow with \"compose_dirs\": [\"<dir>\"]; inline compose_yaml needs none)"))
     }
 
     fn check_bind(&self, source: &str) -> Result<(), String> {
@@ -415,6 +465,8 @@ mod tests {
             (json!({"SecurityOpt": ["label=type:spc_t"]}), "security_opt label=type:spc_t"),
             (json!({"SecurityOpt": ["apparmor=my-lax-profile"]}), "security_opt"),
             (json!({"SecurityOpt": ["systempaths=unconfined"]}), "security_opt"),
+            (json!({"GroupAdd": ["docker"]}), "group_add docker"),
+            (json!({"Sysctls": {"net.ipv4.ip_forward": "1"}}), "sysctl net.ipv4.ip_forward"),
         ] {
             let e = p.check_create(&body(host.clone())).unwrap_err();
             assert!(e.contains(want) && e.contains("allow with"), "{host}: {e}");
@@ -588,15 +640,36 @@ mod tests {
     }
 
     #[test]
+    fn volumes_networks_and_compose_dirs() {
+        let p = Policy::default();
+        let bind = |dev: &str| json!({"type": "none", "o": "bind", "device": dev});
+        assert!(p.check_volume("v", &json!("local"), &bind("/etc")).unwrap_err().contains("bind mount of /etc"));
+        assert!(p.check_volume("v", &json!("local"), &bind("/")).unwrap_err().contains("bind mount of /"));
+        assert!(p.check_volume("v", &json!("sshfs"), &json!({})).unwrap_err().contains("volume_drivers"));
+        assert_eq!(p.check_volume("v", &json!("local"), &json!({"type": "tmpfs", "device": "tmpfs"})), Ok(()));
+        assert_eq!(p.check_network(&json!({"Name": "n", "Driver": "bridge", "Options": {}})), Ok(()));
+        assert!(p.check_network(&json!({"Name": "n", "Driver": "macvlan"})).unwrap_err().contains("host_namespaces"));
+        assert!(p.check_compose_dir("/tmp").unwrap_err().contains("compose_dirs"));
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        let allowed = Policy { compose_dirs: vec![tmp.display().to_string()], ..Policy::default() };
+        assert_eq!(allowed.check_compose_dir(&tmp.display().to_string()), Ok(tmp.clone()));
+        assert!(allowed.check_compose_dir(&format!("{}/../etc", tmp.display())).unwrap_err().contains(".."));
+        assert!(allowed.check_compose_dir("/etc").is_err());
+    }
+
+    #[test]
     fn kinds_follow_read_only_exec_and_compose() {
         let p = Policy::default();
-        assert!(p.serves(Kind::Mutate, false) && p.serves(Kind::Exec, false));
-        assert!(!p.serves(Kind::Compose, false) && p.serves(Kind::Compose, true));
+        assert!(p.serves(Kind::Mutate) && p.serves(Kind::Exec) && p.serves(Kind::Compose));
+        let no_compose = Policy { compose: Some(false), ..Policy::default() };
+        assert!(!no_compose.serves(Kind::Compose));
         let ro = Policy { read_only: true, ..Policy::default() };
-        assert!(ro.serves(Kind::Read, false) && !ro.serves(Kind::Mutate, false) && !ro.serves(Kind::Exec, false));
+        assert!(
+            ro.serves(Kind::Read) && !ro.serves(Kind::Mutate) && !ro.serves(Kind::Exec) && !ro.serves(Kind::Compose)
+        );
         let no_exec = Policy { exec: ExecRule::Deny, ..Policy::default() };
-        assert!(!no_exec.serves(Kind::Exec, false));
-        assert!(Policy { exec: ExecRule::Any, ..Policy::default() }.serves(Kind::Exec, false));
+        assert!(!no_exec.serves(Kind::Exec));
+        assert!(Policy { exec: ExecRule::Any, ..Policy::default() }.serves(Kind::Exec));
         assert!(serde_json::from_str::<Policy>(r#"{"priviledged": true}"#).is_err(), "typos are refused");
     }
 }

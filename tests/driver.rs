@@ -50,10 +50,27 @@ fn sim_serves_every_rpc() {
     assert_eq!((x["status"].as_str(), x["exit_code"].as_i64()), (Some("error"), Some(1)));
     assert_eq!(rig.ok("pull_image", json!({"image": "sim/new:1"}))["image"], "sim/new:1");
     assert!(rig.ok("list_images", json!({}))["images"].as_array().unwrap().iter().any(|i| i["tags"][0] == "sim/new:1"));
-    let up = rig.ok("compose_up", json!({"spec": {"compose_yaml": "services: {}", "services": ["api"]}}));
-    assert_eq!(up["status"], "success");
-    assert_eq!(rig.ok("list_managed_containers", json!({}))["count"], 2);
+    // The sim runs the native compose path: real services, a healthcheck that passes, a one-shot job.
+    let yaml = "services:\n  api: {image: sim/hello, healthcheck: {test: [CMD, ok]}, depends_on: {job: {condition: service_completed_successfully}}}\n  job: {image: sim/hello, command: [\"true\"]}\n  web: {image: sim/hello, depends_on: {api: {condition: service_healthy}}}\n";
+    let up = rig.ok("compose_up", json!({"spec": {"compose_yaml": yaml, "project": "app"}}));
+    assert_eq!(
+        (up["status"].as_str(), up["project_dir"].as_str()),
+        (Some("success"), Some("/dcd/compose/app")),
+        "{up}"
+    );
+    assert_eq!(
+        up["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["job", "api", "web"]
+    );
+    assert_eq!(rig.ok("list_managed_containers", json!({}))["count"], 4);
+    assert_eq!(
+        rig.ok("get_container", json!({"container_id": "app-web-1"}))["container"]["labels"]
+            ["com.docker.compose.service"],
+        "web"
+    );
+    assert_eq!(rig.ok("compose_ps", json!({"project": "app"}))["count"], 3);
     rig.ok("compose_down", json!({"project_dir": up["project_dir"]}));
+    assert_eq!(rig.ok("list_managed_containers", json!({}))["count"], 1);
     assert!(rig.err("remove_container", json!({"container_id": "web"})).contains("running"));
     rig.ok("remove_container", json!({"container_id": "web", "force": true}));
     rig.event("removed", |e| common::params(e)["state"] == "removed" && common::params(e)["name"] == "web");
@@ -73,6 +90,10 @@ fn bad_inputs(rig: &Rig) {
     assert!(rig.err("container_logs", json!({"container_id": "x", "since": "yesterday"})).contains("RFC3339"));
     assert!(rig.err("exec_in_container", json!({"container_id": "x", "command": []})).contains("empty"));
     assert!(rig.err("compose_up", json!({"spec": {}})).contains("project_dir or compose_yaml"));
+    assert!(rig
+        .err("compose_up", json!({"spec": {"compose_yaml": "services: {}", "services": ["api"]}}))
+        .contains("\"api\""));
+    assert!(rig.err("compose_down", json!({})).contains("project or project_dir"));
     for method in ["get_container", "start_container", "stop_container", "remove_container", "container_logs"] {
         assert!(matches!(rig.call(method, json!({"container_id": "nope-404"})), Err(Error::Engine(_))), "{method}");
     }
@@ -263,28 +284,4 @@ fn real_images_pull_and_failure() {
     }
     let e = rig.err("pull_image", json!({"image": "127.0.0.1:1/nope/never:latest"}));
     assert!(e.contains("127.0.0.1:1"), "{e}");
-}
-
-#[test]
-fn real_compose_up_and_down_inline() {
-    let Some((rig, image)) = real() else { return };
-    let project = common::unique("compose").replace('-', "");
-    let yaml = format!(
-        "version: '2.4'\nservices:\n  app:\n    image: {image}\n    command: [\"sleep\", \"300\"]\n    labels:\n      dcd-test: \"1\"\n"
-    );
-    let up = rig.ok("compose_up", json!({"spec": {"compose_yaml": yaml}}));
-    let dir = up["project_dir"].as_str().unwrap().to_string();
-    assert!(std::path::Path::new(&dir).join("compose.yaml").exists());
-    let running = common::docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        "label=dcd-test=1",
-        "--filter",
-        &format!("label=com.docker.compose.project.working_dir={dir}"),
-    ]);
-    assert!(!running.is_empty(), "compose started nothing ({project})");
-    rig.ok("compose_down", json!({"project_dir": dir}));
-    assert!(!std::path::Path::new(&dir).exists(), "temp project dir removed");
-    assert!(rig.err("compose_down", json!({"project_dir": "/nonexistent-dcd"})).contains("not a directory"));
 }

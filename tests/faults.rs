@@ -424,9 +424,12 @@ fn soak_request(n: u64, caller: usize, step: u64) -> (&'static str, Value) {
         13 => ("exec_in_container", json!({"container_id": own, "command": ["echo", "soak"]})),
         14 => ("pull_image", json!({"image": format!("sim/soak-{caller}:1")})),
         15 => ("list_images", json!({})),
-        16 => ("compose_up", json!({"spec": {"compose_yaml": "services: {}", "services": [format!("soak{caller}")]}})),
+        16 => (
+            "compose_up",
+            json!({"spec": {"compose_yaml": "services: {app: {image: sim/hello}}", "project": format!("soak{caller}")}}),
+        ),
         17 => ("list_managed_containers", json!({})),
-        18 => ("compose_down", json!({"project_dir": "/sim/compose"})),
+        18 => ("compose_down", json!({"project": format!("soak{caller}")})),
         _ => ("no_such_method", json!({})),
     }
 }
@@ -448,10 +451,7 @@ fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally
                             ("remove_container", json!({"container_id": own, "force": true})),
                         ]
                     })
-                    .chain([(
-                        "remove_container",
-                        json!({"container_id": format!("compose-soak{caller}"), "force": true}),
-                    )]);
+                    .chain([("compose_down", json!({"project": format!("soak{caller}")}))]);
                 loop {
                     let (method, params) = if Instant::now() < until {
                         step += 1;

@@ -138,8 +138,8 @@ impl Engine for Counting {
     fn remove_object(&self, kind: Object, id: &str, force: bool) -> EngineResult<()> {
         self.sim.remove_object(kind, id, force)
     }
-    fn connect_network(&self, network: &str, id: &str) -> EngineResult<()> {
-        self.sim.connect_network(network, id)
+    fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> EngineResult<()> {
+        self.sim.connect_network(network, id, aliases)
     }
     fn remove_image(&self, reference: &str, force: bool) -> EngineResult<Value> {
         self.sim.remove_image(reference, force)

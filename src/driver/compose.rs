@@ -1,12 +1,14 @@
-//! Compose projects: `compose_up` and `compose_down` of the Python dcd.
+//! Compose projects: `compose_up` and `compose_down` of the Python dcd, and
+//! `compose_ps` / `compose_logs`. The rows only parse and hand over to
+//! `crate::compose`, which reads the file and drives the engine.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::base::{Call, Driver, Function, Target};
-use crate::compose::{Compose, ComposeSpec};
-use crate::error::Result;
-use crate::labels::managed_labels;
+use crate::compose::ComposeSpec;
+use crate::engine::LogOptions;
+use crate::error::{Error, Result};
 use crate::policy::Kind;
 
 pub const COMPOSE_UP: Function = Function::new::<ComposeUp>(
@@ -23,32 +25,36 @@ struct ComposeUp {
     spec: ComposeSpec,
 }
 
-impl Call for ComposeUp {
-    fn call(self, d: &Driver) -> Result<Value> {
-        if d.simulate {
-            return sim_compose_up(d, &self.spec);
+impl Driver {
+    /// Tell the state thread about a container compose touched; one already
+    /// gone is left to the state poll.
+    fn observe_quietly(&self, id: &str) {
+        if let Err(e) = self.observe(id) {
+            log::debug!("compose: {id} not observed: {e}");
         }
-        let out = Compose::new(d.simulate).up(&self.spec)?;
-        Ok(json!({"status": "success", "stdout": out.stdout, "stderr": out.stderr,
-                  "project_dir": out.project_dir}))
+    }
+
+    /// Which project a call means: by name, or by the directory it came from.
+    fn project_of(&self, project: Option<String>, dir: Option<&str>) -> Result<String> {
+        match (project, dir) {
+            (Some(p), _) => Ok(p),
+            (None, Some(dir)) => crate::compose::project_for_dir(self.engine.as_ref(), dir),
+            (None, None) => Err(Error::Params("project or project_dir is required".into())),
+        }
     }
 }
 
-/// The simulator has no compose CLI: it invents one `compose-<service>`
-/// container per service, as the Python simulator does.
-fn sim_compose_up(d: &Driver, spec: &ComposeSpec) -> Result<Value> {
-    spec.check()?;
-    let services = spec.services.clone().unwrap_or_else(|| vec!["app".into()]);
-    let project_dir = spec.project_dir.clone().unwrap_or_else(|| "/sim/compose".into());
-    for svc in &services {
-        let name = format!("compose-{svc}");
-        let body = json!({"Image": "sim/compose:latest", "Labels": managed_labels()});
-        let id = d.engine.create_container(Some(&name), &body)?;
-        d.engine.start_container(&id)?;
-        d.observe(&id)?;
+impl Call for ComposeUp {
+    fn call(self, d: &Driver) -> Result<Value> {
+        crate::compose::up(d.engine.as_ref(), &d.policy, &self.spec, &|id| d.observe_quietly(id))
     }
-    Ok(json!({"status": "success", "stdout": format!("started {}\n", services.join(" ")),
-              "stderr": "", "project_dir": project_dir}))
+}
+
+fn project_props() -> Value {
+    json!({
+        "project_dir": {"type": ["string", "null"], "default": null,
+                        "description": "Directory given to (or returned by) compose_up."},
+        "project": {"type": ["string", "null"], "default": null, "description": "Project name, instead of project_dir."}})
 }
 
 pub const COMPOSE_DOWN: Function = Function::new::<ComposeDown>(
@@ -57,30 +63,126 @@ pub const COMPOSE_DOWN: Function = Function::new::<ComposeDown>(
     Target::Host,
     "Stop and remove compose project resources.",
     || {
-        json!({"type": "object", "properties": {
-            "project_dir": {"type": "string", "description": "Directory returned by compose_up."},
-            "compose_file": {"type": ["string", "null"], "default": null,
-                             "description": "Compose file relative to project_dir."},
-            "remove_volumes": {"type": "boolean", "default": false,
-                               "description": "Also remove named volumes."}},
-          "required": ["project_dir"]})
+        let mut props = project_props();
+        props["compose_file"] = json!({"type": ["string", "null"], "default": null,
+            "description": "Accepted for compatibility; the project is found by its labels."});
+        props["remove_volumes"] =
+            json!({"type": "boolean", "default": false, "description": "Also remove named volumes."});
+        props["volumes"] = json!({"type": "boolean", "default": false, "description": "Same as remove_volumes."});
+        json!({"type": "object", "properties": props, "required": []})
     },
 );
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ComposeDown {
-    project_dir: String,
     #[serde(default)]
-    compose_file: Option<String>,
+    project_dir: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    // Python's compose_down takes it; the project is found by its labels either way.
+    #[serde(default, rename = "compose_file")]
+    _compose_file: Option<String>,
     #[serde(default)]
     remove_volumes: bool,
+    #[serde(default)]
+    volumes: bool,
 }
 
 impl Call for ComposeDown {
     fn call(self, d: &Driver) -> Result<Value> {
-        let out =
-            Compose::new(d.simulate).down(&self.project_dir, self.compose_file.as_deref(), self.remove_volumes)?;
-        Ok(json!({"status": "success", "stdout": out.stdout, "stderr": out.stderr}))
+        let project = d.project_of(self.project, self.project_dir.as_deref())?;
+        let volumes = self.remove_volumes || self.volumes;
+        crate::compose::down(d.engine.as_ref(), &project, volumes, &|id| d.observe_quietly(id))
+    }
+}
+
+pub const COMPOSE_PS: Function = Function::new::<ComposePs>(
+    "compose_ps",
+    Kind::Read,
+    Target::Host,
+    "List a compose project's services and containers, or every project on this host.",
+    || json!({"type": "object", "properties": project_props(), "required": []}),
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ComposePs {
+    #[serde(default)]
+    project_dir: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+}
+
+impl Call for ComposePs {
+    fn call(self, d: &Driver) -> Result<Value> {
+        if self.project.is_none() && self.project_dir.is_none() {
+            return crate::compose::ps(d.engine.as_ref(), None);
+        }
+        let project = d.project_of(self.project, self.project_dir.as_deref())?;
+        crate::compose::ps(d.engine.as_ref(), Some(&project))
+    }
+}
+
+pub const COMPOSE_LOGS: Function = Function::new::<ComposeLogs>(
+    "compose_logs",
+    Kind::Read,
+    Target::Host,
+    "Fetch a compose project's logs, or follow them via ``container_log_line`` events.",
+    || {
+        let mut props = project_props();
+        props["services"] = json!({"type": ["array", "null"], "items": {"type": "string"}, "default": null,
+                                   "description": "Only these services."});
+        props["tail"] = json!({"type": "integer", "default": 100, "description": "Lines per container."});
+        props["follow"] = json!({"type": "boolean", "default": false,
+            "description": "Emit ``container_log_line`` events (container_id = the container's name) until ``stop_container_logs``."});
+        json!({"type": "object", "properties": props, "required": []})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ComposeLogs {
+    #[serde(default)]
+    project_dir: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    services: Option<Vec<String>>,
+    #[serde(default = "hundred")]
+    tail: i64,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn hundred() -> i64 {
+    100
+}
+
+impl Call for ComposeLogs {
+    fn call(self, d: &Driver) -> Result<Value> {
+        let project = d.project_of(self.project, self.project_dir.as_deref())?;
+        let found = crate::compose::containers(d.engine.as_ref(), &project, &self.services.unwrap_or_default())?;
+        let opts = LogOptions {
+            tail: u64::try_from(self.tail).ok(),
+            since: None,
+            timestamps: !self.follow,
+            follow: self.follow,
+        };
+        let names: Vec<&String> = found.iter().map(|(_, n)| n).collect();
+        if self.follow {
+            for (_, name) in &found {
+                d.follows.start(name, opts.clone())?;
+            }
+            return Ok(json!({"status": "success", "project": project, "streaming": true, "containers": names}));
+        }
+        // Each line prefixed with its container, as `docker compose logs` prints them.
+        let mut logs = String::new();
+        for (id, name) in &found {
+            for line in crate::logs::read(d.engine.as_ref(), id, &opts)?.lines() {
+                logs.push_str(&format!("{name}  | {line}\n"));
+            }
+        }
+        Ok(json!({"status": "success", "project": project, "containers": names, "logs": logs}))
     }
 }

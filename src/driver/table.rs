@@ -28,6 +28,8 @@ const FUNCTIONS: &[&Function] = &[
     &compose::COMPOSE_DOWN,
     &containers::LIST_MANAGED_CONTAINERS,
     // Beyond the Python dcd: what fleet operators ask for.
+    &compose::COMPOSE_PS,
+    &compose::COMPOSE_LOGS,
     &containers::CONTAINER_STATS,
     &containers::DEPROVISION_MANAGED,
     &containers::REDEPLOY_CONTAINER,
@@ -58,7 +60,7 @@ impl Driver {
     /// from a job's thread, so a long call never holds the caller's thread.
     pub fn call(&self, method: &str, params: Map<String, Value>, reply: Reply) {
         let Some(f) = FUNCTIONS.iter().find(|f| f.name == method) else { return reply(Err(Error::UnknownMethod)) };
-        if !self.policy.serves(f.kind, self.simulate) {
+        if !self.policy.serves(f.kind) {
             let how = match f.kind {
                 _ if self.policy.read_only => "read_only is set",
                 Kind::Exec => "allow with \"exec\": \"allow\"",
@@ -73,7 +75,7 @@ impl Driver {
     pub fn capabilities(&self) -> Value {
         let functions: Vec<Value> = FUNCTIONS
             .iter()
-            .filter(|f| self.policy.serves(f.kind, self.simulate))
+            .filter(|f| self.policy.serves(f.kind))
             .map(|f| {
                 json!({"name": f.name, "description": f.description,
                        "parameters": f.parameters(), "labels": null, "tags": []})

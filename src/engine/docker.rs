@@ -764,9 +764,10 @@ impl Engine for Docker {
         self.call_empty(Method::DELETE, &path, None, CALL_TIMEOUT)
     }
 
-    fn connect_network(&self, network: &str, id: &str) -> Result<()> {
+    fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> Result<()> {
         let path = format!("/networks/{}/connect", segment(network)?);
-        self.call_empty(Method::POST, &path, Some(&json!({ "Container": id })), CALL_TIMEOUT)
+        let body = json!({"Container": id, "EndpointConfig": {"Aliases": aliases}});
+        self.call_empty(Method::POST, &path, Some(&body), CALL_TIMEOUT)
     }
 
     fn remove_image(&self, reference: &str, force: bool) -> Result<Value> {

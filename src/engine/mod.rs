@@ -176,8 +176,8 @@ pub trait Engine: Send + Sync {
     /// `GET /networks/{id}` or `GET /volumes/{name}`.
     fn inspect_object(&self, kind: Object, id: &str) -> Result<Value>;
     fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()>;
-    /// Attach container `id` to `network`.
-    fn connect_network(&self, network: &str, id: &str) -> Result<()>;
+    /// Attach container `id` to `network`, reachable there by `aliases` too.
+    fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> Result<()>;
     /// `DELETE /images/{name}`: what was untagged and deleted.
     fn remove_image(&self, reference: &str, force: bool) -> Result<Value>;
     /// `POST /images/prune` with Engine API `filters`.

@@ -195,13 +195,21 @@ impl Engine for Sim {
         if image.is_empty() {
             return Err(EngineError::BadRequest("image is required".into()));
         }
+        let mut networks = serde_json::Map::new();
+        for (net, endpoint) in body["NetworkingConfig"]["EndpointsConfig"].as_object().into_iter().flatten() {
+            if !w.objects.contains_key(&(Object::Network as u8, net.clone())) {
+                return Err(EngineError::NotFound(format!("network {net} not found")));
+            }
+            networks.insert(net.clone(), json!({"Aliases": endpoint["Aliases"], "IPAddress": ""}));
+        }
         let created = crate::time::now_rfc3339().replace('Z', "+00:00");
         w.containers.insert(
             id.clone(),
             json!({"Id": id, "Name": format!("/{name}"), "Created": created,
-                   "Config": {"Image": image, "Labels": body["Labels"], "Tty": false, "Cmd": body["Cmd"]},
+                   "Config": {"Image": image, "Labels": body["Labels"], "Tty": false, "Cmd": body["Cmd"],
+                              "Env": body["Env"], "Healthcheck": body["Healthcheck"]},
                    "State": {"Status": "created", "Running": false, "ExitCode": 0},
-                   "HostConfig": body["HostConfig"], "NetworkSettings": {"Ports": {}}}),
+                   "HostConfig": body["HostConfig"], "NetworkSettings": {"Ports": {}, "Networks": networks}}),
         );
         w.set_state(&id, "created", "create");
         Ok(id)
@@ -212,6 +220,21 @@ impl Engine for Sim {
         let id = w.find(id)?;
         if w.containers[&id]["State"]["Status"] != "running" {
             w.set_state(&id, "running", "start");
+            let c = w.containers.get_mut(&id).expect("id from find");
+            // A healthcheck passes at once; `true` and `false` exit at once, as one-shot jobs do.
+            let test = &c["Config"]["Healthcheck"]["Test"];
+            if test.is_array() && test[0] != "NONE" {
+                c["State"]["Health"] = json!({"Status": "healthy"});
+            }
+            let exit = match c["Config"]["Cmd"][0].as_str() {
+                Some("true") => Some(0),
+                Some("false") => Some(1),
+                _ => None,
+            };
+            if let Some(code) = exit {
+                c["State"]["ExitCode"] = json!(code);
+                w.set_state(&id, "exited", "die");
+            }
         }
         Ok(())
     }
@@ -418,13 +441,15 @@ impl Engine for Sim {
         }
     }
 
-    fn connect_network(&self, network: &str, id: &str) -> Result<()> {
-        let w = self.world();
-        w.find(id)?;
-        match w.objects.contains_key(&(Object::Network as u8, network.to_string())) {
-            true => Ok(()),
-            false => Err(EngineError::NotFound(format!("network {network} not found"))),
+    fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> Result<()> {
+        let mut w = self.world();
+        let id = w.find(id)?;
+        if !w.objects.contains_key(&(Object::Network as u8, network.to_string())) {
+            return Err(EngineError::NotFound(format!("network {network} not found")));
         }
+        let c = w.containers.get_mut(&id).expect("id from find");
+        c["NetworkSettings"]["Networks"][network] = json!({"Aliases": aliases, "IPAddress": ""});
+        Ok(())
     }
 
     fn remove_image(&self, reference: &str, _force: bool) -> Result<Value> {
@@ -584,8 +609,8 @@ pub(crate) mod scripted {
         fn remove_object(&self, kind: Object, id: &str, force: bool) -> Result<()> {
             self.sim.remove_object(kind, id, force)
         }
-        fn connect_network(&self, network: &str, id: &str) -> Result<()> {
-            self.sim.connect_network(network, id)
+        fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> Result<()> {
+            self.sim.connect_network(network, id, aliases)
         }
         fn remove_image(&self, reference: &str, force: bool) -> Result<Value> {
             self.sim.remove_image(reference, force)

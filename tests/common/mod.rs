@@ -688,9 +688,7 @@ impl Rig {
         let (tx, events) = crossbeam_channel::bounded(queue);
         let ev = Events::new(tx.clone(), tx);
         let state = State::start(engine.clone(), poll_hz, ev.clone(), Forward::Off);
-        // Compose is off on a real engine by default; these tests exercise it.
-        let policy = Policy { compose: Some(true), ..Policy::default() };
-        let driver = Driver::new(engine, simulate, poll_hz, state.handle(), ev, policy);
+        let driver = Driver::new(engine, simulate, poll_hz, state.handle(), ev, Policy::default());
         Rig { driver, events, state: Some(state) }
     }
 

@@ -6,8 +6,8 @@
 MODE is what the device was started with:
 
   escapes     the default policy: every host escape reachable through provision_container's
-              advertised spec fields is refused with a "policy:" error naming it; compose is not
-              served on a real engine; a plain container with a named volume still works
+              advertised spec fields is refused with a "policy:" error naming it, and so is a
+              compose service asking for one; a plain container with a named volume still works
   read-only   --read-only: mutating functions are not advertised, and calling them anyway is
               refused by the policy
   no-exec     {"exec": "deny"}: exec_in_container is not advertised and is refused
@@ -124,9 +124,10 @@ def escapes(dev: Device, image: str, prefix: str) -> None:
         expect_refused(f"escape_{what}", res, *words)
 
     names = set(dev.functions)
-    report("compose_not_advertised", not {"compose_up", "compose_down"} & names)
-    res = dev.raw("compose_up", {"spec": {"compose_yaml": "services: {x: {image: busybox, privileged: true}}"}})
-    expect_refused("compose_refused", res, "compose")
+    report("compose_advertised", {"compose_up", "compose_down"} <= names)
+    yaml = f"services: {{x: {{image: {image}, privileged: true}}}}"
+    res = dev.invoke("compose_up", {"spec": {"compose_yaml": yaml, "project": f"{prefix}-esc-compose"}})
+    expect_refused("compose_privileged_refused", res, "service x", "privileged")
 
     # What stays allowed: a plain container with a named volume.
     res = dev.invoke("provision_container", {"spec": spec(image, f"{prefix}-ok", volumes=[
