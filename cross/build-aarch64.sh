@@ -46,7 +46,9 @@ if [ ! -s "$SHIM_DIR/libdl.a" ]; then
 fi
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=yes -L native=$SHIM_DIR"
+# No .eh_frame_hdr: with panic = "abort" nothing unwinds, and the lookup table is 200 KiB of
+# the 5 MiB budget (a backtrace, when asked for, still walks .eh_frame).
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=yes -L native=$SHIM_DIR -C link-arg=--no-eh-frame-hdr"
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
 
