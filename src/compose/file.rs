@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The largest compose file (inline or on disk) and `.env` / `env_file` read.
-pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+use super::yaml::MAX_FILE_BYTES;
+
 /// At most this many services, networks or volumes in one project.
 const MAX_OBJECTS: usize = 256;
 /// At most this many containers in one project (replicas summed).

@@ -16,11 +16,13 @@ use serde_json::{Map, Number, Value};
 pub const MAX_DEPTH: usize = 32;
 /// At most this many aliases (`*name`) in one file, and as many anchors.
 pub const MAX_ALIASES: usize = 1_000;
+/// The largest compose file (inline or on disk) and `.env` / `env_file` read.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// At most this many nodes built, counting what anchors keep and aliases copy.
 pub const MAX_NODES: usize = 100_000;
 /// At most this many bytes of scalar text built (after interpolation),
 /// counting what anchors keep and aliases copy.
-pub const MAX_TEXT_BYTES: usize = 4 * super::file::MAX_FILE_BYTES;
+pub const MAX_TEXT_BYTES: usize = 4 * MAX_FILE_BYTES;
 /// `${A:-${B:-${C}}}` nests at most this deep.
 const MAX_INTERPOLATION_DEPTH: usize = 8;
 
