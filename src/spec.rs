@@ -525,20 +525,7 @@ fn duration_ns(field: &str, v: &IntOrStr) -> Result<i64> {
     let err = || bad(format!("healthcheck {field} {:?} is not a duration like 30s or 500ms", v.text()));
     match v {
         IntOrStr::Int(n) => i64::try_from(*n).map_err(|_| err()),
-        IntOrStr::Str(s) => {
-            let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').ok_or_else(err)?;
-            let n: f64 = s[..split].parse().map_err(|_| err())?;
-            let unit = match &s[split..] {
-                "ns" => 1.0,
-                "us" | "µs" => 1e3,
-                "ms" => 1e6,
-                "s" => 1e9,
-                "m" => 60e9,
-                "h" => 3600e9,
-                _ => return Err(err()),
-            };
-            Ok((n * unit) as i64)
-        }
+        IntOrStr::Str(s) => crate::time::duration_ns(s).ok_or_else(err),
     }
 }
 

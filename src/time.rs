@@ -92,6 +92,35 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
+/// A Go duration (`1m30s`, `500ms`, `2h`) in nanoseconds.
+pub fn duration_ns(s: &str) -> Option<i64> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(0);
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let n: f64 = rest[..split].parse().ok()?;
+        let unit_end = rest[split..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| split + i);
+        let unit = match &rest[split..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * unit;
+        rest = &rest[unit_end..];
+    }
+    (total < 1e18).then_some(total as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +140,17 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-11-22T06:09:07.5Z"), Some(base + 0.5));
         assert_eq!(parse_rfc3339("2026-11-22T08:09:07+02:00"), Some(base));
         assert_eq!(parse_rfc3339("2026-11-22T06:09:07.123456789Z").map(|v| (v - base) > 0.12), Some(true));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
+        assert_eq!(duration_ns("500ms"), Some(500_000_000));
+        assert_eq!(duration_ns("2h"), Some(7_200_000_000_000));
+        assert_eq!(duration_ns("0"), Some(0));
+        for bad in ["x", "", "30x", "s"] {
+            assert_eq!(duration_ns(bad), None, "{bad}");
+        }
     }
 
     #[test]

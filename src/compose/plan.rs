@@ -226,8 +226,8 @@ fn service(p: &Project, name: &str, s: &Service, at: &Where, nets: &[Object], vo
         let mut hc = json!({"test": test});
         for (k, v) in [("interval", &h.interval), ("timeout", &h.timeout), ("start_period", &h.start_period)] {
             if let Some(d) = v {
-                hc[k] =
-                    json!(duration_ns(d).ok_or(format!("healthcheck {k} {d:?} is not a duration like 30s or 1m30s"))?);
+                hc[k] = json!(crate::time::duration_ns(d)
+                    .ok_or(format!("healthcheck {k} {d:?} is not a duration like 30s or 1m30s"))?);
             }
         }
         if let Some(r) = h.retries {
@@ -274,7 +274,8 @@ fn service(p: &Project, name: &str, s: &Service, at: &Where, nets: &[Object], vo
         body["StopSignal"] = json!(sig);
     }
     if let Some(g) = &s.stop_grace_period {
-        let ns = duration_ns(g).ok_or(format!("stop_grace_period {g:?} is not a duration like 10s or 1m30s"))?;
+        let ns = crate::time::duration_ns(g)
+            .ok_or(format!("stop_grace_period {g:?} is not a duration like 10s or 1m30s"))?;
         body["StopTimeout"] = json!(ns / 1_000_000_000);
     }
     if let (None, Some((full, aliases))) = (&network_mode, &first_net) {
@@ -410,35 +411,6 @@ fn size(s: &str) -> String {
     }
 }
 
-/// A Go duration (`1m30s`, `500ms`, `2h`) in nanoseconds.
-pub fn duration_ns(s: &str) -> Option<i64> {
-    let mut total = 0f64;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    if rest == "0" {
-        return Some(0);
-    }
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let n: f64 = rest[..split].parse().ok()?;
-        let unit_end = rest[split..].find(|c: char| c.is_ascii_digit()).map_or(rest.len(), |i| split + i);
-        let unit = match &rest[split..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += n * unit;
-        rest = &rest[unit_end..];
-    }
-    (total < 1e18).then_some(total as i64)
-}
-
 /// FNV-1a, 64 bits, as hex: stable across builds (std's hasher is not), and
 /// enough to tell a changed configuration from an unchanged one.
 pub fn fnv_hex(s: &str) -> String {
@@ -549,9 +521,6 @@ networks:
             let e = planned(yaml).err().unwrap_or_default();
             assert!(e.contains(want) && e.contains("service a"), "{yaml}: {e}");
         }
-        assert_eq!(duration_ns("1m30s"), Some(90_000_000_000));
-        assert_eq!(duration_ns("500ms"), Some(500_000_000));
-        assert_eq!(duration_ns("x"), None);
         assert_eq!(size("1GB"), "1g");
     }
 }
