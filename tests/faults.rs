@@ -283,6 +283,8 @@ struct Tally {
     replies: AtomicU64,
     errors: AtomicU64,
     methods: Mutex<std::collections::BTreeMap<&'static str, (u64, u64)>>,
+    /// The last error each method got, to tell expected refusals from faults.
+    last_error: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[test]
@@ -404,16 +406,41 @@ fn stuck_shutdown_is_bounded() {
     eprintln!("stuck shutdown: exit {:?} after {:?}", status.code(), t.elapsed());
 }
 
+/// What the soak callers ask for: their containers' names start with `prefix`; `image` runs,
+/// `pull` is pulled. `every` adds the functions the simulated engine does not model.
+struct Mix {
+    prefix: String,
+    image: String,
+    pull: String,
+    every: bool,
+}
+
+impl Mix {
+    fn sim() -> Mix {
+        Mix { prefix: "soak".into(), image: "sim/hello".into(), pull: "sim/soak:1".into(), every: false }
+    }
+
+    fn own(&self, caller: usize, k: u64) -> String {
+        format!("{}-{caller}-{k}", self.prefix)
+    }
+
+    fn project(&self, caller: usize) -> String {
+        format!("{}{caller}", self.prefix.replace('-', ""))
+    }
+}
+
 /// One soak caller's next request: every function, on containers of its own.
-fn soak_request(n: u64, caller: usize, step: u64) -> (&'static str, Value) {
-    let own = format!("soak-{caller}-{}", step % 3);
+fn soak_request(n: u64, caller: usize, step: u64, mix: &Mix) -> (&'static str, Value) {
+    let own = mix.own(caller, step % 3);
     let id = json!({"container_id": own});
-    match (n ^ step.wrapping_mul(0x9e37_79b9)) % 20 {
+    let (project, image) = (mix.project(caller), mix.image.as_str());
+    let kinds = if mix.every { 27 } else { 20 };
+    match (n ^ step.wrapping_mul(0x9e37_79b9)) % kinds {
         0 => ("get_status", json!({})),
         1 => ("ping_docker", json!({})),
         2 => ("list_containers", json!({"all_containers": true})),
         3 => ("get_container", id),
-        4 | 5 => ("provision_container", json!({"spec": {"image": "sim/hello", "name": own}})),
+        4 | 5 => ("provision_container", json!({"spec": {"image": image, "name": own, "command": ["sleep", "3600"]}})),
         6 => ("start_container", id),
         7 => ("stop_container", json!({"container_id": own, "timeout_s": 0})),
         8 => ("restart_container", json!({"container_id": own, "timeout_s": 0})),
@@ -422,40 +449,49 @@ fn soak_request(n: u64, caller: usize, step: u64) -> (&'static str, Value) {
         11 => ("container_logs", json!({"container_id": own, "follow": true})),
         12 => ("stop_container_logs", id),
         13 => ("exec_in_container", json!({"container_id": own, "command": ["echo", "soak"]})),
-        14 => ("pull_image", json!({"image": format!("sim/soak-{caller}:1")})),
+        14 => ("pull_image", json!({"image": mix.pull})),
         15 => ("list_images", json!({})),
         16 => (
             "compose_up",
-            json!({"spec": {"compose_yaml": "services: {app: {image: sim/hello}}", "project": format!("soak{caller}")}}),
+            json!({"spec": {"compose_yaml": format!("services: {{app: {{image: {image}, command: [sleep, '3600']}}}}"), "project": project}}),
         ),
         17 => ("list_managed_containers", json!({})),
-        18 => ("compose_down", json!({"project": format!("soak{caller}")})),
-        _ => ("no_such_method", json!({})),
+        18 => ("compose_down", json!({"project": project})),
+        19 => ("no_such_method", json!({})),
+        20 => ("container_stats", id),
+        21 => ("list_jobs", json!({})),
+        22 => ("compose_ps", json!({"project": project})),
+        23 => ("compose_logs", json!({"project": project, "tail": 5})),
+        24 => ("list_networks", json!({})),
+        25 => ("list_volumes", json!({})),
+        _ => ("get_job", json!({"job_id": "no-such-job"})),
     }
 }
 
 /// Callers mixing every RPC until `until`; then each stops its follows and removes its containers.
-fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally: &Arc<Tally>) {
+fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally: &Arc<Tally>, mix: &Arc<Mix>) {
     let threads: Vec<_> = (0..callers)
         .map(|caller| {
-            let (tally, cmd) = (tally.clone(), subject(tenant, id, "cmd"));
+            let (tally, cmd, mix) = (tally.clone(), subject(tenant, id, "cmd"), mix.clone());
             std::thread::spawn(move || {
                 let mut client = Nats::connect(port).expect("connect");
                 let mut step = 0u64;
                 let seed = caller as u64 * 7919 + 1;
                 let mut finish = (0..3)
                     .flat_map(|k| {
-                        let own = format!("soak-{caller}-{k}");
+                        let own = mix.own(caller, k);
                         [
                             ("stop_container_logs", json!({"container_id": own})),
                             ("remove_container", json!({"container_id": own, "force": true})),
                         ]
                     })
-                    .chain([("compose_down", json!({"project": format!("soak{caller}")}))]);
+                    .chain([("compose_down", json!({"project": mix.project(caller)}))])
+                    .collect::<Vec<_>>()
+                    .into_iter();
                 loop {
                     let (method, params) = if Instant::now() < until {
                         step += 1;
-                        soak_request(seed, caller, step)
+                        soak_request(seed, caller, step, &mix)
                     } else {
                         match finish.next() {
                             Some(call) => call,
@@ -469,7 +505,11 @@ fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally
                         continue;
                     };
                     tally.replies.fetch_add(1, Ordering::SeqCst);
-                    let failed = parse_reply(&bytes, &rid).is_err();
+                    let reply = parse_reply(&bytes, &rid);
+                    let failed = reply.is_err();
+                    if let Err(e) = reply {
+                        tally.last_error.lock().unwrap().insert(method, e);
+                    }
                     tally.errors.fetch_add(u64::from(failed), Ordering::SeqCst);
                     let mut methods = tally.methods.lock().unwrap();
                     let m = methods.entry(method).or_default();
@@ -509,14 +549,14 @@ fn soak_mixed_callers() {
     };
 
     // The same load for a short while first, so lazily grown pools and arenas are in the baseline.
-    let warmup = Arc::new(Tally::default());
-    soak(port, &tenant, &id, 8, Instant::now() + Duration::from_secs(5), &warmup);
+    let (warmup, mix) = (Arc::new(Tally::default()), Arc::new(Mix::sim()));
+    soak(port, &tenant, &id, 8, Instant::now() + Duration::from_secs(5), &warmup, &mix);
     std::thread::sleep(Duration::from_secs(1));
     let (threads0, rss0) = threads_and_rss(pid);
 
     let tally = Arc::new(Tally::default());
     let t = Instant::now();
-    soak(port, &tenant, &id, 8, t + Duration::from_secs(secs), &tally);
+    soak(port, &tenant, &id, 8, t + Duration::from_secs(secs), &tally, &mix);
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let (threads, rss) = threads_and_rss(pid);
@@ -540,4 +580,92 @@ fn soak_mixed_callers() {
     assert!(events.load(Ordering::SeqCst) > 0, "no events during the soak");
     assert!(threads <= threads0 + 2, "threads grew from {threads0} to {threads}");
     assert!(rss <= rss0 + 8192, "RSS grew from {rss0} to {rss} KiB");
+}
+
+/// The long soak of bench/soak.sh, not run in CI: 8 callers mixing every function on the real
+/// engine for `DCD_SOAK_SECS` (600), while a flipper stops, starts and kills their containers
+/// behind the daemon's back and the engine is cut through the relay `DCD_SOAK_CUTS` (20) times,
+/// 3 s each. RSS and threads are printed every 10 s; at the end, with the callers done, they
+/// must be within 10 % of the baseline taken after a warm-up, and no reply may be lost.
+#[test]
+#[ignore = "minutes long: run by bench/soak.sh"]
+fn long_soak_real_engine() {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (secs, cuts) = (env("DCD_SOAK_SECS", 600), env("DCD_SOAK_CUTS", 20));
+    let Some(image) = common::test_image() else { return };
+    if !engine_parts() {
+        return;
+    }
+    let registry = std::env::var("DCD_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
+    let prefix = common::unique("soak");
+    let mix = Arc::new(Mix {
+        prefix: prefix.clone(),
+        image,
+        pull: format!("{registry}/dcd-test/busybox:latest"),
+        every: true,
+    });
+    let mut relay = Relay::new("soak", true);
+    relay.restore();
+    let rig =
+        Rig::start("longsoak", &[], &[("DOCKER_HOST", &relay.docker_host()), ("RUST_LOG", "dcd=warn,dcd::mesh=info")]);
+    let (port, tenant, id, pid) = (rig.port, rig.tenant.clone(), rig.id.clone(), rig.dcd.pid());
+
+    let warmup = Arc::new(Tally::default());
+    soak(port, &tenant, &id, 8, Instant::now() + Duration::from_secs(20), &warmup, &mix);
+    std::thread::sleep(Duration::from_secs(2));
+    let (threads0, rss0) = threads_and_rss(pid);
+    eprintln!("SOAK baseline: threads {threads0}, RSS {rss0} KiB");
+
+    let (tally, t) = (Arc::new(Tally::default()), Instant::now());
+    let until = t + Duration::from_secs(secs);
+    let callers = {
+        let (tally, mix, tenant, id) = (tally.clone(), mix.clone(), tenant.clone(), id.clone());
+        std::thread::spawn(move || soak(port, &tenant, &id, 8, until, &tally, &mix))
+    };
+    let (mut flips, mut cut_count, mut next_sample) = (0u64, 0u64, t);
+    let cut_every = Duration::from_secs(secs) / (cuts as u32 + 1);
+    let mut next_cut = t + cut_every;
+    while Instant::now() < until {
+        let now = Instant::now();
+        if now >= next_sample {
+            let (threads, rss) = threads_and_rss(pid);
+            eprintln!("SOAK t={:>4}s threads {threads} RSS {rss} KiB", t.elapsed().as_secs());
+            next_sample += Duration::from_secs(10);
+        }
+        if now >= next_cut && cut_count < cuts {
+            relay.cut();
+            std::thread::sleep(Duration::from_secs(3));
+            relay.restore();
+            cut_count += 1;
+            next_cut += cut_every;
+            continue;
+        }
+        // Behind the daemon's back: a container of some caller stopped, started or killed.
+        let name = mix.own((flips % 8) as usize, flips / 8 % 3);
+        let verb = ["stop", "start", "kill"][(flips % 3) as usize];
+        common::docker(&[verb, &name]);
+        flips += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    callers.join().expect("a soak caller panicked");
+    std::thread::sleep(Duration::from_secs(5));
+    let (threads, rss) = threads_and_rss(pid);
+    let (sent, replies, errors) =
+        (tally.sent.load(Ordering::SeqCst), tally.replies.load(Ordering::SeqCst), tally.errors.load(Ordering::SeqCst));
+    eprintln!(
+        "SOAK {secs} s: {sent} requests ({:.0}/s), {replies} replies ({errors} errors), {flips} flips behind its back, \
+         {cut_count} engine cuts; threads {threads0} -> {threads}, RSS {rss0} -> {rss} KiB ({:+.1} %)",
+        sent as f64 / secs as f64,
+        (rss as f64 / rss0 as f64 - 1.0) * 100.0
+    );
+    eprintln!("SOAK calls and errors by method: {:?}", tally.methods.lock().unwrap());
+    eprintln!("SOAK last error by method: {:?}", tally.last_error.lock().unwrap());
+    for k in 0..8 {
+        for n in 0..3 {
+            common::docker(&["rm", "-f", &mix.own(k, n)]);
+        }
+    }
+    assert_eq!(replies, sent, "lost replies");
+    assert!(threads * 10 <= threads0 * 11, "threads grew from {threads0} to {threads}");
+    assert!(rss * 10 <= rss0 * 11, "RSS grew from {rss0} to {rss} KiB");
 }

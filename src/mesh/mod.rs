@@ -570,6 +570,21 @@ impl Core {
         self.queue.push_back((subject, payload));
     }
 
+    /// Events that went out on a connection which then died, unconfirmed: queued again ahead
+    /// of newer ones, by the same rule as any (beyond the bound, log lines go first and are told).
+    fn requeue(&mut self, events: impl Iterator<Item = (String, Vec<u8>)>) {
+        let newer = std::mem::take(&mut self.queue);
+        for (subject, payload) in events.chain(newer) {
+            self.enqueue(subject, payload);
+        }
+    }
+
+    /// Whether `subject` is one of this device's events (which must not be lost on a reconnect;
+    /// heartbeats and presence are sent again anyway).
+    fn is_event(&self, subject: &str) -> bool {
+        subject.starts_with(&self.event_prefix)
+    }
+
     /// Everything due at `now`: queued events, heartbeat, presence, a
     /// registration attempt. Nothing while the session is down.
     fn due(&mut self, now: Instant) -> Vec<Out> {
@@ -884,6 +899,17 @@ mod tests {
         assert_eq!(c.queue.len(), QUEUE_LIMIT);
         assert_eq!(c.dropped, 5);
         assert_eq!(c.queue.front().unwrap().0, "device-connect.t.dev-1.n5");
+    }
+
+    #[test]
+    fn requeued_events_go_ahead_of_newer_ones() {
+        let (mut c, _) = core(true);
+        c.push_publish(Publish { topic: "newer".into(), payload: Vec::new() });
+        c.requeue([("a".to_string(), Vec::new()), ("b".to_string(), Vec::new())].into_iter());
+        let order: Vec<&str> = c.queue.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(order, ["a", "b", "device-connect.t.dev-1.newer"]);
+        assert!(c.is_event("device-connect.t.dev-1.event.container_state_changed"));
+        assert!(!c.is_event("device-connect.t.dev-1.heartbeat"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! reach the runtime through one blocking bridge task; the protocol itself is
 //! in `Core`, this file only moves bytes.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -22,6 +23,11 @@ use super::{Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, 
 
 /// How long the farewell and queued messages get to reach the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// The client PINGs the server after this long without hearing from it, and
+/// drops the connection at the third PING unanswered: a link that died without
+/// a FIN (a radio gone, a NAT entry expired) is noticed within 3 × this, not
+/// after the 3 minutes of async-nats's default. A PING is a few bytes.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the async loop reacts to.
 enum Msg {
@@ -34,6 +40,8 @@ enum Msg {
     Ready,
     /// Any other client event, such as a failed connection attempt.
     Note(String),
+    /// The echo of a confirmation marker (see `Unconfirmed`).
+    Confirmed(u64),
     Incoming(Sub, Message),
     Reply(Subject, Vec<u8>),
     Registered(String, Result<Vec<u8>, String>),
@@ -73,6 +81,7 @@ fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOpti
         // Start even when the server is down, and never give up on it.
         .retry_on_initial_connect()
         .max_reconnects(None)
+        .ping_interval(PING_EVERY)
         // Registration is the only request the device makes.
         .request_timeout(Some(REGISTER_TIMEOUT))
         .event_callback(move |event| {
@@ -264,12 +273,15 @@ async fn serve(
             }
         });
     }
+    let mut unconfirmed = Unconfirmed::new(&client, tx).await?;
     // Reconnect attempts repeat the same error every few seconds: say it once.
     let mut last_note = String::new();
     loop {
         for out in core.due(Instant::now()) {
+            unconfirmed.sent(&core, &out);
             send(&client, tx, out).await;
         }
+        unconfirmed.mark(&client).await;
         let deadline = core.next_deadline(Instant::now());
         let msg = tokio::select! {
             m = rx.recv() => m,
@@ -292,7 +304,11 @@ async fn serve(
                     }
                 });
             }
-            Some(Msg::Down) => core.disconnected(),
+            Some(Msg::Down) => {
+                core.disconnected();
+                core.requeue(unconfirmed.take());
+            }
+            Some(Msg::Confirmed(n)) => unconfirmed.confirmed(n),
             Some(Msg::Ready) => log::info!("mesh ready"),
             Some(Msg::Note(note)) => {
                 if note != last_note {
@@ -326,6 +342,72 @@ async fn serve(
         log::warn!("NATS: flush at shutdown timed out");
     }
     Ok(())
+}
+
+/// Events written since the server was last seen to have everything. NATS core has no
+/// acknowledgement, and what a connection that died without a FIN held in its socket is gone
+/// once the client reconnects: so after events go out, a marker goes to an inbox of our own,
+/// and its echo confirms all before it. On a disconnect the unconfirmed events are queued
+/// again: a state change or a log line may then arrive twice, but not never.
+struct Unconfirmed {
+    events: VecDeque<(String, Vec<u8>)>,
+    /// Events confirmed or queued again so far: `events[0]` is event number `done`.
+    done: u64,
+    /// The marker on its way, if one is: the number of events it confirms.
+    marker: Option<u64>,
+    inbox: Subject,
+}
+
+impl Unconfirmed {
+    async fn new(client: &Client, tx: &UnboundedSender<Msg>) -> Result<Self, String> {
+        let inbox = Subject::from(client.new_inbox());
+        let mut echoes = client.subscribe(inbox.clone()).await.map_err(|e| format!("subscribe {inbox}: {e}"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = poll_fn(|cx| Pin::new(&mut echoes).poll_next(cx)).await {
+                let n = std::str::from_utf8(&m.payload).ok().and_then(|n| n.parse().ok());
+                if n.is_some_and(|n| tx.send(Msg::Confirmed(n)).is_err()) {
+                    break;
+                }
+            }
+        });
+        Ok(Unconfirmed { events: VecDeque::new(), done: 0, marker: None, inbox })
+    }
+
+    fn sent(&mut self, core: &Core, out: &Out) {
+        if let Out::Publish { subject, payload } = out {
+            if core.is_event(subject) {
+                self.events.push_back((subject.clone(), payload.clone()));
+            }
+        }
+    }
+
+    /// Send a marker for what went out, unless one is on its way (one per round trip).
+    async fn mark(&mut self, client: &Client) {
+        if self.marker.is_some() || self.events.is_empty() {
+            return;
+        }
+        let n = self.done + self.events.len() as u64;
+        if client.publish(self.inbox.clone(), n.to_string().into()).await.is_ok() {
+            self.marker = Some(n);
+        }
+    }
+
+    fn confirmed(&mut self, n: u64) {
+        if self.marker == Some(n) {
+            self.marker = None;
+        }
+        while self.done < n && self.events.pop_front().is_some() {
+            self.done += 1;
+        }
+    }
+
+    /// Everything unconfirmed, oldest first; a marker on its way is forgotten.
+    fn take(&mut self) -> impl Iterator<Item = (String, Vec<u8>)> {
+        self.marker = None;
+        self.done += self.events.len() as u64;
+        std::mem::take(&mut self.events).into_iter()
+    }
 }
 
 async fn send(client: &Client, tx: &UnboundedSender<Msg>, out: Out) {

@@ -388,12 +388,17 @@ pub fn nats_installed() -> bool {
 
 /// `nats-server` on 127.0.0.1:`port` (plus `extra` arguments), up and accepting connections.
 pub fn nats_server(port: u16, extra: &[&str]) -> Proc {
+    nats_server_at("127.0.0.1", port, extra)
+}
+
+/// `nats_server` on another of this host's addresses.
+pub fn nats_server_at(host: &str, port: u16, extra: &[&str]) -> Proc {
     let p = Proc::spawn(
         &format!("nats:{port}"),
-        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]).args(extra),
+        Command::new("nats-server").args(["-a", host, "-p", &port.to_string()]).args(extra),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -454,6 +459,10 @@ impl Netns {
             assert!(ok, "ip {args:?} in {}", ns.0);
         }
         Some(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
     }
 }
 
@@ -554,7 +563,12 @@ pub struct Nats {
 
 impl Nats {
     pub fn connect(port: u16) -> std::io::Result<Nats> {
-        let writer = TcpStream::connect(("127.0.0.1", port))?;
+        Nats::connect_at("127.0.0.1", port)
+    }
+
+    /// `connect` to another of this host's addresses.
+    pub fn connect_at(host: &str, port: u16) -> std::io::Result<Nats> {
+        let writer = TcpStream::connect((host, port))?;
         writer.set_nodelay(true)?;
         let reader = BufReader::new(writer.try_clone()?);
         let inbox = format!("_INBOX.{}", dcd::ids::random_hex(16));
