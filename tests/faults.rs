@@ -140,12 +140,25 @@ fn parse_reply(bytes: &[u8], id: &str) -> Result<Value, String> {
     }
 }
 
+/// The soak loads a 2-CPU machine enough to make a daemon beside it answer late: the tests that
+/// time the daemon hold this for reading, the soak for writing, so they never run together.
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn timed() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn engine_parts() -> bool {
     common::engine().is_some() && common::nats_installed()
 }
 
 #[test]
 fn engine_missing_at_start_then_appears() {
+    let _timed = timed();
     if !engine_parts() {
         return;
     }
@@ -187,6 +200,7 @@ fn engine_missing_at_start_then_appears() {
 
 #[test]
 fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
+    let _timed = timed();
     if !engine_parts() {
         return;
     }
@@ -252,6 +266,7 @@ fn engine_lost_mid_run_fails_fast_and_recovers_without_losing_events() {
 
 #[test]
 fn engine_hung_mesh_still_answers() {
+    let _timed = timed();
     if !common::nats_installed() {
         return;
     }
@@ -289,6 +304,7 @@ struct Tally {
 
 #[test]
 fn nats_server_restarts() {
+    let _timed = timed();
     if !common::nats_installed() {
         return;
     }
@@ -356,6 +372,7 @@ fn clean_exit_on(sig: i32) {
 
 #[test]
 fn sigterm_departs_and_exits_cleanly() {
+    let _timed = timed();
     if common::nats_installed() {
         clean_exit_on(libc::SIGTERM);
     }
@@ -363,6 +380,7 @@ fn sigterm_departs_and_exits_cleanly() {
 
 #[test]
 fn sigint_departs_and_exits_cleanly() {
+    let _timed = timed();
     if common::nats_installed() {
         clean_exit_on(libc::SIGINT);
     }
@@ -382,6 +400,7 @@ fn stuck_rig(tag: &str) -> Option<(Stall, Rig)> {
 
 #[test]
 fn second_signal_during_shutdown_exits_at_once() {
+    let _timed = timed();
     let Some((_stall, mut rig)) = stuck_rig("second") else {
         return;
     };
@@ -397,6 +416,7 @@ fn second_signal_during_shutdown_exits_at_once() {
 
 #[test]
 fn stuck_shutdown_is_bounded() {
+    let _timed = timed();
     let Some((_stall, mut rig)) = stuck_rig("stuck") else {
         return;
     };
@@ -525,6 +545,7 @@ fn soak(port: u16, tenant: &str, id: &str, callers: usize, until: Instant, tally
 
 #[test]
 fn soak_mixed_callers() {
+    let _alone = alone();
     if !common::nats_installed() {
         return;
     }
@@ -590,6 +611,7 @@ fn soak_mixed_callers() {
 #[test]
 #[ignore = "minutes long: run by bench/soak.sh"]
 fn long_soak_real_engine() {
+    let _alone = alone();
     let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let (secs, cuts) = (env("DCD_SOAK_SECS", 600), env("DCD_SOAK_CUTS", 20));
     let Some(image) = common::test_image() else { return };
