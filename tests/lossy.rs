@@ -54,6 +54,9 @@ struct Link {
 impl Link {
     fn new(tag: &str) -> Option<Link> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        if !common::require(std::path::Path::new("/dev/net/tun").exists(), "/dev/net/tun (TUN devices)") {
+            return None;
+        }
         let ns = Netns::create(tag)?;
         let k = NEXT.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
