@@ -28,14 +28,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use zenoh::Wait;
 
-use common::{dcd, free_port, nats_server, script, script_command, Cleanup, Netns, Proc, READY};
+use common::client::{Client, IMAGE, WAIT};
+use common::{dcd, free_port, nats_server, script, Cleanup, Netns, Proc, READY};
 
-const IMAGE: &str = "dcd-test/busybox:latest";
 /// Rows at a time: each runs a daemon and two or three Python processes.
 const PARALLEL: usize = 4;
 /// Both streams, numbered, five lines a second each, until stopped.
 const TICKER: &str = "i=0; while :; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.2; done";
-const WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Topology {
@@ -126,35 +125,18 @@ fn every_topology_delivers_every_event() {
     assert!(failed == 0, "{failed} of {} rows failed (see above)", results.len());
 }
 
-/// Not a check: when this binary is started again with `DCD_TEST_ROUTER=<endpoint>`, the
-/// Zenoh router of the router rows, until killed. Scouting off: it meets only who dials it.
+/// Not a check: the Zenoh router of the router rows, when this binary is started again by
+/// `common::router::start`.
 #[test]
 fn zenoh_router() {
-    let Some(endpoint) = std::env::var_os("DCD_TEST_ROUTER") else { return };
-    let off = json!({"multicast": {"enabled": false}, "gossip": {"enabled": false}});
-    let config = json!({"mode": "router", "listen": {"endpoints": [endpoint.to_string_lossy()]}, "scouting": off});
-    let config = zenoh::Config::from_json5(&config.to_string()).expect("router config");
-    let _router = zenoh::open(config).wait().expect("router session");
-    println!("router ready");
-    loop {
-        std::thread::park();
-    }
-}
-
-/// The router of `zenoh_router` on `endpoint`, listening.
-fn router(endpoint: &str) -> Proc {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.env_clear().env("DCD_TEST_ROUTER", endpoint).args(["zenoh_router", "--exact", "--nocapture"]);
-    let p = Proc::spawn(&format!("router {endpoint}"), &mut cmd);
-    p.expect_line("router ready", WAIT);
-    p
+    common::router::serve();
 }
 
 /// What the device connects to, started, if anything.
 fn start_server(topology: Topology, port: u16) -> Option<Proc> {
     match topology {
         NatsD2d | NatsInfra => Some(nats_server(port, &[])),
-        ClientsOfRouter | InfraViaRouter => Some(router(&format!("tcp/127.0.0.1:{port}"))),
+        ClientsOfRouter | InfraViaRouter => Some(common::router::start(&format!("tcp/127.0.0.1:{port}"), &[])),
         ListeningPeer | ClientOfPeer | Multicast => None,
     }
 }
@@ -195,7 +177,7 @@ fn run(row: &Row, py: &Path) {
     };
     client_env.push(("TENANT", &tenant));
 
-    // A second dcd peer beside the device, which must see it come and go.
+    // A second dcd peer beside the device, which the client must reach as well.
     let bystander = (row.topology == Multicast).then(|| {
         let b = dcd(ns, &format!("{id}-b"), &tenant, &["--sim"], &[]);
         b.expect_line(READY, WAIT);
@@ -206,8 +188,9 @@ fn run(row: &Row, py: &Path) {
     let mut client = Client::start(ns, py, &id, &client_env);
     device.expect_line(READY, WAIT);
     client.ready();
-    if let Some(b) = &bystander {
-        b.expect_line(&format!("new peer {id}"), WAIT);
+    if bystander.is_some() {
+        let mut call = script(ns, py, "call.py", &[&format!("{id}-b"), "get_status"], &client_env);
+        common::expect_success(&mut call);
     }
     if let Some(r) = &registry {
         r.expect_line(&format!("\"registered\": \"{id}\""), WAIT);
@@ -283,9 +266,8 @@ fn run(row: &Row, py: &Path) {
     }
 
     drop(client);
-    if let Some(b) = &bystander {
+    if bystander.is_some() {
         common::stop_daemon(&mut device);
-        b.expect_line(&format!("peer {id} departed"), WAIT);
     }
 }
 
@@ -293,93 +275,4 @@ fn run(row: &Row, py: &Path) {
 fn last_tick(name: &str) -> u64 {
     let out = common::docker(&["logs", "--tail", "10", name]);
     out.lines().filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok()).max().unwrap_or(0)
-}
-
-/// tests/py/events.py as the client: it calls the device (one request a line on its stdin) and
-/// prints what the agent tools receive from it, state changes, log lines and heartbeats.
-struct Client {
-    proc: Proc,
-    stdin: ChildStdin,
-    /// Every JSON line so far, so a wait finds what came while waiting for something else.
-    seen: Vec<Value>,
-    requests: u64,
-}
-
-impl Client {
-    fn start(ns: Option<&Netns>, py: &Path, id: &str, env: &[(&str, &str)]) -> Client {
-        let args = [
-            id,
-            "--selector",
-            "event(container_state_changed)",
-            "--selector",
-            "event(container_log_line)",
-            "--heartbeat",
-        ];
-        let (proc, stdin) = Proc::spawn_piped("events.py", &mut script_command(ns, py, "events.py", &args, env));
-        Client { proc, stdin, seen: Vec::new(), requests: 0 }
-    }
-
-    /// Discovered the device (presence or the registry) and had its `get_status` answered.
-    fn ready(&mut self) {
-        self.wait("discovery of the device", WAIT * 2, |m| m["ready"] == true);
-    }
-
-    /// The first line matching `f`, seen before or within `within`.
-    fn wait(&mut self, what: &str, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
-        if let Some(m) = self.seen.iter().find(|m| f(m)) {
-            return m.clone();
-        }
-        let deadline = Instant::now() + within;
-        while let Some(line) = self.proc.next_line(deadline) {
-            let Ok(m) = serde_json::from_str::<Value>(&line) else { continue };
-            self.seen.push(m.clone());
-            if f(&m) {
-                return m;
-            }
-        }
-        panic!("{}: no {what} within {within:?}", self.proc.name);
-    }
-
-    /// The result of `method`, which must succeed.
-    fn ok(&mut self, method: &str, params: Value) -> Value {
-        self.requests += 1;
-        let id = self.requests;
-        writeln!(self.stdin, "{}", json!({"id": id, "method": method, "params": params})).expect("events.py's stdin");
-        let reply = self.wait(&format!("reply to {method}"), Duration::from_secs(40), |m| m["id"] == id);
-        match reply.get("result") {
-            Some(r) if r["status"] == "success" => r.clone(),
-            _ => panic!("{method} {params}: {reply}"),
-        }
-    }
-
-    /// A container made and started through the device; its id.
-    fn provision(&mut self, name: &str, command: &[&str]) -> String {
-        let spec = json!({"image": IMAGE, "name": name, "command": command});
-        let r = self.ok("provision_container", json!({"spec": spec}));
-        r["container"]["id"].as_str().expect("a container id").to_string()
-    }
-
-    fn heartbeat(&mut self, id: &str) {
-        self.wait("heartbeat", WAIT, |m| {
-            m["device_id"] == id && m["_subject"].as_str().is_some_and(|s| s.ends_with("heartbeat"))
-        });
-    }
-
-    fn state(&mut self, cid: &str, state: &str) {
-        self.wait(&format!("{cid} {state}"), WAIT, |m| {
-            m["method"] == "container_state_changed"
-                && m["params"]["container_id"] == cid
-                && m["params"]["state"] == state
-        });
-    }
-
-    fn transition(&mut self, cid: &str, from: &str, to: &str) {
-        self.wait(&format!("{cid} {from} -> {to}"), WAIT, |m| {
-            let p = &m["params"];
-            m["method"] == "container_state_changed"
-                && p["container_id"] == cid
-                && p["previous_state"] == from
-                && p["state"] == to
-        });
-    }
 }

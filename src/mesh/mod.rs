@@ -4,7 +4,7 @@
 //! rest of the daemon sees only the types below and never knows which
 //! backend is in use.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -235,8 +235,6 @@ const SUBJECT_ROOT: &str = "device-connect";
 const BURST_INTERVAL: Duration = Duration::from_millis(500);
 const BURST_LENGTH: Duration = Duration::from_secs(10);
 const STEADY_INTERVAL: Duration = Duration::from_secs(5);
-const PEER_TIMEOUT: Duration = Duration::from_secs(30);
-const PRUNE_INTERVAL: Duration = Duration::from_secs(15);
 /// How long the registry gets to answer `registerDevice` (spec §2.5).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Registration starts after a random delay below this, so a fleet that
@@ -258,7 +256,6 @@ const PULSE_EVERY: Duration = Duration::from_secs(5);
 enum Sub {
     Cmd,
     Broadcast,
-    Presence,
     Probe,
 }
 
@@ -333,13 +330,16 @@ impl Links {
     }
 }
 
-/// D2D presence state (spec §3.5): the announce schedule and the peer table
-/// that restarts the burst when a new device shows up.
+/// D2D presence (spec §3.5): when to announce next, and until when in the burst.
+///
+/// A device announces in a burst when its session comes up, then steadily. It does not collect
+/// other devices' presence: the Python device restarts its burst on every new peer so that its
+/// own collector's peers learn it, but dcd never calls another device, and a client learns a
+/// device from the steady beat or at once by a probe. Collecting made N devices receive each
+/// other's N presence beats and answer every newcomer with a burst: O(N²) messages (issue 16).
 struct Presence {
     next: Instant,
     burst_until: Instant,
-    next_prune: Instant,
-    peers: HashMap<String, Instant>,
 }
 
 /// Infra registration (spec §3.6).
@@ -416,7 +416,6 @@ impl Core {
     fn subscriptions(&self) -> Vec<(Sub, String)> {
         let mut subs = vec![(Sub::Cmd, self.own("cmd")), (Sub::Broadcast, self.subject("broadcast"))];
         if self.d2d {
-            subs.push((Sub::Presence, self.subject("*.presence")));
             subs.push((Sub::Probe, self.subject("discovery.probe")));
         }
         subs
@@ -435,9 +434,18 @@ impl Core {
         }
         self.next_heartbeat = now;
         if self.d2d {
-            let peers = self.presence.take().map(|p| p.peers).unwrap_or_default();
-            self.presence =
-                Some(Presence { next: now, burst_until: now + BURST_LENGTH, next_prune: now + PRUNE_INTERVAL, peers });
+            // Random phases, so a fleet that comes up together spreads its beats over the
+            // interval instead of sending them at once. Only the first session bursts: after a
+            // reconnect, clients that knew the device still do (they forget a device only after
+            // 30 s of silence), and a new client probes; so a fleet that comes back after a hub
+            // restart sends one beat each, spread over the steady interval, not a burst each.
+            self.presence = Some(match self.presence {
+                None => {
+                    let first = now + jitter(BURST_INTERVAL);
+                    Presence { next: first, burst_until: first + BURST_LENGTH }
+                }
+                Some(_) => Presence { next: now + jitter(STEADY_INTERVAL), burst_until: now },
+            });
         } else {
             self.registration =
                 Some(Registration::Pending { at: now + jitter(REGISTER_JITTER), backoff: REGISTER_BACKOFF_FIRST });
@@ -461,10 +469,6 @@ impl Core {
         let inbound = match sub {
             Sub::Cmd => Inbound::Request { payload, reply: reply.unwrap_or_else(Responder::discard) },
             Sub::Broadcast => Inbound::Broadcast { payload },
-            Sub::Presence => {
-                self.on_presence(&payload, now);
-                return Vec::new();
-            }
             Sub::Probe => return self.presence_now().into_iter().collect(),
         };
         match self.inbound.try_send(inbound) {
@@ -477,32 +481,6 @@ impl Core {
             }
         }
         Vec::new()
-    }
-
-    fn on_presence(&mut self, payload: &[u8], now: Instant) {
-        let Some(presence) = self.presence.as_mut() else {
-            return;
-        };
-        let Ok(Value::Object(msg)) = serde_json::from_slice::<Value>(payload) else {
-            return;
-        };
-        let Some(id) = msg.get("device_id").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
-            return;
-        };
-        if id == self.device_id {
-            return;
-        }
-        if msg.get("departing").and_then(Value::as_bool) == Some(true) {
-            if presence.peers.remove(id).is_some() {
-                log::debug!("peer {id} departed");
-            }
-            return;
-        }
-        if presence.peers.insert(id.to_string(), now).is_none() {
-            log::debug!("new peer {id}: presence burst");
-            presence.burst_until = now + BURST_LENGTH;
-            presence.next = presence.next.min(now + BURST_INTERVAL);
-        }
     }
 
     /// A probe wants presence at once; the regular schedule is unaffected.
@@ -614,16 +592,6 @@ impl Core {
             out.push(Out::Publish { subject: self.own("heartbeat"), payload: body.to_string().into_bytes() });
         }
         if let Some(p) = self.presence.as_mut() {
-            if now >= p.next_prune {
-                p.next_prune = now + PRUNE_INTERVAL;
-                p.peers.retain(|id, seen| {
-                    let alive = now.duration_since(*seen) <= PEER_TIMEOUT;
-                    if !alive {
-                        log::debug!("peer {id} timed out");
-                    }
-                    alive
-                });
-            }
             if now >= p.next {
                 p.next = now + if now < p.burst_until { BURST_INTERVAL } else { STEADY_INTERVAL };
                 out.extend(self.presence_now());
@@ -657,7 +625,7 @@ impl Core {
         }
         next = next.min(self.next_heartbeat);
         if let Some(p) = &self.presence {
-            next = next.min(p.next).min(p.next_prune);
+            next = next.min(p.next);
         }
         if let Some(Registration::Pending { at, .. }) = &self.registration {
             next = next.min(*at);
@@ -777,7 +745,6 @@ mod tests {
             vec![
                 (Sub::Cmd, "device-connect.t.dev-1.cmd".to_string()),
                 (Sub::Broadcast, "device-connect.t.broadcast".to_string()),
-                (Sub::Presence, "device-connect.t.*.presence".to_string()),
                 (Sub::Probe, "device-connect.t.discovery.probe".to_string()),
             ]
         );
@@ -792,14 +759,44 @@ mod tests {
         assert!(c.due(t0).is_empty(), "nothing goes out before the session is up");
         c.connected(t0);
         let times = presence_times(&mut c, t0, 0.0, 30.0);
-        let burst: Vec<_> = times.iter().filter(|t| **t < 10.0).collect();
+        let first = times[0];
+        assert!(first < 0.5, "the burst starts within one interval: {times:?}");
+        let burst: Vec<_> = times.iter().filter(|t| **t < first + 10.0).collect();
         assert_eq!(burst.len(), 20, "{times:?}");
         for w in times.windows(2) {
             let gap = w[1] - w[0];
-            let want = if w[0] < 10.0 { 0.5 } else { 5.0 };
+            let want = if w[0] < first + 10.0 { 0.5 } else { 5.0 };
             assert!((gap - want).abs() < 0.02, "gap {gap} after {} in {times:?}", w[0]);
         }
-        assert_eq!(times.iter().filter(|t| **t >= 10.0).count(), 4);
+        assert!((3..=4).contains(&times.iter().filter(|t| **t >= first + 10.0).count()), "{times:?}");
+    }
+
+    #[test]
+    fn bursts_are_spread_over_the_interval() {
+        let firsts: Vec<f64> = (0..50)
+            .map(|_| {
+                let (mut c, _) = core(true);
+                let t0 = Instant::now();
+                c.connected(t0);
+                presence_times(&mut c, t0, 0.0, 0.5)[0]
+            })
+            .collect();
+        assert!(firsts.iter().any(|t| *t >= 0.25), "all in the first half: {firsts:?}");
+        assert!(firsts.iter().any(|t| *t < 0.25), "all in the second half: {firsts:?}");
+    }
+
+    #[test]
+    fn a_reconnect_beats_once_without_a_burst() {
+        let (mut c, _) = core(true);
+        let t0 = Instant::now();
+        c.connected(t0);
+        presence_times(&mut c, t0, 0.0, 20.0);
+        c.disconnected();
+        presence_times(&mut c, t0, 20.0, 10.0);
+        c.connected(t0 + Duration::from_secs(30));
+        let times = presence_times(&mut c, t0, 30.0, 15.0);
+        assert_eq!(times.len(), 3, "steady beats only: {times:?}");
+        assert!(times[0] < 35.0, "the first within the steady interval: {times:?}");
     }
 
     #[test]
@@ -808,11 +805,13 @@ mod tests {
         let t0 = Instant::now();
         c.connected(t0);
         let out = c.due(t0);
-        assert_eq!(subjects(&out), ["device-connect.t.dev-1.heartbeat", "device-connect.t.dev-1.presence"]);
+        assert_eq!(subjects(&out), ["device-connect.t.dev-1.heartbeat"]);
         let hb = body(&out[0]);
         assert_eq!(hb["device_id"], "dev-1");
         assert!(hb["ts"].is_f64());
-        let p = body(&out[1]);
+        let out = c.due(t0 + BURST_INTERVAL);
+        assert_eq!(subjects(&out), ["device-connect.t.dev-1.presence"]);
+        let p = body(&out[0]);
         assert_eq!(p["d2d"], true);
         assert!(p["ts"].is_f64());
         assert!(p.get("device_ttl").is_none());
@@ -826,51 +825,16 @@ mod tests {
     }
 
     #[test]
-    fn new_peer_restarts_the_burst() {
-        let (mut c, _) = core(true);
-        let t0 = Instant::now();
-        c.connected(t0);
-        presence_times(&mut c, t0, 0.0, 20.0);
-        let peer = |id: &str| json!({"device_id": id}).to_string().into_bytes();
-        let at = t0 + Duration::from_secs(20);
-        // Our own presence and nameless messages are not peers.
-        c.on_message(Sub::Presence, peer("dev-1"), None, at);
-        c.on_message(Sub::Presence, b"{}".to_vec(), None, at);
-        assert!(c.presence.as_ref().unwrap().peers.is_empty());
-        assert_eq!(presence_times(&mut c, t0, 20.0, 4.0).len(), 1, "still steady");
-        let at = t0 + Duration::from_secs(24);
-        c.on_message(Sub::Presence, peer("other"), None, at);
-        let times = presence_times(&mut c, t0, 24.0, 10.0);
-        assert!(times.len() >= 19, "a new burst: {times:?}");
-        // A known peer does not restart it; a departure forgets the peer.
-        c.on_message(Sub::Presence, peer("other"), None, t0 + Duration::from_secs(40));
-        assert!(presence_times(&mut c, t0, 40.0, 10.0).len() <= 3);
-        let bye = json!({"device_id": "other", "departing": true}).to_string().into_bytes();
-        c.on_message(Sub::Presence, bye, None, t0 + Duration::from_secs(50));
-        assert!(c.presence.as_ref().unwrap().peers.is_empty());
-    }
-
-    #[test]
-    fn peers_are_pruned() {
-        let (mut c, _) = core(true);
-        let t0 = Instant::now();
-        c.connected(t0);
-        c.on_message(Sub::Presence, json!({"device_id": "p"}).to_string().into_bytes(), None, t0);
-        presence_times(&mut c, t0, 0.0, 29.0);
-        assert_eq!(c.presence.as_ref().unwrap().peers.len(), 1);
-        presence_times(&mut c, t0, 29.0, 20.0);
-        assert!(c.presence.as_ref().unwrap().peers.is_empty());
-    }
-
-    #[test]
     fn probe_gets_presence_at_once() {
         let (mut c, _) = core(true);
         let t0 = Instant::now();
         c.connected(t0);
-        presence_times(&mut c, t0, 0.0, 12.0);
+        let before = presence_times(&mut c, t0, 0.0, 12.0);
         let out = c.on_message(Sub::Probe, b"{\"probe\":true}".to_vec(), None, t0 + Duration::from_secs(12));
         assert_eq!(subjects(&out), ["device-connect.t.dev-1.presence"]);
-        assert_eq!(presence_times(&mut c, t0, 12.0, 3.5), [15.0], "the schedule goes on as before");
+        let next = presence_times(&mut c, t0, 12.0, 5.0);
+        let want = before.last().unwrap() + 5.0;
+        assert!(next.len() == 1 && (next[0] - want).abs() < 0.02, "the schedule goes on as before: {next:?}");
     }
 
     #[test]

@@ -19,7 +19,13 @@ use async_nats::{Client, ConnectOptions, Message, ServerAddr, Subject};
 use futures_core::Stream;
 use tokio::sync::mpsc::{channel, unbounded_channel, Receiver, Sender, UnboundedReceiver, UnboundedSender};
 
-use super::{Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, Tls, IDLE_WAIT, REGISTER_TIMEOUT};
+use super::{
+    jitter, Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, Tls, IDLE_WAIT, REGISTER_TIMEOUT,
+};
+
+/// The jitter window of the first reconnect attempt, and the largest one.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(8);
 
 /// How long the farewell and queued messages get to reach the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -82,6 +88,7 @@ fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOpti
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(PING_EVERY)
+        .reconnect_delay_callback(reconnect_delay)
         // Registration is the only request the device makes.
         .request_timeout(Some(REGISTER_TIMEOUT))
         .event_callback(move |event| {
@@ -109,6 +116,17 @@ fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOpti
         o = o.require_tls(true);
     }
     with_tls(o, &cfg.tls, cfg.tls_skip_hostname)
+}
+
+/// Before reconnect attempt `n` (1, 2, …): a random wait below a window that doubles from
+/// `RECONNECT_FIRST` up to `RECONNECT_MAX` ("full jitter"). The first attempt waits too, so a
+/// fleet whose server went down does not dial the others, or the restarted one, all in the same
+/// instant; async-nats's own default starts at zero and has no jitter. Each attempt tries one
+/// of the configured servers (shuffled), so a device with several URLs reaches a live one in
+/// about `RECONNECT_FIRST` plus twice that.
+fn reconnect_delay(attempt: usize) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(8) as u32;
+    jitter((RECONNECT_FIRST * (1 << doublings)).min(RECONNECT_MAX))
 }
 
 /// Inline PEM or the contents of a file; the file wins (spec §5.3).
@@ -423,6 +441,22 @@ async fn send(client: &Client, tx: &UnboundedSender<Msg>, out: Out) {
                 let reply = client.request(subject, payload.into()).await;
                 let _ = tx.send(Msg::Registered(id, reply.map(|m| m.payload.to_vec()).map_err(|e| e.to_string())));
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_are_spread_within_doubling_windows() {
+        let waits = |attempt| (0..200).map(|_| reconnect_delay(attempt)).collect::<Vec<_>>();
+        for (attempt, window) in [(1, 1), (2, 2), (3, 4), (4, 8), (40, 8)] {
+            let w = waits(attempt);
+            assert!(w.iter().all(|d| *d < Duration::from_secs(window)), "attempt {attempt}: {w:?}");
+            // Spread over the window, not bunched at its start (fails with odds of 2^-200).
+            assert!(w.iter().any(|d| *d >= Duration::from_secs(window) / 2), "attempt {attempt}: {w:?}");
         }
     }
 }

@@ -7,7 +7,9 @@
 //! tests check with talks to it. tests/run.sh runs the suite once per engine.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod client;
 pub mod relay;
+pub mod router;
 
 use std::process::Command;
 use std::sync::Arc;
