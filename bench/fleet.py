@@ -272,6 +272,8 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=15.0)
     ap.add_argument("--json-out")
     a = ap.parse_args()
+    # Stopped from outside: still stop every process started here (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bins = [b.split("=", 1) for b in a.bin]
     d = tempfile.mkdtemp(prefix="dcd-fleet-")
     print(f"fleet: logs and configs in {d}", file=sys.stderr)

@@ -341,7 +341,7 @@ async fn serve(
                         let _ = tx.send(Msg::Reply(inbox, bytes));
                     })
                 });
-                for out in core.on_message(sub, m.payload.to_vec(), reply, now) {
+                for out in core.on_message(sub, m.payload.to_vec(), reply) {
                     send(&client, tx, out).await;
                 }
             }

@@ -166,7 +166,7 @@ fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
             Step::Event(ev) => core.push_event(ev),
             Step::Publish(p) => core.push_publish(p),
             Step::Other(Msg::Sample(sub, sample)) => {
-                for out in core.on_message(sub, sample.payload().to_bytes().into_owned(), None, now) {
+                for out in core.on_message(sub, sample.payload().to_bytes().into_owned(), None) {
                     send(&session, &tx, out);
                 }
             }
@@ -179,7 +179,7 @@ fn run(config: zenoh::Config, client: bool, mut core: Core, mut links: Links) {
                         log::warn!("reply not sent: {e}");
                     }
                 });
-                core.on_message(Sub::Cmd, payload, Some(reply), now);
+                core.on_message(Sub::Cmd, payload, Some(reply));
             }
             Step::Other(Msg::Registered(id, reply)) => core.on_registered(&id, reply, now),
             Step::Idle => {}
