@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,9 +42,16 @@ procs: list[subprocess.Popen] = []
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below Linux's ephemeral range: the servers restart on theirs, and by then an
+    ephemeral one may have gone to some client's outgoing connection."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def spawn(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
