@@ -19,14 +19,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{ChildStdin, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use zenoh::Wait;
+use serde_json::json;
 
 use common::client::{Client, IMAGE, WAIT};
 use common::{dcd, free_port, nats_server, script, Cleanup, Netns, Proc, READY};
