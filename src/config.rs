@@ -110,13 +110,13 @@ fn truthy(v: Option<String>) -> bool {
 
 /// What a credentials file holds (spec §5.3).
 #[derive(Debug, Default)]
-struct Creds {
-    device_id: Option<String>,
-    tenant: Option<String>,
-    urls: Vec<String>,
-    jwt: Option<String>,
-    seed: Option<String>,
-    tls: Tls,
+pub struct Creds {
+    pub device_id: Option<String>,
+    pub tenant: Option<String>,
+    pub urls: Vec<String>,
+    pub jwt: Option<String>,
+    pub seed: Option<String>,
+    pub tls: Tls,
 }
 
 pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
@@ -350,14 +350,20 @@ fn read_creds(path: &Path, backend: Option<&str>) -> Result<Creds, String> {
         path
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("credentials {}: {e}", path.display()))?;
+    parse_creds(&text, backend).map_err(|e| format!("credentials {}: {e}", path.display()))
+}
+
+/// The text of a credentials file: an nsc `.creds` file or portal JSON. Public for the fuzz
+/// targets (fuzz/checks.rs), which feed it any text.
+pub fn parse_creds(text: &str, backend: Option<&str>) -> Result<Creds, String> {
     if !text.trim_start().starts_with('{') {
         return Ok(Creds {
-            jwt: nsc_block(&text, "-----BEGIN NATS USER JWT-----"),
-            seed: nsc_block(&text, "-----BEGIN USER NKEY SEED-----"),
+            jwt: nsc_block(text, "-----BEGIN NATS USER JWT-----"),
+            seed: nsc_block(text, "-----BEGIN USER NKEY SEED-----"),
             ..Creds::default()
         });
     }
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("credentials {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let s = |v: &Value| v.as_str().map(String::from);
     let section_name = match backend {
         Some(b) => b.to_string(),
@@ -383,10 +389,13 @@ fn read_creds(path: &Path, backend: Option<&str>) -> Result<Creds, String> {
     })
 }
 
-/// The text after `begin` up to the closing dashes line of an nsc `.creds` file.
+/// The text after `begin` up to the closing dashes line of an nsc `.creds` file; `None` for an
+/// empty block, whose next line is a dashes line (the fuzzer found the END or next BEGIN line
+/// read as the value).
 fn nsc_block(text: &str, begin: &str) -> Option<String> {
     let mut lines = text.lines().skip_while(|l| l.trim() != begin).skip(1);
-    lines.find(|l| !l.trim().is_empty() && !l.starts_with('*')).map(|l| l.trim().to_string())
+    let line = lines.find(|l| !l.trim().is_empty() && !l.starts_with('*'))?.trim();
+    (!line.starts_with("---")).then(|| line.to_string())
 }
 
 #[cfg(test)]
@@ -478,6 +487,8 @@ mod tests {
         std::fs::write(&nsc, "-----BEGIN NATS USER JWT-----\neyJ.abc\n------END NATS USER JWT------\n\n* note\n\n-----BEGIN USER NKEY SEED-----\nSUAXYZ\n------END USER NKEY SEED------\n").unwrap();
         let c = read_creds(&nsc, Some("nats")).unwrap();
         assert_eq!((c.jwt.as_deref(), c.seed.as_deref()), (Some("eyJ.abc"), Some("SUAXYZ")));
+        let empty = parse_creds("-----BEGIN NATS USER JWT-----\n------END NATS USER JWT------\n", None).unwrap();
+        assert_eq!(empty.jwt, None, "an empty block holds no JWT, not its END line");
         let portal = dir.join("p.creds.json");
         std::fs::write(&portal, r#"{"device_id":"pi-7","tenant":"acme","nats":{"urls":["nats://p:4222"],"jwt":"J","nkey_seed":"S","tls":{"ca_file":"/ca.pem"}}}"#).unwrap();
         let dir_s = dir.to_string_lossy().to_string();

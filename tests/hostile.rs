@@ -1,7 +1,10 @@
 //! Hostile input, in process: the JSON-RPC envelope, the engine stream decoders and the spec
 //! bounds fed random and mutated data from a seeded xorshift generator (no fuzzing crates). Each
 //! test prints its seed; `DCD_FUZZ_SEED=<n>` replays a run. Every loop is bounded in count.
+//! The invariants are the coverage-guided fuzz targets' own (fuzz/checks.rs).
 
+#[path = "../fuzz/checks.rs"]
+mod checks;
 mod common;
 
 use std::collections::BTreeSet;
@@ -12,13 +15,11 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use dcd::engine::stream::{Demux, JsonLines, Line, MAX_LINE};
+use dcd::engine::stream::{Line, MAX_LINE};
 use dcd::engine::{sim::Sim, Credentials, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
 
-const DEVICE: &str = "fuzz-host";
-/// How deep `rpc` lets JSON nest before dropping it unread.
-const MAX_DEPTH: usize = 64;
+use checks::{assert_bounded, demux_lines as demux, depth, json_values as json_lines, short, DEVICE, MAX_DEPTH};
 
 /// xorshift64*: small, fast, and the same sequence everywhere for a seed.
 struct Rng(u64);
@@ -199,97 +200,7 @@ impl Rig {
         .unwrap_or_else(|_| panic!("rpc::handle panicked on {} bytes: {}", payload.len(), shown()));
         // A silent request drops its sender unused.
         let reply = rx.recv_timeout(Duration::from_secs(30)).ok();
-        let request = expected_request(payload);
-        let (Some(req), Some(bytes)) = (&request, &reply) else {
-            assert_eq!(
-                request.is_some(),
-                reply.is_some(),
-                "reply {:?} for {}",
-                reply.map(|r| String::from_utf8_lossy(&r).into_owned()),
-                shown()
-            );
-            return None;
-        };
-        let r: Value =
-            serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("reply is not JSON ({e}) for {}", shown()));
-        let obj = r.as_object().unwrap_or_else(|| panic!("reply is not an object: {r}"));
-        assert!(same_id(&obj["id"], &req["id"]), "id {} not echoed for {}", obj["id"], shown());
-        assert_eq!(r["jsonrpc"], "2.0");
-        assert_eq!(obj.len(), 3, "reply has exactly jsonrpc, id and result or error: {r}");
-        let method = match req.get("method") {
-            Some(Value::String(m)) => m.clone(),
-            None | Some(Value::Null) => "None".into(),
-            Some(other) => other.to_string(),
-        };
-        if let Some(err) = obj.get("error") {
-            let (code, message) = (err["code"].as_i64(), err["message"].as_str().unwrap_or_default());
-            assert_eq!(err.as_object().map(Map::len), Some(2), "error holds only code and message: {r}");
-            let object_params = matches!(req.get("params"), None | Some(Value::Object(_)));
-            match code {
-                Some(-32601) => {
-                    assert!(
-                        !known.contains(&method) && method != "requestRegistration",
-                        "-32601 for a known method: {r}"
-                    );
-                    assert_eq!(message, format!("Unknown method: {method}"));
-                }
-                Some(-32000) => {
-                    assert!(
-                        known.contains(&method) || !object_params,
-                        "-32000 for unknown method {method:?} with object params: {r}"
-                    );
-                    assert!(message.starts_with(&format!("Error invoking {method}: ")), "{message}");
-                }
-                _ => panic!("error code {code:?} for {}: {r}", shown()),
-            }
-        } else {
-            assert!(obj.contains_key("result"), "{r}");
-            assert!(
-                known.contains(&method) || method == "requestRegistration",
-                "a result for unknown method {method:?}: {r}"
-            );
-            if method == "requestRegistration" {
-                assert_eq!(r["result"]["device_id"], DEVICE);
-            }
-        }
-        Some(r)
-    }
-}
-
-/// The request object `rpc::handle` must answer, or `None` when it must stay silent: too large,
-/// not JSON, not an object (a batch), nested too deep, or without an `id`.
-fn expected_request(payload: &[u8]) -> Option<Map<String, Value>> {
-    if payload.len() > MAX_REQUEST_BYTES {
-        return None;
-    }
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(m)) if depth(&Value::Object(m.clone())) <= MAX_DEPTH && m.contains_key("id") => Some(m),
-        _ => None,
-    }
-}
-
-/// Ids are echoed as parsed. serde_json (without `float_roundtrip`) may read a number with more
-/// digits than an f64 holds one ulp off, and the echo is then parsed again, so such numbers are
-/// compared to within a few ulps; everything else must be identical.
-fn same_id(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
-        }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_id(x, y)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_id(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
-        _ => 0,
+        checks::rpc_reply(known, payload, reply.as_deref())
     }
 }
 
@@ -580,39 +491,6 @@ fn rpc_ids_of_every_type_are_echoed_and_edges_are_dropped() {
     assert!(r["error"]["message"].as_str().unwrap().contains("max_payload"), "{r}");
 }
 
-/// Feeds `stream` to a fresh `Demux` in the given chunk sizes (cycled) and returns its lines.
-fn demux(tty: bool, timestamps: bool, stream: &[u8], chunks: &[usize]) -> Vec<Line> {
-    let mut d = Demux::new(tty, timestamps);
-    let mut lines = Vec::new();
-    let mut rest = stream;
-    for &c in chunks.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (now, later) = rest.split_at(c.clamp(1, rest.len()));
-        d.push(now, &mut |l| lines.push(l));
-        rest = later;
-    }
-    d.finish(&mut |l| lines.push(l));
-    lines
-}
-
-fn json_lines(stream: &[u8], chunks: &[usize]) -> Vec<Value> {
-    let mut j = JsonLines::new();
-    let mut out = Vec::new();
-    let mut rest = stream;
-    for &c in chunks.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (now, later) = rest.split_at(c.clamp(1, rest.len()));
-        j.push(now, &mut |v| out.push(v));
-        rest = later;
-    }
-    j.finish(&mut |v| out.push(v));
-    out
-}
-
 /// A log stream as the engine sends it, roughly: frames of stdout and stderr holding lines with
 /// timestamps, multibyte text and CRLF, sometimes with a damaged header or a hostile length.
 fn log_stream(rng: &mut Rng, timestamps: bool) -> Vec<u8> {
@@ -645,32 +523,6 @@ fn log_stream(rng: &mut Rng, timestamps: bool) -> Vec<u8> {
 
 fn random_chunks(rng: &mut Rng, max: usize) -> Vec<usize> {
     (0..1 + rng.below(16)).map(|_| 1 + rng.below(max)).collect()
-}
-
-/// A decoded line is one line, and never holds more than `MAX_LINE` bytes of input. `from_utf8_lossy` may widen
-/// each invalid byte to U+FFFD (three bytes), so text that was not UTF-8 may be up to three times
-/// that; text that was UTF-8 must fit exactly.
-fn assert_bounded(lines: &[Line], input: &[u8], case: &str) {
-    let total: usize = lines.iter().map(|l| l.text.len() + l.ts.as_ref().map_or(0, String::len)).sum();
-    assert!(total <= 3 * input.len(), "{case}: {total} bytes out of {} in", input.len());
-    for l in lines {
-        assert!(!l.text.contains('\n'), "{case}: a line holds a newline: {}", short(l));
-        let limit = if l.text.contains('\u{fffd}') { 3 * MAX_LINE } else { MAX_LINE };
-        assert!(l.text.len() <= limit, "{case}: a line of {} bytes", l.text.len());
-        assert!(l.ts.as_ref().is_none_or(|t| t.len() <= 3 * 64), "{case}: {}", short(l));
-    }
-}
-
-/// A line for a failure message: its lengths, its newline if any, and its first characters.
-fn short(l: &Line) -> String {
-    let head: String = l.text.chars().take(40).collect();
-    let ts = l.ts.as_ref().map(String::len);
-    format!(
-        "{:?} line of {} bytes (timestamp {ts:?} bytes, newline at {:?}): {head:?}…",
-        l.source,
-        l.text.len(),
-        l.text.find('\n')
-    )
 }
 
 #[test]
