@@ -19,8 +19,11 @@ use dcd::engine::stream::{Demux, JsonLines, Line, Source, MAX_LINE};
 use dcd::policy::Policy;
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
 
+/// A target's check: any bytes in, a panic on a broken invariant.
+pub type Check = fn(&[u8]);
+
 /// Every target by its name (the directory of its corpus under fuzz/corpus/).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("rpc", rpc),
     ("spec", spec),
     ("compose", compose),
