@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -1366,6 +1367,14 @@ class Bench:
     async def _run(self, nc):
         print(f"  {'section':<10} {'metric':<44} {'value: median [min–max]':<34} {'floor':<28} "
               f"{'ratio':<18} {'overhead':<18} goal", flush=True)
+        if self.a.only == "compose":
+            d = Daemon(self.bin, "nats", self.tenant("c"), self.logdir, self.a.nats_url)
+            try:
+                await wait_answer_nats(nc, d)
+                await self.compose_updown(nc, d)
+            finally:
+                d.stop()
+            return {}
         self.sizes()
         startup = await self.startup(nc)
         rss_n, delta_n = await self.memory(nc, "nats", 2000 if self.quick else 10000)
@@ -1406,6 +1415,7 @@ class Bench:
                 self.put("log_client_ceiling_msgs_per_s", rate)
                 await self.log_follow(nc, d)
                 await self.job_pull(nc, d)
+                await self.compose_updown(nc, d)
                 s = d.status()
                 self.row("memory", "NATS: RSS at the end of the full run", f"{s['VmRSS'] / 1024:.2f} MiB",
                          "", "", "", "", f"peak {s['VmHWM'] / 1024:.2f} MiB, {s['Threads']} threads")
@@ -1498,6 +1508,83 @@ class Bench:
         self.put("job_pull_cli_floor_ms", floor_ms)
         self.put("job_last_byte_to_finished_ms", tail_ms)
         self.put("job_progress_events_per_s", rate_ev)
+
+
+    async def compose_updown(self, nc, d: Daemon):
+        """compose_up and compose_down of the three-service project of tests/compose.rs (images
+        present), against Debian's docker-compose up -d / down of the same file (issue 13)."""
+        if shutil.which("docker-compose") is None:
+            self.notes.append("compose: no docker-compose; compose_up/down were not measured")
+            return
+        project = f"{self.run_id}cmp".lower()
+        folder = os.path.join(self.logdir, project)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "compose.yaml")
+        with open(path, "w") as f:
+            f.write(COMPOSE_APP.format(image=IMAGE, port=free_port()))
+        with open(path) as f:
+            yaml = f.read()
+        log(f"compose: {self.rounds} rounds of up/down, dcd and docker-compose")
+        cli = ["docker-compose", "-p", project, "-f", path]
+        ours = {"up": Agg(), "down": Agg()}
+        theirs = {"up": Agg(), "down": Agg()}
+        for _ in range(self.rounds):
+            for what, args in (("up", ["up", "-d"]), ("down", ["down", "-v"])):
+                t = time.perf_counter()
+                subprocess.run(cli + args, check=True, capture_output=True, timeout=180)
+                theirs[what].add((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            up = await nrpc(nc, d, "compose_up", {"spec": {"compose_yaml": yaml, "project": project}, "wait": 120},
+                            timeout=150)
+            ours["up"].add((time.perf_counter() - t) * 1000)
+            if up.get("status") != "success":
+                raise RuntimeError(f"compose_up: {up}")
+            t = time.perf_counter()
+            await nrpc(nc, d, "compose_down", {"project": project, "volumes": True}, timeout=60)
+            ours["down"].add((time.perf_counter() - t) * 1000)
+        for what in ("up", "down"):
+            ratio = ours[what].med / theirs[what].med
+            self.row("compose", f"compose_{what} of 3 services (healthcheck, init)", ours[what].fmt("{:.0f}", " ms"),
+                     f"docker-compose {what}: {theirs[what].med:.0f} ms", f"{ratio:.2f}×", "", "≤ 1.1×",
+                     verdict(ratio <= 1.1))
+            self.put(f"compose_{what}_ms", ours[what])
+            self.put(f"compose_cli_{what}_ms", theirs[what])
+
+
+# The three-service project of tests/compose.rs: init fills a volume, api (healthcheck) waits for
+# it, web waits for api to be healthy.
+COMPOSE_APP = """services:
+  init:
+    image: {image}
+    command: ["sh", "-c", "echo ready > /data/ready"]
+    volumes: [data:/data]
+  api:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo api > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    depends_on:
+      init: {{condition: service_completed_successfully}}
+    networks:
+      back: {{aliases: [backend]}}
+    volumes: ["data:/data:ro"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 2s
+      retries: 20
+  web:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 80 -h /www"]
+    ports: ["127.0.0.1:{port}:80"]
+    depends_on:
+      api: {{condition: service_healthy}}
+    networks: [back]
+networks:
+  back: {{}}
+volumes:
+  data: {{}}
+"""
 
 
 class SlowProxy:
@@ -1755,6 +1842,8 @@ def main() -> int:
     ap.add_argument("--logdir", default=os.path.join(ROOT, "target/bench/logs"))
     ap.add_argument("--json-out", default=None, help="write every figure here as JSON")
     ap.add_argument("--pidfile", default=None, help="append the pid of every daemon started here")
+    ap.add_argument("--only", choices=["compose"], default=None,
+                    help="only this section (compose: compose_up/down against docker-compose)")
     args = ap.parse_args()
     PIDFILE[0] = args.pidfile
 

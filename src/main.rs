@@ -61,10 +61,17 @@ fn run(cfg: Config) -> Result<(), String> {
     let engine: Arc<dyn Engine> = if cfg.simulate {
         Arc::new(Sim::new())
     } else {
-        if cfg.in_container && cfg.docker_host.is_none() && !std::path::Path::new("/var/run/docker.sock").exists() {
-            return Err("no /var/run/docker.sock in this container: mount it, or set DCD_SIM=1".into());
+        let docker = Docker::connect(cfg.docker_host.as_deref()).map_err(|e| e.to_string())?;
+        // In a container, an engine socket that was never mounted is a deployment mistake, not an
+        // engine that is down: say so rather than wait for it. Podman's socket counts (found as
+        // outside a container, when Docker's is absent).
+        let socket = docker.host().and_then(|h| h.strip_prefix("unix://").map(String::from));
+        if cfg.in_container && cfg.docker_host.is_none() && socket.is_some_and(|s| !std::path::Path::new(&s).exists()) {
+            return Err("no /var/run/docker.sock (nor Podman's /run/podman/podman.sock) in this container: \
+                        mount one, or set DCD_SIM=1"
+                .into());
         }
-        Arc::new(Docker::connect(cfg.docker_host.as_deref()).map_err(|e| e.to_string())?)
+        Arc::new(docker)
     };
     let device_id = cfg.mesh.device_id.clone();
     log::info!(

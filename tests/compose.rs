@@ -37,43 +37,22 @@ const PYTHON_FUNCTIONS: &[&str] = &[
 
 /// Removes on drop everything labelled with the project, and a scratch directory.
 struct Cleanup {
-    project: String,
+    _project: common::ComposeCleanup,
     dir: Option<PathBuf>,
+}
+
+impl Cleanup {
+    fn new(project: &str, dir: Option<PathBuf>) -> Cleanup {
+        Cleanup { _project: common::ComposeCleanup(project.to_string()), dir }
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.project);
-        for id in docker(&["ps", "-aq", "--filter", &label]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        for kind in ["network", "volume"] {
-            for id in docker(&[kind, "ls", "-q", "--filter", &label]).lines() {
-                docker(&[kind, "rm", id]);
-            }
-        }
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
     }
-}
-
-/// Containers, networks and volumes carrying the project's label, as the docker CLI sees them.
-fn labelled(project: &str) -> String {
-    let label = format!("label=com.docker.compose.project={project}");
-    ["container", "network", "volume"]
-        .iter()
-        .map(|kind| {
-            let all = if *kind == "container" { vec!["ls", "-aq"] } else { vec!["ls", "-q"] };
-            let mut args = vec![*kind];
-            args.extend(all);
-            args.extend(["--filter", &label]);
-            docker(&args)
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim()
-        .to_string()
 }
 
 /// The three-service project: init fills a named volume; api (on a custom network, alias
@@ -158,7 +137,7 @@ fn three_services_up_update_and_down() {
     let Some((rig, image)) = common::real_mesh_rig() else { return };
     let project = common::unique("cmp").replace('-', "");
     let dir = std::env::temp_dir().join(&project);
-    let _c = Cleanup { project: project.clone(), dir: Some(dir.clone()) };
+    let _c = Cleanup::new(&project, Some(dir.clone()));
     let port = free_port();
     let spec =
         |greeting: &str| json!({"spec": {"compose_yaml": three_services(&image, port, greeting), "project": project}});
@@ -180,8 +159,7 @@ fn three_services_up_update_and_down() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("compose.yaml");
     std::fs::write(&file, three_services(&image, port, "hello")).unwrap();
-    let cli = std::process::Command::new("docker-compose")
-        .args(["-p", &project, "-f", &file.to_string_lossy(), "ps"])
+    let cli = common::docker_compose_cli(&["-p", &project, "-f", &file.to_string_lossy(), "ps"])
         .output()
         .expect("docker-compose");
     let listed = String::from_utf8_lossy(&cli.stdout);
@@ -221,7 +199,7 @@ fn three_services_up_update_and_down() {
     assert_eq!(docker(&["network", "ls", "-q", "--filter", &label]), "", "networks removed");
     assert_ne!(docker(&["volume", "ls", "-q", "--filter", &label]), "", "volumes kept without volumes: true");
     rig.ok("compose_down", json!({"project": project, "volumes": true}));
-    assert_eq!(labelled(&project), "", "volumes removed too");
+    assert_eq!(common::compose_objects(&project), "", "volumes removed too");
     rig.ok("compose_down", json!({"project": project}));
 }
 
@@ -230,7 +208,7 @@ fn refusals_and_hostile_input_create_nothing() {
     let Some((py, image)) = common::mesh_parts() else { return };
     let project = common::unique("cmpbad").replace('-', "");
     let allowed = std::env::temp_dir().join(format!("{project}-dirs"));
-    let _c = Cleanup { project: project.clone(), dir: Some(allowed.clone()) };
+    let _c = Cleanup::new(&project, Some(allowed.clone()));
     let app = allowed.join("app");
     std::fs::create_dir_all(&app).unwrap();
     let policy = allowed.join("policy.json");
@@ -267,7 +245,7 @@ fn refusals_and_hostile_input_create_nothing() {
         let e = rig.err("compose_up", json!({"spec": {"compose_yaml": yaml, "project": project}}));
         assert!(e.starts_with("policy:") && e.contains(want), "{want}: {e}");
         assert!(e.contains("service bad") || e.contains("volume root"), "names the service: {e}");
-        assert_eq!(labelled(&project), "", "refused {want:?} left something behind");
+        assert_eq!(common::compose_objects(&project), "", "refused {want:?} left something behind");
     }
 
     let laughs = "x-a: &a [x,x,x,x,x,x,x,x,x,x]\nx-b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nx-c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nx-d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\nx-e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nx-f: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\nservices: {}\n";
@@ -293,7 +271,7 @@ fn refusals_and_hostile_input_create_nothing() {
         };
         let e = rig.err("compose_up", json!({"spec": spec}));
         assert!(e.contains(want), "{want}: {e}");
-        assert_eq!(labelled(&project), "", "{want:?} left something behind");
+        assert_eq!(common::compose_objects(&project), "", "{want:?} left something behind");
     }
 
     // Files on the host: only inside compose_dirs, never quoted back.
@@ -312,5 +290,60 @@ fn refusals_and_hostile_input_create_nothing() {
         let e = rig.err("compose_up", json!({"spec": {"project_dir": dir, "project": project}}));
         assert!(e.starts_with("policy:") && e.contains("project_dir"), "{dir}: {e}");
     }
-    assert_eq!(labelled(&project), "");
+    assert_eq!(common::compose_objects(&project), "");
+}
+
+#[test]
+fn a_new_image_under_the_same_tag_recreates_the_service() {
+    let Some((rig, image)) = common::real_mesh_rig() else { return };
+    let project = common::unique("cmpimg").replace('-', "");
+    let _c = Cleanup::new(&project, None);
+    let tag = format!("dcd-test/{project}:v1");
+    docker(&["tag", &image, &tag]);
+    let yaml = format!(
+        "services:\n  a:\n    image: {tag}\n    init: true\n    command: [sleep, '600']\n  b:\n    image: {image}\n    \
+         init: true\n    command: [sleep, '600']\n"
+    );
+    let spec = json!({"spec": {"compose_yaml": yaml, "project": project}});
+    let first = ids(&rig.ok("compose_up", spec.clone()));
+    // Another image under the same tag, as a pull of a moved tag brings.
+    let maker = format!("{project}-maker");
+    docker(&["run", "--name", &maker, &image, "touch", "/new"]);
+    docker(&["commit", &maker, &tag]);
+    docker(&["rm", "-f", &maker]);
+    let second = rig.ok("compose_up", spec);
+    for ((s, old, _), (_, new, action)) in first.iter().zip(ids(&second)) {
+        match s.as_str() {
+            "a" => assert!(old != &new && action == "recreated", "a recreated: {second}"),
+            _ => assert!(old == &new && action == "unchanged", "b left alone: {second}"),
+        }
+    }
+    rig.ok("compose_down", json!({"project": project}));
+    docker(&["rmi", "-f", &tag]);
+}
+
+#[test]
+fn owned_only_leaves_a_project_of_the_compose_cli_alone() {
+    let Some((py, image)) = common::mesh_parts() else { return };
+    let project = common::unique("cmpcli").replace('-', "");
+    let dir = std::env::temp_dir().join(&project);
+    let _c = Cleanup::new(&project, Some(dir.clone()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = format!("services:\n  a:\n    image: {image}\n    init: true\n    command: [sleep, '600']\n");
+    std::fs::write(dir.join("compose.yaml"), &yaml).unwrap();
+    let cli =
+        common::docker_compose_cli(&["-p", &project, "-f", &dir.join("compose.yaml").to_string_lossy(), "up", "-d"])
+            .output()
+            .expect("docker-compose");
+    assert!(cli.status.success(), "docker-compose up: {}", String::from_utf8_lossy(&cli.stderr));
+    let made = common::compose_objects(&project);
+    assert_ne!(made, "");
+    let policy = dir.join("policy.json");
+    std::fs::write(&policy, r#"{"owned_only": true}"#).unwrap();
+    let rig = MeshRig::start(&py, &["--policy", &policy.to_string_lossy()], &[]);
+    let e = rig.err("compose_down", json!({"project": project}));
+    assert!(e.starts_with("policy:") && e.contains("owned_only") && e.contains(&format!("{project}_a_1")), "{e}");
+    let e = rig.err("compose_up", json!({"spec": {"compose_yaml": yaml, "project": project}}));
+    assert!(e.starts_with("policy:") && e.contains("owned_only"), "{e}");
+    assert_eq!(common::compose_objects(&project), made, "the CLI's project was touched");
 }

@@ -8,7 +8,8 @@
 #      libdl.a, the recipe of Dockerfile.arm64), `docker build` from a staged context (FROM
 #      scratch: nothing is pulled), then the image: --help works; without /var/run/docker.sock it
 #      refuses to start; with DCD_SIM=1 it starts; with the socket and the docker group it answers
-#      get_status (connected: true) to the Python agent tools over a loopback nats-server.
+#      get_status (connected: true) to the Python agent tools over a loopback nats-server, and
+#      brings a compose project up and down (native compose: no compose CLI in the image).
 #      Skip this part with DCD_SKIP_IMAGE_TEST=1.
 set -euo pipefail
 
@@ -23,9 +24,11 @@ die() { printf 'deploy: FAIL %s\n' "$*" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/dcd-deploy-test.XXXXXX)
 CONTAINERS=()
 NATS_PID=
+PROJECT=
 cleanup() {
     local c
     for c in "${CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
+    if [ -n "$PROJECT" ]; then docker network rm "${PROJECT}_default" >/dev/null 2>&1 || true; fi
     if [ -n "$NATS_PID" ]; then kill "$NATS_PID" 2>/dev/null || true; wait "$NATS_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
@@ -61,7 +64,7 @@ for arg in ("DEVICE_ID", "TENANT", "MESSAGING_URL", "CREDENTIALS_DIR"):
 svc = doc["services"]["dcd"]
 assert svc.get("platform") == "linux/arm64", "dcd: platform"
 assert svc.get("restart") == "unless-stopped", "dcd: restart"
-assert any(str(v).startswith("/var/run/docker.sock:") for v in svc.get("volumes", [])), "dcd: docker.sock"
+assert "${ENGINE_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock" in svc.get("volumes", []), "dcd: docker.sock"
 assert svc.get("group_add"), "dcd: group_add"
 EOF
 ok "compose.yaml x-topo block and dcd service"
@@ -173,12 +176,28 @@ docker run -d --name "$name" --network host \
     -e DEVICE_ID=ctr-1 -e TENANT="$tenant" -e NATS_URL="nats://127.0.0.1:$port" \
     -e DEVICE_CONNECT_DISCOVERY_MODE=d2d -e DEVICE_CONNECT_ALLOW_INSECURE=true \
     "$IMAGE" >/dev/null
-out=$(env -u ZENOH_CONNECT -u MESSAGING_URLS -u NATS_URLS \
+call() {  # call FUNCTION PARAMS: through the Python agent tools, to the daemon in the container
+    env -u ZENOH_CONNECT -u MESSAGING_URLS -u NATS_URLS \
         MESSAGING_BACKEND=nats NATS_URL="nats://127.0.0.1:$port" DEVICE_CONNECT_DISCOVERY_MODE=d2d \
-        TENANT="$tenant" timeout 60 "$PY" tests/py/call.py ctr-1 get_status '{}') \
-    || { docker logs "$name" >&2 || true; die "get_status from the container failed"; }
+        TENANT="$tenant" timeout 60 "$PY" tests/py/call.py ctr-1 "$1" "$2"
+}
+out=$(call get_status '{}') || { docker logs "$name" >&2 || true; die "get_status from the container failed"; }
 printf '%s' "$out" | "$PY" -c 'import json, sys; r = json.load(sys.stdin); assert r["connected"] is True and r["simulate"] is False, r' \
     || die "container cannot use the socket: $out"
 ok "container (uid 10001, --group-add $docker_gid) reaches the engine: get_status connected=true"
+
+# Compose with nothing but dcd in the image: an inline project up, then down.
+PROJECT=deploy$$
+CONTAINERS+=("$PROJECT-a-1")
+params=$("$PY" -c 'import json, sys; print(json.dumps({"spec": {"project": sys.argv[1], "compose_yaml":
+    "services:\n  a:\n    image: %s\n    command: [sleep, \"600\"]\n" % sys.argv[2]}}))' \
+    "$PROJECT" "${DCD_TEST_IMAGE:-dcd-test/busybox:latest}")
+out=$(call compose_up "$params") || { docker logs "$name" >&2 || true; die "compose_up from the container failed"; }
+running=$(docker ps -q --filter "label=com.docker.compose.project=$PROJECT" --filter status=running | wc -l)
+[ "$running" = 1 ] || die "compose_up from the container: $running containers running: $out"
+call compose_down "{\"project\": \"$PROJECT\"}" >/dev/null || die "compose_down from the container failed"
+[ -z "$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")" ] || die "compose_down left containers"
+[ -z "$(docker network ls -q --filter "label=com.docker.compose.project=$PROJECT")" ] || die "compose_down left networks"
+ok "compose_up and compose_down from the image (native compose, no CLI in it)"
 
 printf 'deploy: %d passed, 0 failed\n' "$pass"

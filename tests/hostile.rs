@@ -123,6 +123,9 @@ impl Engine for Counting {
     fn list_images(&self) -> EngineResult<Vec<Value>> {
         self.sim.list_images()
     }
+    fn inspect_image(&self, reference: &str) -> EngineResult<Value> {
+        self.sim.inspect_image(reference)
+    }
     fn stats(&self, id: &str) -> EngineResult<Value> {
         self.sim.stats(id)
     }

@@ -285,6 +285,72 @@ fn provision_pulls_a_missing_image_unless_never() {
     assert!(e.contains("pull is \"never\"") && e.to_ascii_lowercase().contains("no such image"), "{e}");
 }
 
+#[test]
+fn compose_up_with_a_slow_pull_is_a_job_in_phases_and_cancels_cleanly() {
+    let Some((py, test_image)) = common::mesh_parts() else { return };
+    let Some(reg) = registry() else { return };
+    let repo = slow_image(&reg, "f", &test_image);
+    let _forget = Forget::new(&repo);
+    let proxy = SlowProxy::start(&reg, RATE, None);
+    let rig = MeshRig::start(&py, &[], &[]);
+    let events = listen(&rig);
+    let project = unique("cjob").replace('-', "");
+    let _cleanup = common::ComposeCleanup(project.clone());
+    let image = format!("127.0.0.1:{}/{repo}", proxy.port);
+    // db (behind the slow link) must be healthy before app starts.
+    let yaml = format!(
+        "services:\n  db:\n    image: {image}\n    init: true\n    healthcheck:\n      test: [CMD, 'true']\n      \
+         interval: 1s\n      retries: 30\n  app:\n    image: {test_image}\n    init: true\n    command: [sleep, '600']\n    \
+         depends_on:\n      db: {{condition: service_healthy}}\n"
+    );
+    let spec = json!({"compose_yaml": yaml, "project": project, "pull": true});
+
+    let t = Instant::now();
+    let id = pending_id(&rig.ok("compose_up", json!({"spec": spec, "wait": WAIT})));
+    assert!(t.elapsed() < Duration::from_secs(26), "pending took {:?}", t.elapsed());
+    let again = rig.ok("compose_up", json!({"spec": spec, "wait": 0}));
+    assert_eq!(pending_id(&again), id, "a second compose_up of the project joins the first");
+    let (progress, finished, _) = until_finished(&events, &id);
+    assert_eq!(finished["status"], "success", "{finished}");
+    let mut phases: Vec<&str> = progress.iter().map(|(p, _)| p["phase"].as_str().unwrap()).collect();
+    phases.dedup();
+    assert_eq!(phases, ["pulling", "creating", "starting", "waiting-healthy", "creating", "starting"], "{progress:?}");
+    let pulling: Vec<u64> = progress
+        .iter()
+        .filter(|(p, _)| p["phase"] == "pulling")
+        .map(|(p, _)| p["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(pulling.iter().filter(|b| **b > 0 && **b < SLOW_MIB << 20).count() >= 3, "{pulling:?}");
+    let most = progress.iter().map(|(p, _)| p["bytes_done"].as_u64().unwrap()).max().unwrap();
+    assert!(most >= SLOW_MIB << 20, "{progress:?}");
+    let services = &finished["result"]["services"];
+    for (n, s) in ["db", "app"].iter().enumerate() {
+        assert_eq!(services[n]["service"], *s, "{finished}");
+        assert_eq!(services[n]["action"], "created", "{finished}");
+        assert_eq!(services[n]["containers"][0]["state"], "running", "{finished}");
+    }
+    assert_eq!(finished["result"]["waited"][0]["waited_for"], "db", "{finished}");
+    rig.ok("compose_down", json!({"project": project, "volumes": true}));
+    assert_eq!(common::compose_objects(&project), "");
+
+    // Cancelled while it pulls: the pull stops, and nothing of the project is made.
+    docker(&["rmi", &image]);
+    let id = pending_id(&rig.ok("compose_up", json!({"spec": spec, "wait": 1})));
+    let sent = proxy.bytes();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.bytes() < sent + (2 << 20) {
+        assert!(Instant::now() < deadline, "the second pull did not start through the proxy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = rig.ok("cancel_job", json!({"job_id": id}));
+    assert_eq!(r["job"]["state"], "cancelled", "{r}");
+    assert!(r["job"]["error"].as_str().unwrap().contains("nothing was created"), "{r}");
+    let (_, finished, _) = until_finished(&events, &id);
+    assert_eq!(finished["status"], "cancelled", "{finished}");
+    assert_eq!(common::compose_objects(&project), "", "a cancelled compose_up left something");
+    assert!(!present(&image));
+}
+
 /// `docker top` of a container: its processes' command lines.
 fn processes(name: &str) -> String {
     docker(&["top", name, "-o", "pid,args"])

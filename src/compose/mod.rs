@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use run::{containers, down, project_for_dir, ps, up};
+pub use run::{check, containers, down, project_for_dir, ps, Checked};
 
 /// `ComposeProvisionSpec` (spec §7.5), plus what native compose adds.
 #[derive(Deserialize, Debug, Default)]

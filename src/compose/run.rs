@@ -1,6 +1,7 @@
-//! Up, down and ps against the engine. `up` checks the whole project with the
-//! policy before it creates anything, then creates networks and volumes, then
-//! each service in `depends_on` order, waiting (bounded) for health or
+//! Up, down and ps against the engine. `check` checks the whole project with
+//! the policy before anything is created; `Checked::up` then creates networks
+//! and volumes, then the services in `depends_on` order, level by level (the
+//! services of a level side by side), waiting (bounded) for health or
 //! completion where the file asks for it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,8 +12,9 @@ use serde_json::{json, Value};
 use super::file::{self, Condition, Context, Origin, Project};
 use super::plan::{self, Where, HASH, NUMBER, ONEOFF, PROJECT, SERVICE, WORKING_DIR};
 use super::ComposeSpec;
-use crate::engine::{Engine, EngineError, Object};
+use crate::engine::{Engine, EngineError, Object, Watch};
 use crate::error::Error;
+use crate::labels::is_managed;
 use crate::policy::Policy;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -102,9 +104,23 @@ fn name_of(c: &Value) -> String {
     c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string()
 }
 
-/// Bring a project up (see the module doc). `observe` is told of every
-/// container created, started or removed.
-pub fn up(engine: &dyn Engine, policy: &Policy, spec: &ComposeSpec, observe: &dyn Fn(&str)) -> Result<Value> {
+/// A project read, planned and passed by the policy, with nothing made yet:
+/// `check` fails at once on the caller's thread, `Checked::up` does the long
+/// part (on a job's).
+pub struct Checked {
+    project: Project,
+    plan: plan::Plan,
+    order: Vec<String>,
+    warnings: Vec<String>,
+    working_dir: String,
+    pull: bool,
+    detach: bool,
+    remove_orphans: bool,
+    wait: Duration,
+}
+
+/// Read the project and check all of it with the policy (see the module doc).
+pub fn check(engine: &dyn Engine, policy: &Policy, spec: &ComposeSpec) -> Result<Checked> {
     let loaded = load(policy, spec)?;
     let p = &loaded.project;
     let at = Where { dir: loaded.dir.as_deref(), working_dir: &loaded.working_dir, config_files: &loaded.config_files };
@@ -125,6 +141,7 @@ pub fn up(engine: &dyn Engine, policy: &Policy, spec: &ComposeSpec, observe: &dy
     }
 
     // The whole project passes the policy before anything is made.
+    refuse_foreign(engine, policy, &p.name)?;
     let nets = engine.list_objects(Object::Network)?;
     let vols = engine.list_objects(Object::Volume)?;
     let find = |list: &[Value], name: &str| list.iter().find(|o| o["Name"] == name).cloned();
@@ -152,102 +169,274 @@ pub fn up(engine: &dyn Engine, policy: &Policy, spec: &ComposeSpec, observe: &dy
             other => other,
         })?;
     }
+    Ok(Checked {
+        project: loaded.project,
+        plan,
+        order,
+        warnings,
+        working_dir: loaded.working_dir,
+        pull: spec.pull,
+        detach: spec.detach,
+        remove_orphans: spec.remove_orphans,
+        wait: Duration::from_secs(spec.wait_timeout_s),
+    })
+}
 
-    if spec.pull {
-        let mut images: Vec<&str> = order.iter().filter_map(|s| plan.services[s].body["Image"].as_str()).collect();
-        images.dedup();
-        for i in images {
-            engine.pull_image(i, None)?;
-        }
+/// Under `owned_only`, a project with a container dcd did not make (one the
+/// compose CLI brought up) is not ours to change: refused whole, before
+/// anything is touched, rather than half converged.
+fn refuse_foreign(engine: &dyn Engine, policy: &Policy, project: &str) -> Result<()> {
+    if !policy.owned_only {
+        return Ok(());
     }
-
-    let mut out = Outcome::default();
-    for n in &plan.networks {
-        match (&n.body, find(&nets, &n.name)) {
-            (Some(_), Some(e)) if e["Labels"][PROJECT] != p.name.as_str() => {
-                return Err(Error::Compose(format!(
-                    "network {} exists but is not part of project {} (declare it external: true)",
-                    n.name, p.name
-                )))
-            }
-            (Some(b), None) => {
-                engine.create_object(Object::Network, b)?;
-                out.objects.push(json!({"network": n.name, "action": "created"}));
-            }
-            _ => {}
-        }
-    }
-    for v in &plan.volumes {
-        if let (Some(b), None) = (&v.body, find(&vols, &v.name)) {
-            engine.create_object(Object::Volume, b)?;
-            out.objects.push(json!({"volume": v.name, "action": "created"}));
-        }
-    }
-
-    let current = existing(engine, &p.name)?;
-    let deadline = Instant::now() + Duration::from_secs(spec.wait_timeout_s);
-    let mut ids: HashMap<String, Vec<String>> = HashMap::new();
-    for s in &order {
-        let sp = &plan.services[s];
-        for (dep, d) in &p.services[s].depends_on {
-            if let Some(dep_ids) = ids.get(dep) {
-                let started = Instant::now();
-                wait_for(engine, dep, dep_ids, d.condition, deadline)?;
-                if d.condition != Condition::ServiceStarted {
-                    out.waited.push(json!({"service": s, "waited_for": dep, "condition": d.condition.as_str(),
-                                           "seconds": started.elapsed().as_secs_f64()}));
-                }
-            }
-        }
-        let mine: Vec<&Value> = current.iter().filter(|c| c["Labels"][SERVICE] == s.as_str()).collect();
-        let mut containers = Vec::new();
-        for n in 1..=sp.replicas {
-            let old = mine.iter().find(|c| c["Labels"][NUMBER] == n.to_string().as_str());
-            let (id, action) = converge(engine, &p.name, sp, n, old.copied(), &ids, observe)?;
-            out.lines.push(format!("Container {} {action}", sp.container_name(&p.name, n)));
-            containers
-                .push(json!({"id": &id[..12.min(id.len())], "name": sp.container_name(&p.name, n), "action": action}));
-            ids.entry(s.clone()).or_default().push(id);
-        }
-        for extra in mine.iter().filter(|c| {
-            c["Labels"][NUMBER].as_str().and_then(|n| n.parse::<u32>().ok()).is_none_or(|n| n > sp.replicas)
-        }) {
-            remove(engine, extra, observe)?;
-        }
-        out.services.push((s.clone(), containers));
-    }
-    if spec.remove_orphans {
-        for c in current.iter().filter(|c| !c["Labels"][SERVICE].as_str().is_some_and(|s| p.services.contains_key(s))) {
-            out.lines.push(format!("Container {} Removed (orphan)", name_of(c)));
-            remove(engine, c, observe)?;
-        }
-    }
-    let exit_codes = if spec.detach { None } else { Some(wait_exit(engine, &ids)?) };
-    let services: Vec<Value> = out
-        .services
+    let foreign: Vec<String> = engine
+        .list_containers(true)?
         .iter()
-        .map(|(s, cs)| {
-            let mut v = json!({"service": s, "action": service_action(cs), "containers": cs});
-            for c in v["containers"].as_array_mut().into_iter().flatten() {
-                if let Ok(i) = engine.inspect_container(c["id"].as_str().unwrap_or_default()) {
-                    c["state"] = i["State"]["Status"].clone();
-                }
-            }
-            if let Some(codes) = &exit_codes {
-                v["exit_codes"] = json!(codes.get(s));
-            }
-            v
-        })
+        .filter(|c| c["Labels"][PROJECT] == project && !is_managed(&c["Labels"]))
+        .map(name_of)
         .collect();
-    let mut r = json!({
-        "status": "success", "project": p.name, "project_dir": loaded.working_dir,
-        "stdout": out.lines.join("\n"), "stderr": warnings.join("\n"), "warnings": warnings,
-        "services": services, "created": out.objects, "waited": out.waited,
-    });
-    if let Some(codes) = exit_codes {
-        r["exit_codes"] = json!(codes);
+    match foreign.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Policy(format!(
+            "project {project} has containers not managed by dcd (owned_only): {}",
+            foreign.join(", ")
+        ))),
     }
-    Ok(r)
+}
+
+/// At most this many services of one dependency level are created or started at once.
+const SIDE_BY_SIDE: usize = 8;
+
+/// One container of a service, as `up` left it.
+struct Made {
+    id: String,
+    name: String,
+    action: &'static str,
+}
+
+impl Checked {
+    pub fn project(&self) -> &str {
+        &self.project.name
+    }
+
+    /// Whether `up` pulls first (then it is worth a job's progress events).
+    pub fn pulls(&self) -> bool {
+        self.pull
+    }
+
+    /// Bring the project up. `watch` hears the phases (`pulling`, `creating`,
+    /// `starting`, `waiting-healthy`) and the pulls' progress, and may stop
+    /// the work: a pull at once, the rest between dependency levels, never
+    /// between a container's create and its start. `observe` is told of
+    /// every container created, started or removed.
+    pub fn up(self, engine: &dyn Engine, watch: &dyn Watch, observe: &(dyn Fn(&str) + Sync)) -> Result<Value> {
+        let p = &self.project;
+        let plan = &self.plan;
+        let mut out = Outcome::default();
+        if self.pull {
+            self.pull_images(engine, watch)?;
+        }
+        watch.phase("creating");
+        out.stop_if_cancelled(watch, "before anything was created")?;
+        let nets = engine.list_objects(Object::Network)?;
+        let vols = engine.list_objects(Object::Volume)?;
+        for n in &plan.networks {
+            let found = nets.iter().find(|o| o["Name"] == n.name.as_str());
+            match (&n.body, found) {
+                (Some(_), Some(e)) if e["Labels"][PROJECT] != p.name.as_str() => {
+                    return Err(Error::Compose(format!(
+                        "network {} exists but is not part of project {} (declare it external: true)",
+                        n.name, p.name
+                    )))
+                }
+                (Some(b), None) => {
+                    engine.create_object(Object::Network, b)?;
+                    out.objects.push(json!({"network": n.name, "action": "created"}));
+                }
+                _ => {}
+            }
+        }
+        for v in &plan.volumes {
+            if let (Some(b), None) = (&v.body, vols.iter().find(|o| o["Name"] == v.name.as_str())) {
+                engine.create_object(Object::Volume, b)?;
+                out.objects.push(json!({"volume": v.name, "action": "created"}));
+            }
+        }
+
+        let current = existing(engine, &p.name)?;
+        let images = image_ids(engine, plan, &self.order);
+        let deadline = Instant::now() + self.wait;
+        let mut ids: HashMap<String, Vec<String>> = HashMap::new();
+        for level in self.levels() {
+            let waits: Vec<(&String, &String, Condition)> = level
+                .iter()
+                .flat_map(|s| p.services[s].depends_on.iter().map(move |(dep, d)| (s, dep, d.condition)))
+                .filter(|(_, dep, c)| *c != Condition::ServiceStarted && ids.contains_key(*dep))
+                .collect();
+            if !waits.is_empty() {
+                watch.phase("waiting-healthy");
+            }
+            // A level waits for all its dependencies before any of it is made: simpler than
+            // a thread per service waiting for its own, and it costs only the slowest wait.
+            for (s, dep, cond) in waits {
+                let started = Instant::now();
+                wait_for(engine, dep, &ids[dep], cond, deadline, watch).map_err(|e| out.left(e))?;
+                out.waited.push(json!({"service": s, "waited_for": dep, "condition": cond.as_str(),
+                                       "seconds": started.elapsed().as_secs_f64()}));
+            }
+            out.stop_if_cancelled(watch, &format!("before service {}", level.join(", ")))?;
+            watch.phase("creating");
+            let made = side_by_side(&level, |s| {
+                let sp = &plan.services[s];
+                let mine: Vec<&Value> = current.iter().filter(|c| c["Labels"][SERVICE] == s).collect();
+                let image = sp.body["Image"].as_str().and_then(|i| images.get(i)).and_then(Option::as_deref);
+                let mut made = Vec::new();
+                for n in 1..=sp.replicas {
+                    let old = mine.iter().find(|c| c["Labels"][NUMBER] == n.to_string().as_str());
+                    let (id, action) = converge(engine, &p.name, sp, n, old.copied(), image, &ids, observe)?;
+                    made.push(Made { id, name: sp.container_name(&p.name, n), action });
+                }
+                for extra in mine.iter().filter(|c| {
+                    c["Labels"][NUMBER].as_str().and_then(|n| n.parse::<u32>().ok()).is_none_or(|n| n > sp.replicas)
+                }) {
+                    remove(engine, extra, observe)?;
+                }
+                Ok(made)
+            });
+            let made = out.record(&level, made)?;
+            watch.phase("starting");
+            let started = side_by_side(&level, |s| {
+                for m in made.iter().filter(|(service, _)| service == s).flat_map(|(_, m)| m) {
+                    if m.action != "unchanged" {
+                        engine.start_container(&m.id)?;
+                        observe(&m.id);
+                    }
+                }
+                Ok(())
+            });
+            started.into_iter().collect::<Result<Vec<()>>>().map_err(|e| out.left(e))?;
+            for (s, list) in made {
+                ids.insert(s.clone(), list.iter().map(|m| m.id.clone()).collect());
+                let containers: Vec<Value> = list
+                    .iter()
+                    .map(|m| json!({"id": &m.id[..12.min(m.id.len())], "name": m.name, "action": m.action}))
+                    .collect();
+                out.services.push((s, containers));
+            }
+        }
+        if self.remove_orphans {
+            for c in
+                current.iter().filter(|c| !c["Labels"][SERVICE].as_str().is_some_and(|s| p.services.contains_key(s)))
+            {
+                out.lines.push(format!("Container {} Removed (orphan)", name_of(c)));
+                remove(engine, c, observe)?;
+            }
+        }
+        let exit_codes = if self.detach { None } else { Some(wait_exit(engine, &ids, watch)?) };
+        let services: Vec<Value> = out
+            .services
+            .iter()
+            .map(|(s, cs)| {
+                let mut v = json!({"service": s, "action": service_action(cs), "containers": cs});
+                for c in v["containers"].as_array_mut().into_iter().flatten() {
+                    if let Ok(i) = engine.inspect_container(c["id"].as_str().unwrap_or_default()) {
+                        c["state"] = i["State"]["Status"].clone();
+                    }
+                }
+                if let Some(codes) = &exit_codes {
+                    v["exit_codes"] = json!(codes.get(s));
+                }
+                v
+            })
+            .collect();
+        let mut r = json!({
+            "status": "success", "project": p.name, "project_dir": self.working_dir,
+            "stdout": out.lines.join("\n"), "stderr": self.warnings.join("\n"), "warnings": self.warnings,
+            "services": services, "created": out.objects, "waited": out.waited,
+        });
+        if let Some(codes) = exit_codes {
+            r["exit_codes"] = json!(codes);
+        }
+        Ok(r)
+    }
+
+    /// Pull every image of the services being brought up, telling `watch`.
+    fn pull_images(&self, engine: &dyn Engine, watch: &dyn Watch) -> Result<()> {
+        watch.phase("pulling");
+        let mut images: Vec<&str> =
+            self.order.iter().filter_map(|s| self.plan.services[s].body["Image"].as_str()).collect();
+        images.sort_unstable();
+        images.dedup();
+        for (n, image) in images.iter().enumerate() {
+            if let Err(e) = engine.pull_watched(image, None, watch) {
+                return Err(match watch.cancelled() {
+                    true => Error::Cancelled(format!(
+                        "the pull of {image} was stopped ({n} of {} images pulled); nothing was created",
+                        images.len()
+                    )),
+                    false => e.into(),
+                });
+            }
+            if watch.cancelled() {
+                return Err(Error::Cancelled(format!(
+                    "stopped after pulling {} of {} images; nothing was created",
+                    n + 1,
+                    images.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The services in `depends_on` order, grouped into levels: a service's
+    /// level is one past the deepest of what it depends on (or joins), so
+    /// the services of a level can be made side by side.
+    fn levels(&self) -> Vec<Vec<String>> {
+        let mut depth: HashMap<&str, usize> = HashMap::new();
+        let mut levels: Vec<Vec<String>> = Vec::new();
+        for s in &self.order {
+            let deps = self.project.services[s].depends_on.keys().map(String::as_str);
+            let joins = self.plan.services[s].joins.iter().map(|(_, other)| other.as_str());
+            let d = deps.chain(joins).filter_map(|dep| depth.get(dep)).map(|d| d + 1).max().unwrap_or(0);
+            depth.insert(s, d);
+            if levels.len() <= d {
+                levels.resize(d + 1, Vec::new());
+            }
+            levels[d].push(s.clone());
+        }
+        levels
+    }
+}
+
+/// The id each image of the services has now, to tell when a pull brought a
+/// new one; `None` for an image not on the host.
+fn image_ids(engine: &dyn Engine, plan: &plan::Plan, order: &[String]) -> HashMap<String, Option<String>> {
+    let mut ids = HashMap::new();
+    for image in order.iter().filter_map(|s| plan.services[s].body["Image"].as_str()) {
+        if !ids.contains_key(image) {
+            let id = engine.inspect_image(image).ok().and_then(|i| i["Id"].as_str().map(String::from));
+            ids.insert(image.to_string(), id);
+        }
+    }
+    ids
+}
+
+/// `f` for each service of a level, side by side (a few at a time); the
+/// results in the level's order.
+fn side_by_side<T: Send>(level: &[String], f: impl Fn(&str) -> Result<T> + Sync) -> Vec<Result<T>> {
+    if level.len() == 1 {
+        return vec![f(&level[0])];
+    }
+    let mut all = Vec::new();
+    for chunk in level.chunks(SIDE_BY_SIDE) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = chunk.iter().map(|s| scope.spawn(|| f(s))).collect();
+            for r in running {
+                all.push(r.join().unwrap_or_else(|_| Err(Error::Compose("a service's create panicked".into()))));
+            }
+        });
+    }
+    all
 }
 
 #[derive(Default)]
@@ -256,6 +445,59 @@ struct Outcome {
     objects: Vec<Value>,
     waited: Vec<Value>,
     services: Vec<(String, Vec<Value>)>,
+}
+
+impl Outcome {
+    /// What was done so far, for a stopped or failed `up` to say what it left.
+    fn done(&self) -> String {
+        let mut done: Vec<String> = self
+            .objects
+            .iter()
+            .map(|o| match o["network"].as_str() {
+                Some(n) => format!("network {n} created"),
+                None => format!("volume {} created", o["volume"].as_str().unwrap_or_default()),
+            })
+            .collect();
+        done.extend(self.lines.iter().cloned());
+        match done.is_empty() {
+            true => "nothing was created".into(),
+            false => format!("left as it was: {}", done.join("; ")),
+        }
+    }
+
+    /// `Err(Cancelled)`, saying what was left, if the watcher asked to stop.
+    fn stop_if_cancelled(&self, watch: &dyn Watch, when: &str) -> Result<()> {
+        match watch.cancelled() {
+            true => Err(Error::Cancelled(format!("stopped {when}; {}", self.done()))),
+            false => Ok(()),
+        }
+    }
+
+    /// A wait or start stopped by the watcher says what it left; other errors pass as they are.
+    fn left(&self, e: Error) -> Error {
+        match e {
+            Error::Cancelled(m) => Error::Cancelled(format!("{m}; {}", self.done())),
+            other => other,
+        }
+    }
+
+    /// Note what a level's creates did; the first failure, once all have ended.
+    fn record(&mut self, level: &[String], made: Vec<Result<Vec<Made>>>) -> Result<Vec<(String, Vec<Made>)>> {
+        let mut ok = Vec::new();
+        let mut failed = None;
+        for (s, r) in level.iter().zip(made) {
+            match r {
+                Ok(list) => {
+                    for m in &list {
+                        self.lines.push(format!("Container {} {}", m.name, m.action));
+                    }
+                    ok.push((s.clone(), list));
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        failed.map_or(Ok(ok), Err)
+    }
 }
 
 fn service_action(containers: &[Value]) -> &'static str {
@@ -267,27 +509,30 @@ fn service_action(containers: &[Value]) -> &'static str {
     "unchanged"
 }
 
-/// One replica to where the plan wants it: left alone when its hash matches
-/// (started if stopped), else replaced; the old one goes only once the new
-/// one exists.
+/// One replica to where the plan wants it, but not started: left alone when
+/// its hash and image match (`started` if it must be started), else made anew
+/// (`created`, `recreated`); the old one goes only once the new one exists.
+#[allow(clippy::too_many_arguments)]
 fn converge(
     engine: &dyn Engine,
     project: &str,
     sp: &plan::ServicePlan,
     n: u32,
     old: Option<&Value>,
+    image: Option<&str>,
     ids: &HashMap<String, Vec<String>>,
-    observe: &dyn Fn(&str),
+    observe: &(dyn Fn(&str) + Sync),
 ) -> Result<(String, &'static str)> {
     let name = sp.container_name(project, n);
-    if let Some(old) = old.filter(|o| o["Labels"][HASH] == sp.hash.as_str()) {
+    // Compose recreates a container whose image changed under its tag (a pull
+    // brought a new one), though its configuration did not.
+    let same_image = |o: &Value| match (o["ImageID"].as_str(), image) {
+        (Some(had), Some(now)) => had == now,
+        _ => true,
+    };
+    if let Some(old) = old.filter(|o| o["Labels"][HASH] == sp.hash.as_str() && same_image(o)) {
         let id = old["Id"].as_str().unwrap_or_default().to_string();
-        if old["State"] == "running" {
-            return Ok((id, "unchanged"));
-        }
-        engine.start_container(&id)?;
-        observe(&id);
-        return Ok((id, "started"));
+        return Ok((id, if old["State"] == "running" { "unchanged" } else { "started" }));
     }
     let mut body = sp.body_for(n);
     for (field, other) in &sp.joins {
@@ -320,8 +565,6 @@ fn converge(
     for (net, aliases) in &sp.more_networks {
         engine.connect_network(net, &id, aliases)?;
     }
-    engine.start_container(&id)?;
-    observe(&id);
     Ok((id, if old_id.is_some() { "recreated" } else { "created" }))
 }
 
@@ -335,8 +578,16 @@ fn remove(engine: &dyn Engine, c: &Value, observe: &dyn Fn(&str)) -> Result<()> 
     Ok(())
 }
 
-/// Wait until every container of `service` meets `cond`, or the deadline.
-fn wait_for(engine: &dyn Engine, service: &str, ids: &[String], cond: Condition, deadline: Instant) -> Result<()> {
+/// Wait until every container of `service` meets `cond`, or the deadline, or
+/// the watcher asks to stop.
+fn wait_for(
+    engine: &dyn Engine,
+    service: &str,
+    ids: &[String],
+    cond: Condition,
+    deadline: Instant,
+    watch: &dyn Watch,
+) -> Result<()> {
     if cond == Condition::ServiceStarted {
         return Ok(());
     }
@@ -374,6 +625,9 @@ fn wait_for(engine: &dyn Engine, service: &str, ids: &[String], cond: Condition,
                     cond.as_str()
                 )));
             }
+            if watch.cancelled() {
+                return Err(Error::Cancelled(format!("stopped waiting for {service} to reach {}", cond.as_str())));
+            }
             std::thread::sleep(POLL);
         }
     }
@@ -381,7 +635,11 @@ fn wait_for(engine: &dyn Engine, service: &str, ids: &[String], cond: Condition,
 }
 
 /// `detach: false`: wait until every container exits; exit codes by service.
-fn wait_exit(engine: &dyn Engine, ids: &HashMap<String, Vec<String>>) -> Result<BTreeMap<String, Vec<i64>>> {
+fn wait_exit(
+    engine: &dyn Engine,
+    ids: &HashMap<String, Vec<String>>,
+    watch: &dyn Watch,
+) -> Result<BTreeMap<String, Vec<i64>>> {
     let deadline = Instant::now() + ATTACHED_LIMIT;
     let mut codes = BTreeMap::new();
     for (s, list) in ids {
@@ -394,6 +652,9 @@ fn wait_exit(engine: &dyn Engine, ids: &HashMap<String, Vec<String>>) -> Result<
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::Compose(format!("service {s} still runs after {}s", ATTACHED_LIMIT.as_secs())));
+                }
+                if watch.cancelled() {
+                    return Err(Error::Cancelled("stopped waiting for the services to exit; they run on".into()));
                 }
                 std::thread::sleep(POLL);
             }
@@ -416,10 +677,17 @@ pub fn project_for_dir(engine: &dyn Engine, dir: &str) -> Result<String> {
 
 /// Remove a project's containers, networks and (with `volumes`) volumes. A
 /// project already gone is success.
-pub fn down(engine: &dyn Engine, project: &str, volumes: bool, observe: &dyn Fn(&str)) -> Result<Value> {
+pub fn down(
+    engine: &dyn Engine,
+    policy: &Policy,
+    project: &str,
+    volumes: bool,
+    observe: &dyn Fn(&str),
+) -> Result<Value> {
     if !file::valid_project(project) {
         return Err(Error::Params(format!("project {project:?} is not a compose project name")));
     }
+    refuse_foreign(engine, policy, project)?;
     let mut lines = Vec::new();
     let all: Vec<Value> =
         engine.list_containers(true)?.into_iter().filter(|c| c["Labels"][PROJECT] == project).collect();

@@ -77,6 +77,14 @@ impl Reach {
         self.state.observed(Seen::from_inspect(&inspect));
         Ok(summary(&inspect))
     }
+
+    /// `observe`, for work that goes on whatever it finds (compose): a
+    /// container already gone is left to the state poll.
+    pub(super) fn observe_quietly(&self, id: &str) {
+        if let Err(e) = self.observe(id) {
+            log::debug!("{id} not observed: {e}");
+        }
+    }
 }
 
 impl Driver {
@@ -139,10 +147,6 @@ impl Driver {
 
     pub(super) fn reach(&self) -> Reach {
         Reach { engine: self.engine.clone(), state: self.state.clone() }
-    }
-
-    pub(super) fn observe(&self, id: &str) -> Result<Value> {
-        self.reach().observe(id)
     }
 
     /// Refuse a job's record to a caller who could not have started it: under

@@ -5,13 +5,14 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::base::{Call, Driver, Function, Target};
+use super::base::{Call, Driver, Function, Long, Start, Target};
 use crate::compose::ComposeSpec;
 use crate::engine::LogOptions;
 use crate::error::{Error, Result};
+use crate::jobs::Work;
 use crate::policy::Kind;
 
-pub const COMPOSE_UP: Function = Function::new::<ComposeUp>(
+pub const COMPOSE_UP: Function = Function::job::<ComposeUp>(
     "compose_up",
     Kind::Compose,
     Target::Host,
@@ -26,14 +27,6 @@ struct ComposeUp {
 }
 
 impl Driver {
-    /// Tell the state thread about a container compose touched; one already
-    /// gone is left to the state poll.
-    fn observe_quietly(&self, id: &str) {
-        if let Err(e) = self.observe(id) {
-            log::debug!("compose: {id} not observed: {e}");
-        }
-    }
-
     /// Which project a call means: by name, or by the directory it came from.
     fn project_of(&self, project: Option<String>, dir: Option<&str>) -> Result<String> {
         match (project, dir) {
@@ -44,9 +37,20 @@ impl Driver {
     }
 }
 
-impl Call for ComposeUp {
-    fn call(self, d: &Driver) -> Result<Value> {
-        crate::compose::up(d.engine.as_ref(), &d.policy, &self.spec, &|id| d.observe_quietly(id))
+/// Checked at once (file, policy); the project is brought up by a job, which
+/// a second call for the same project joins. Quiet unless it pulls: a quick
+/// `compose_up` leaves no job behind.
+impl Long for ComposeUp {
+    fn start(self, d: &Driver) -> Result<Start> {
+        let checked = crate::compose::check(d.engine.as_ref(), &d.policy, &self.spec)?;
+        let reach = d.reach();
+        let pulls = checked.pulls();
+        let project = checked.project().to_string();
+        let work = Work::new(project, if pulls { "pulling" } else { "creating" }, move |p| {
+            checked.up(reach.engine.as_ref(), p, &|id| reach.observe_quietly(id))
+        })
+        .joinable();
+        Ok(Start::Job(if pulls { work } else { work.quiet() }))
     }
 }
 
@@ -93,7 +97,8 @@ impl Call for ComposeDown {
     fn call(self, d: &Driver) -> Result<Value> {
         let project = d.project_of(self.project, self.project_dir.as_deref())?;
         let volumes = self.remove_volumes || self.volumes;
-        crate::compose::down(d.engine.as_ref(), &project, volumes, &|id| d.observe_quietly(id))
+        let reach = d.reach();
+        crate::compose::down(d.engine.as_ref(), &d.policy, &project, volumes, &|id| reach.observe_quietly(id))
     }
 }
 

@@ -708,6 +708,10 @@ impl Engine for Docker {
         list(self.call_json(Method::GET, "/images/json", None)?)
     }
 
+    fn inspect_image(&self, reference: &str) -> Result<Value> {
+        self.call_json(Method::GET, &format!("/images/{}/json", segment(reference)?), None)
+    }
+
     fn stats(&self, id: &str) -> Result<Value> {
         if self.facts()?.no_cgroups() {
             return Err(EngineError::BadRequest(format!("no stats: {NO_CGROUPS}")));

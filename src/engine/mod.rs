@@ -166,6 +166,8 @@ pub trait Engine: Send + Sync {
     }
     /// `GET /images/json` entries (Id, RepoTags, Size, Created as epoch int).
     fn list_images(&self) -> Result<Vec<Value>>;
+    /// `GET /images/{name}/json`: the image a reference names now (its `Id`).
+    fn inspect_image(&self, reference: &str) -> Result<Value>;
     /// One stats sample (`GET /containers/{id}/stats?stream=false`).
     fn stats(&self, id: &str) -> Result<Value>;
     /// Networks or volumes, as the Engine API lists them.

@@ -388,6 +388,14 @@ impl Engine for Sim {
             .collect())
     }
 
+    fn inspect_image(&self, reference: &str) -> Result<Value> {
+        let w = self.world();
+        match w.images.iter().position(|i| i == reference) {
+            Some(i) => Ok(json!({"Id": format!("sha256:{:064x}", i + 1), "RepoTags": [reference]})),
+            None => Err(EngineError::NotFound(format!("No such image: {reference}"))),
+        }
+    }
+
     fn stats(&self, id: &str) -> Result<Value> {
         let w = self.world();
         let id = w.find(id)?;
@@ -593,6 +601,9 @@ pub(crate) mod scripted {
         }
         fn list_images(&self) -> Result<Vec<Value>> {
             self.sim.list_images()
+        }
+        fn inspect_image(&self, reference: &str) -> Result<Value> {
+            self.sim.inspect_image(reference)
         }
         fn stats(&self, id: &str) -> Result<Value> {
             self.sim.stats(id)

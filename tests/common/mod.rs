@@ -229,7 +229,16 @@ fn spawn_for_process_lifetime(mut cmd: Command) {
 
 /// The docker CLI on the real engine.
 pub fn docker_cli(args: &[&str]) -> Command {
-    let mut cmd = Command::new("docker");
+    engine_cli("docker", args)
+}
+
+/// Debian's docker-compose (v1) on the real engine.
+pub fn docker_compose_cli(args: &[&str]) -> Command {
+    engine_cli("docker-compose", args)
+}
+
+fn engine_cli(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
     if let (true, Some(host)) = (engine_kind().podman(), engine_host()) {
         cmd.env("DOCKER_HOST", host);
     }
@@ -770,6 +779,34 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         for n in &self.0 {
             docker(&["rm", "-f", n]);
+        }
+    }
+}
+
+/// What carries compose project `project`'s label (containers, networks, volumes), by id, as the
+/// docker CLI lists it: empty when nothing does.
+pub fn compose_objects(project: &str) -> String {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut all = vec![docker(&["ps", "-aq", "--filter", &label])];
+    for kind in ["network", "volume"] {
+        all.push(docker(&[kind, "ls", "-q", "--filter", &label]));
+    }
+    all.join(" ").trim().to_string()
+}
+
+/// Removes on drop everything labelled with a compose project.
+pub struct ComposeCleanup(pub String);
+
+impl Drop for ComposeCleanup {
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.0);
+        for id in docker(&["ps", "-aq", "--filter", &label]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        for kind in ["network", "volume"] {
+            for id in docker(&[kind, "ls", "-q", "--filter", &label]).lines() {
+                docker(&[kind, "rm", id]);
+            }
         }
     }
 }
