@@ -297,10 +297,10 @@ fn compose_up_with_a_slow_pull_is_a_job_in_phases_and_cancels_cleanly() {
     let project = unique("cjob").replace('-', "");
     let _cleanup = common::ComposeCleanup(project.clone());
     let image = format!("127.0.0.1:{}/{repo}", proxy.port);
-    // db (behind the slow link) must be healthy before app starts.
+    // db must be healthy before app starts; both come from behind the slow link (pulled once).
     let yaml = format!(
         "services:\n  db:\n    image: {image}\n    init: true\n    healthcheck:\n      test: [CMD, 'true']\n      \
-         interval: 1s\n      retries: 30\n  app:\n    image: {test_image}\n    init: true\n    command: [sleep, '600']\n    \
+         interval: 1s\n      retries: 30\n  app:\n    image: {image}\n    init: true\n    command: [sleep, '600']\n    \
          depends_on:\n      db: {{condition: service_healthy}}\n"
     );
     let spec = json!({"compose_yaml": yaml, "project": project, "pull": true});
