@@ -928,6 +928,30 @@ class Bench:
             self.lat_rows("Zenoh get_status", z_s, [([], 0)] * len(z_s), 1, "")
         return p50
 
+    def client_call(self, d: Daemon, zd):
+        """`dcd call` as a user runs it (issue 15): a fresh process opens its own session, asks
+        get_status, prints the answer and exits. Spawn to exit bounds its first answer from above."""
+        n = 10 if self.quick else 50
+        base = {k: v for k, v in os.environ.items() if not k.startswith(STRIP_ENV_PREFIXES) and k != "TENANT"}
+        targets = [("NATS", "nats", d, {"MESSAGING_BACKEND": "nats", "NATS_URL": self.a.nats_url})]
+        if zd is not None:
+            targets.append(("Zenoh", "zenoh", zd, {"MESSAGING_BACKEND": "zenoh",
+                                                   "ZENOH_CONNECT": f"tcp/127.0.0.1:{zd.zport}"}))
+        for label, kind, daemon, env in targets:
+            env = {**base, **env, "TENANT": daemon.tenant, "DEVICE_CONNECT_DISCOVERY_MODE": "d2d"}
+            times = Agg()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = subprocess.run([self.bin, "call", daemon.device_id, "get_status"], env=env,
+                                   capture_output=True, timeout=30)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if r.returncode != 0:
+                    raise RuntimeError(f"dcd call failed: {r.stderr.decode(errors='replace')}")
+                times.add(elapsed)
+            self.row("client", f"{label}: dcd call get_status, spawn to exit", times.fmt("{:.1f}", " ms"),
+                     "", "", "", "≤ 50 ms", verdict(times.med <= 50))
+            self.put(f"client_call_ms_{kind}", times)
+
     async def latency_list(self, nc, d, zs, zd, n_containers):
         n_seq = 100
         n_conc = 200
@@ -1391,6 +1415,7 @@ class Bench:
                 zd = Daemon(self.bin, "zenoh", self.tenant("z"), self.logdir)
                 zs = wait_answer_zenoh(zd)
             p50 = await self.latency_get_status(nc, d, zs, zd)
+            self.client_call(d, zd)
             n_present = len(Engine(self.sock).get_json("/containers/json?all=1"))
             if not self.quick:
                 log("creating 50 containers")

@@ -15,7 +15,8 @@ use crate::state::Forward;
 ///
 /// With no flags it joins a Zenoh D2D mesh as a peer (multicast scouting on)
 /// and drives the local Docker Engine. Every flag has an environment variable
-/// (see README); flags win.
+/// (see README); flags win. With a command it is a client of a device,
+/// configured by the same flags and environment as the Python agent tools.
 #[derive(FromArgs, Debug, Default)]
 pub struct Flags {
     /// device id (env DEVICE_ID, DCD_DEVICE_ID; default docker-host-1)
@@ -75,6 +76,9 @@ pub struct Flags {
     /// emit the engine's container events as `engine_event` (env DCD_FORWARD_ENGINE_EVENTS)
     #[argh(switch)]
     pub forward_engine_events: bool,
+    /// with a command, dcd is a client of a device on the mesh
+    #[argh(subcommand)]
+    pub command: Option<crate::client::Command>,
 }
 
 /// The resolved configuration.
@@ -206,7 +210,8 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
     tls.key_file = tls_env("KEY_FILE").or(tls.key_file);
     let nats_jwt = env("NATS_JWT").or(creds.jwt);
     let nats_seed = env("NATS_NKEY_SEED").or(creds.seed);
-    if backend == Backend::Nats && !insecure {
+    // The device runtime's start-up checks (spec §5.3); the agent tools, like our client, make none.
+    if backend == Backend::Nats && !insecure && flags.command.is_none() {
         if nats_jwt.is_none() || nats_seed.is_none() {
             return Err("NATS needs a user JWT and nkey seed (credentials file, or NATS_JWT and NATS_NKEY_SEED); \
                         set DEVICE_CONNECT_ALLOW_INSECURE=true for an open server"

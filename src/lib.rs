@@ -3,15 +3,17 @@
 //! The binary (`main.rs`) wires threads together; everything it wires lives
 //! here, one module per concern, in one-way layers (README, "Design"):
 //!
-//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`: import nothing of ours;
+//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`, `signals`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
 //! 3. `spec`, `compose`, `logs`, `state`, `jobs`;
 //! 4. `driver`: the function table;
-//! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads) and `watchdog`, then `config`.
+//! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads), `watchdog` and `client`
+//!    (the `dcd` subcommands), then `config`.
 
 // The advertised JSON schemas are large `json!` literals.
 #![recursion_limit = "256"]
 
+pub mod client;
 pub mod compose;
 pub mod config;
 pub mod driver;
@@ -28,6 +30,7 @@ pub mod notify;
 pub mod policy;
 pub mod rpc;
 pub mod serve;
+pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
+use argh::FromArgs;
 use dcd::config::{self, Config, Flags};
 use dcd::driver::Driver;
 use dcd::engine::{docker::Docker, sim::Sim, Engine};
@@ -14,6 +15,7 @@ use dcd::events::Events;
 use dcd::mesh::{self, Inbound, Publish};
 use dcd::notify::Notifier;
 use dcd::serve::{describer, Workers};
+use dcd::signals;
 use dcd::state::State;
 use dcd::watchdog::{self, Watch};
 
@@ -21,8 +23,7 @@ use dcd::watchdog::{self, Watch};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 fn main() {
-    let flags: Flags = argh::from_env();
-    init_logging();
+    let mut flags = parse_flags();
     let cfg = match config::resolve(&flags, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -30,10 +31,31 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(command) = flags.command.take() {
+        std::process::exit(dcd::client::run(command, &cfg.mesh));
+    }
+    init_logging();
     if let Err(e) = run(cfg) {
         eprintln!("dcd: {e}");
         std::process::exit(1);
     }
+}
+
+/// `argh::from_env`, with `exec -it` taken as docker takes it.
+fn parse_flags() -> Flags {
+    let args = dcd::client::docker_style(std::env::args().collect());
+    let name = args.first().and_then(|a| a.rsplit('/').next()).unwrap_or("dcd").to_string();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    Flags::from_args(&[&name], &rest).unwrap_or_else(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            std::process::exit(0)
+        }
+        Err(()) => {
+            eprintln!("{}\nRun {name} --help for more information.", early.output);
+            std::process::exit(1)
+        }
+    })
 }
 
 fn init_logging() {
@@ -57,7 +79,7 @@ fn init_logging() {
 fn run(cfg: Config) -> Result<(), String> {
     // First: no other thread may exist yet (see `mesh::prepare`).
     let transport = mesh::prepare(cfg.mesh.clone()).map_err(|e| e.to_string())?;
-    let signals = block_signals();
+    let signals = signals::block(&[libc::SIGTERM, libc::SIGINT]);
     let engine: Arc<dyn Engine> = if cfg.simulate {
         Arc::new(Sim::new())
     } else {
@@ -105,13 +127,13 @@ fn run(cfg: Config) -> Result<(), String> {
         watchdog::start(n, cfg.watchdog, watch, stop_rx).map_err(|e| format!("cannot start the watchdog: {e}"))?;
     }
 
-    let sig = wait_signal(&signals);
+    let sig = signals::wait(&signals);
     log::info!("signal {sig}: shutting down");
     if let Some(n) = Notifier::new(cfg.notify_socket.as_deref()) {
         n.send("STOPPING=1");
     }
     std::thread::spawn(move || {
-        let sig = wait_signal(&signals);
+        let sig = signals::wait(&signals);
         log::warn!("second signal {sig}: exiting now");
         std::process::exit(130);
     });
@@ -128,25 +150,4 @@ fn run(cfg: Config) -> Result<(), String> {
     workers.join();
     state.shutdown();
     Ok(())
-}
-
-/// Block SIGTERM and SIGINT in every thread (spawned threads inherit the
-/// mask), so they are only ever taken by `sigwait`.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain libc signal-set calls on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn wait_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` was initialised by `block_signals`.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
 }

@@ -211,6 +211,85 @@ impl Transport {
     }
 }
 
+/// A client's session on the mesh (the `dcd` subcommands): the same
+/// connection setup as the daemon's, but blocking calls for one caller,
+/// with the backend's async kept behind them.
+pub struct Session(Link);
+
+enum Link {
+    #[cfg(feature = "nats")]
+    Nats(nats::Link),
+    #[cfg(feature = "zenoh")]
+    Zenoh(zenoh::Link),
+}
+
+/// Why a request got no answer.
+#[derive(Debug, PartialEq)]
+pub enum RequestError {
+    /// Nothing listens on the subject.
+    NoResponders,
+    TimedOut,
+    Failed(String),
+}
+
+/// What a subscription delivers: the subject in NATS form (dots) and the payload.
+pub struct Message {
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+impl Session {
+    /// Connect (a broker or router that is not there fails here); as a
+    /// scouting Zenoh peer, start looking for peers. Call it before the
+    /// process starts any thread (see `prepare`).
+    pub fn open(cfg: &MeshConfig) -> io::Result<Session> {
+        Ok(Session(match cfg.backend {
+            #[cfg(feature = "nats")]
+            Backend::Nats => Link::Nats(nats::Link::open(cfg)?),
+            #[cfg(feature = "zenoh")]
+            Backend::Zenoh => Link::Zenoh(zenoh::Link::open(cfg)?),
+            #[allow(unreachable_patterns)]
+            other => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("built without {other:?}"))),
+        }))
+    }
+
+    pub fn request(&self, subject: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RequestError> {
+        match &self.0 {
+            #[cfg(feature = "nats")]
+            Link::Nats(l) => l.request(subject, payload, timeout),
+            #[cfg(feature = "zenoh")]
+            Link::Zenoh(l) => l.request(subject, payload, timeout),
+        }
+    }
+
+    pub fn publish(&self, subject: &str, payload: Vec<u8>) -> io::Result<()> {
+        match &self.0 {
+            #[cfg(feature = "nats")]
+            Link::Nats(l) => l.publish(subject, payload),
+            #[cfg(feature = "zenoh")]
+            Link::Zenoh(l) => l.publish(subject, payload),
+        }
+    }
+
+    /// Messages on `subject` (NATS wildcards allowed) from now on, until the
+    /// session ends or the receiver goes.
+    pub fn subscribe(&self, subject: &str) -> io::Result<Receiver<Message>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        match &self.0 {
+            #[cfg(feature = "nats")]
+            Link::Nats(l) => l.subscribe(subject, tx)?,
+            #[cfg(feature = "zenoh")]
+            Link::Zenoh(l) => l.subscribe(subject, tx)?,
+        }
+        Ok(rx)
+    }
+}
+
+/// `device-connect.<tenant>.<tail>`
+pub fn subject(tenant: &str, tail: &str) -> String {
+    format!("{SUBJECT_ROOT}.{tenant}.{tail}")
+}
+
 fn thread(run: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("mesh".into()).spawn(move || {
         run();
@@ -405,7 +484,7 @@ impl Core {
 
     /// `device-connect.<tenant>.<tail>`
     fn subject(&self, tail: &str) -> String {
-        format!("{SUBJECT_ROOT}.{}.{tail}", self.tenant)
+        subject(&self.tenant, tail)
     }
 
     /// `device-connect.<tenant>.<device_id>.<tail>`

@@ -20,7 +20,8 @@ use futures_core::Stream;
 use tokio::sync::mpsc::{channel, unbounded_channel, Receiver, Sender, UnboundedReceiver, UnboundedSender};
 
 use super::{
-    jitter, Core, Event, Links, MeshConfig, Out, Publish, Responder, Step, Sub, Tls, IDLE_WAIT, REGISTER_TIMEOUT,
+    jitter, Core, Event, Links, MeshConfig, Out, Publish, RequestError, Responder, Step, Sub, Tls, IDLE_WAIT,
+    REGISTER_TIMEOUT,
 };
 
 /// The jitter window of the first reconnect attempt, and the largest one.
@@ -56,16 +57,27 @@ enum Msg {
 /// Check the configuration on the caller's thread, so a bad URL or
 /// unreadable key fails startup; return the transport thread's body.
 pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) + Send + 'static> {
-    let servers = cfg
-        .urls
-        .iter()
-        .map(|u| u.parse::<ServerAddr>().map_err(|e| invalid(format!("NATS URL {u}: {e}"))))
-        .collect::<io::Result<Vec<_>>>()?;
-    if servers.is_empty() {
-        return Err(invalid("NATS needs at least one server URL".into()));
-    }
+    let servers = servers(cfg)?;
     let (tx, rx) = unbounded_channel();
-    let options = options(cfg, tx.clone())?;
+    let events = tx.clone();
+    let options = options(cfg)?
+        // Start even when the server is down, and never give up on it.
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(PING_EVERY)
+        .reconnect_delay_callback(reconnect_delay)
+        // Registration is the only request the device makes.
+        .request_timeout(Some(REGISTER_TIMEOUT))
+        .event_callback(move |event| {
+            let tx = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => drop(tx.send(Msg::Up)),
+                    async_nats::Event::Disconnected => drop(tx.send(Msg::Down)),
+                    other => drop(tx.send(Msg::Note(other.to_string()))),
+                }
+            }
+        });
     Ok(move |core: Core, links: Links| {
         // The runtime's only extra thread is the bridge (a blocking task).
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().thread_name("mesh-bridge").build() {
@@ -81,26 +93,22 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-fn options(cfg: &MeshConfig, tx: UnboundedSender<Msg>) -> io::Result<ConnectOptions> {
-    let mut o = ConnectOptions::new()
-        .name("dcd")
-        // Start even when the server is down, and never give up on it.
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .ping_interval(PING_EVERY)
-        .reconnect_delay_callback(reconnect_delay)
-        // Registration is the only request the device makes.
-        .request_timeout(Some(REGISTER_TIMEOUT))
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => drop(tx.send(Msg::Up)),
-                    async_nats::Event::Disconnected => drop(tx.send(Msg::Down)),
-                    other => drop(tx.send(Msg::Note(other.to_string()))),
-                }
-            }
-        });
+fn servers(cfg: &MeshConfig) -> io::Result<Vec<ServerAddr>> {
+    let servers = cfg
+        .urls
+        .iter()
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| invalid(format!("NATS URL {u}: {e}"))))
+        .collect::<io::Result<Vec<_>>>()?;
+    if servers.is_empty() {
+        return Err(invalid("NATS needs at least one server URL".into()));
+    }
+    Ok(servers)
+}
+
+/// Who we are to the server and how we prove it: the part the daemon and
+/// the client share.
+fn options(cfg: &MeshConfig) -> io::Result<ConnectOptions> {
+    let mut o = ConnectOptions::new().name("dcd");
     match (&cfg.nats_jwt, &cfg.nats_seed) {
         (Some(jwt), Some(seed)) => {
             let key = Arc::new(nkeys::KeyPair::from_seed(seed).map_err(|e| invalid(format!("NATS nkey seed: {e}")))?);
@@ -442,6 +450,67 @@ async fn send(client: &Client, tx: &UnboundedSender<Msg>, out: Out) {
                 let _ = tx.send(Msg::Registered(id, reply.map(|m| m.payload.to_vec()).map_err(|e| e.to_string())));
             });
         }
+    }
+}
+
+/// How long a client waits for the server to accept its connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client's connection (`mesh::Session`). The runtime runs on a thread of
+/// its own; each call blocks on its future from the caller's thread.
+pub(super) struct Link {
+    client: Client,
+    rt: tokio::runtime::Handle,
+    /// Ends the runtime's thread when the link goes.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Link {
+    pub(super) fn open(cfg: &MeshConfig) -> io::Result<Link> {
+        let servers = servers(cfg)?;
+        let options = options(cfg)?.connection_timeout(CONNECT_TIMEOUT);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("mesh".into()).spawn(move || {
+            runtime.block_on(async move { drop(stopped.await) });
+        })?;
+        let client = rt.block_on(options.connect(servers)).map_err(|e| {
+            io::Error::new(io::ErrorKind::ConnectionRefused, format!("NATS {}: {e}", cfg.urls.join(", ")))
+        })?;
+        Ok(Link { client, rt, _stop: stop })
+    }
+
+    pub(super) fn request(&self, subject: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RequestError> {
+        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(timeout));
+        match self.rt.block_on(self.client.send_request(subject.to_string(), request)) {
+            Ok(m) => Ok(m.payload.to_vec()),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => RequestError::NoResponders,
+                async_nats::RequestErrorKind::TimedOut => RequestError::TimedOut,
+                _ => RequestError::Failed(e.to_string()),
+            }),
+        }
+    }
+
+    pub(super) fn publish(&self, subject: &str, payload: Vec<u8>) -> io::Result<()> {
+        let publish = async {
+            self.client.publish(subject.to_string(), payload.into()).await.map_err(io::Error::other)?;
+            self.client.flush().await.map_err(io::Error::other)
+        };
+        self.rt.block_on(publish)
+    }
+
+    pub(super) fn subscribe(&self, subject: &str, tx: crossbeam_channel::Sender<super::Message>) -> io::Result<()> {
+        let mut messages = self.rt.block_on(self.client.subscribe(subject.to_string())).map_err(io::Error::other)?;
+        self.rt.spawn(async move {
+            while let Some(m) = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)).await {
+                if tx.send(super::Message { subject: m.subject.to_string(), payload: m.payload.to_vec() }).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
     }
 }
 

@@ -12,7 +12,9 @@ use zenoh::query::{Query, Reply};
 use zenoh::sample::Sample;
 use zenoh::{Session, Wait};
 
-use super::{zenoh_key, Core, Links, MeshConfig, Out, Responder, Step, Sub, Tls, REGISTER_TIMEOUT};
+use super::{
+    zenoh_key, Core, Links, MeshConfig, Message, Out, RequestError, Responder, Step, Sub, Tls, REGISTER_TIMEOUT,
+};
 use crate::encoding::{base64_encode, STANDARD};
 
 /// Zenoh's internal runtimes, unless the user set `ZENOH_RUNTIME` (zenoh
@@ -39,11 +41,16 @@ pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) +
     let json = session_json(cfg);
     let config = zenoh::Config::from_json5(&json.to_string())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("zenoh config: {e}")))?;
+    size_runtime();
+    let client = !cfg.urls.is_empty();
+    Ok(move |core: Core, links: Links| run(config, client, core, links))
+}
+
+/// Size zenoh's runtimes (`RUNTIME`); only while the process has no other thread.
+fn size_runtime() {
     if std::env::var_os("ZENOH_RUNTIME").is_none() {
         std::env::set_var("ZENOH_RUNTIME", RUNTIME);
     }
-    let client = !cfg.urls.is_empty();
-    Ok(move |core: Core, links: Links| run(config, client, core, links))
 }
 
 /// The session configuration of spec §5.5 (and TLS of §5.4).
@@ -256,6 +263,77 @@ fn send(session: &Session, tx: &Sender<Msg>, out: Out) {
                 log::warn!("registration request not sent: {e}");
             }
         }
+    }
+}
+
+/// How long a scouting client looks for the device before it says nobody answers.
+const SCOUT_WAIT: Duration = Duration::from_secs(3);
+
+/// A client's session (`mesh::Session`): zenoh's blocking API as it is.
+pub(super) struct Link {
+    session: Session,
+    /// A peer that finds others by scouting: the device may not be found yet.
+    scouting: bool,
+    opened: Instant,
+}
+
+impl Link {
+    pub(super) fn open(cfg: &MeshConfig) -> io::Result<Link> {
+        size_runtime();
+        let mut json = session_json(cfg);
+        if !cfg.urls.is_empty() {
+            // A client waits for no router: the user is there to be told.
+            json["connect"]["exit_on_failure"] = json!(true);
+        }
+        let bad = |e: zenoh::Error| io::Error::new(io::ErrorKind::ConnectionRefused, format!("zenoh: {e}"));
+        let config = zenoh::Config::from_json5(&json.to_string()).map_err(bad)?;
+        let session = zenoh::open(config).wait().map_err(bad)?;
+        Ok(Link { session, scouting: cfg.urls.is_empty(), opened: Instant::now() })
+    }
+
+    pub(super) fn request(&self, subject: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RequestError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let replies = self
+                .session
+                .get(zenoh_key(subject))
+                .payload(payload.clone())
+                .timeout(left)
+                .wait()
+                .map_err(|e| RequestError::Failed(e.to_string()))?;
+            if let Ok(reply) = replies.recv() {
+                return match reply.result() {
+                    Ok(sample) => Ok(sample.payload().to_bytes().into_owned()),
+                    Err(e) => Err(RequestError::Failed(String::from_utf8_lossy(&e.payload().to_bytes()).into())),
+                };
+            }
+            // The query ended without a reply: nobody there, or (a scouting
+            // peer) nobody found yet.
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(RequestError::TimedOut);
+            }
+            if !self.scouting || self.opened.elapsed() > SCOUT_WAIT {
+                return Err(RequestError::NoResponders);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(super) fn publish(&self, subject: &str, payload: Vec<u8>) -> io::Result<()> {
+        self.session.put(zenoh_key(subject), payload).wait().map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    pub(super) fn subscribe(&self, subject: &str, tx: Sender<Message>) -> io::Result<()> {
+        self.session
+            .declare_subscriber(zenoh_key(subject))
+            .callback(move |s| {
+                let subject = s.key_expr().as_str().replace('/', ".");
+                drop(tx.send(Message { subject, payload: s.payload().to_bytes().into_owned() }))
+            })
+            .background()
+            .wait()
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
