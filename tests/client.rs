@@ -194,12 +194,12 @@ fn sleeper(tag: &str) -> Option<(String, common::Cleanup)> {
 struct Tmux(String);
 
 impl Tmux {
-    fn start(cmd: &str) -> Option<Tmux> {
+    fn start(tag: &str, cmd: &str) -> Option<Tmux> {
         let installed = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
         if !require(installed, "tmux") {
             return None;
         }
-        let t = Tmux(unique("tmux"));
+        let t = Tmux(unique(tag));
         t.tmux(&["new-session", "-d", "-s", "s", "-x", "80", "-y", "24", cmd]);
         t.tmux(&["set-option", "-g", "window-size", "manual"]);
         Some(t)
@@ -243,21 +243,36 @@ fn terminal_session(rig: &Rig, container: &str) {
     let dcd = format!("env {} {} exec -it {} {container} sh", env.join(" "), env!("CARGO_BIN_EXE_dcd"), rig.id);
     // After dcd: its exit code, and whether the terminal is cooked again.
     let shell = format!("{dcd}; echo EXIT=$?; stty -a | grep -o -- '-*icanon' | sed 's/^/MODE=/'; sleep 600");
-    let Some(t) = Tmux::start(&shell) else { return };
-    t.expect("# ");
+    let Some(t) = Tmux::start(&format!("tmux-{}", rig.id), &shell) else { return };
+    t.expect("/ #");
     t.keys(&["echo hello-$((6*7))", "Enter"]);
     t.expect("hello-42");
-    t.keys(&["stty size", "Enter"]);
-    t.expect("24 80");
+    // The window size at open, and after a resize (SIGWINCH). As the device's session table has
+    // it: this machine's containers refuse TIOCGWINSZ on their ptys, so `stty size` fails even
+    // under `docker exec -it`.
+    let size = || {
+        let sessions = json(&rig.ok(&["call", &rig.id, "exec_sessions"]));
+        let s = &sessions["sessions"][0];
+        (s["rows"].as_u64(), s["cols"].as_u64())
+    };
+    assert_eq!(size(), (Some(24), Some(80)));
     t.tmux(&["resize-window", "-t", "s", "-x", "100", "-y", "30"]);
-    std::thread::sleep(Duration::from_millis(300));
-    t.keys(&["clear; stty size", "Enter"]);
-    t.expect("30 100");
-    t.keys(&["vi /tmp/cli-test", "Enter"]);
-    t.expect("/tmp/cli-test");
-    t.keys(&["i", "typed-in-vi", "Escape", ":q!", "Enter"]);
-    t.keys(&["clear; echo back-from-vi", "Enter"]);
-    t.expect("back-from-vi");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while size() != (Some(30), Some(100)) {
+        assert!(Instant::now() < deadline, "the resize did not reach the session: {:?}", size());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.keys(&["clear; vi /tmp/cli-test", "Enter"]);
+    t.expect("\n~\n~\n");
+    t.keys(&["i", "typed-in-vi"]);
+    t.expect("typed-in-vi");
+    // A lone Escape: vi waits a moment for the rest of a key sequence.
+    t.keys(&["Escape"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&[":q!", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&["clear; echo back-from-$((1+1))", "Enter"]);
+    t.expect("back-from-2");
     t.keys(&["sleep 30", "Enter"]);
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
