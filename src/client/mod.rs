@@ -121,7 +121,7 @@ pub struct Exec {
     cmd: Vec<String>,
 }
 
-/// compose up|down|ps a local compose file on a device
+/// compose up|down|ps a local compose file on a device; prints the JSON result
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "compose")]
 pub struct Compose {
@@ -136,9 +136,6 @@ pub struct Compose {
     /// project name (default: the file's name:, else its directory's)
     #[argh(option, short = 'p')]
     project: Option<String>,
-    /// print JSON, also to a terminal
-    #[argh(switch)]
-    json: bool,
 }
 
 /// pull an image on a device, with a progress bar
@@ -256,13 +253,13 @@ fn dispatch(c: &Arc<Client>, command: Command) -> Result<i32> {
             };
             let timeout =
                 Duration::try_from_secs_f64(a.timeout).map_err(|e| Failure::Usage(format!("--timeout: {e}")))?;
-            print_json(&c.call_for(&a.device, &a.function, params, timeout)?, false);
+            print_json(&c.call_for(&a.device, &a.function, params, timeout)?);
             Ok(0)
         }
         Command::Ps(a) => {
             let r = c.call(&a.device, "list_containers", json!({"all_containers": a.all}))?;
             if wants_json(a.json) {
-                print_json(&r, true);
+                print_json(&r);
             } else {
                 let rows = list(&r["containers"]).map(|k| {
                     let created = k["created"].as_str().unwrap_or_default();
@@ -375,13 +372,9 @@ fn wants_json(forced: bool) -> bool {
     forced || !is_terminal(1)
 }
 
-/// Pretty to a terminal, one line to a pipe (or when `compact`).
-fn print_json(v: &Value, compact: bool) {
-    if compact || !is_terminal(1) {
-        println!("{v}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
+/// One line: for a pipe, and for `jq` on a terminal.
+fn print_json(v: &Value) {
+    println!("{v}");
 }
 
 fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
@@ -441,7 +434,7 @@ fn devices(c: &Client, json_out: bool) -> Result<i32> {
     found.sort_by(|a, b| text(&a["device_id"]).cmp(&text(&b["device_id"])));
     if wants_json(json_out) {
         for d in &found {
-            print_json(d, true);
+            print_json(d);
         }
     } else {
         let rows = found.iter().map(|d| {
@@ -505,7 +498,7 @@ fn compose(c: &Client, a: Compose) -> Result<i32> {
         "ps" => c.call(&a.device, "compose_ps", json!({"project": project}))?,
         other => return Err(Failure::Usage(format!("compose {other}: expected up, down or ps"))),
     };
-    print_json(&r, a.json);
+    print_json(&r);
     Ok(0)
 }
 
@@ -566,7 +559,7 @@ fn pull(c: &Client, a: Pull) -> Result<i32> {
     } else if bar {
         println!("{}: pulled", a.image);
     } else {
-        print_json(&result, true);
+        print_json(&result);
     }
     Ok(if ok { 0 } else { 1 })
 }

@@ -272,6 +272,8 @@ const SCOUT_WAIT: Duration = Duration::from_secs(3);
 /// A client's session (`mesh::Session`): zenoh's blocking API as it is.
 pub(super) struct Link {
     session: Session,
+    /// Undeclared when dropped: kept for the session's life.
+    subscribers: std::sync::Mutex<Vec<zenoh::pubsub::Subscriber<()>>>,
     /// A peer that finds others by scouting: the device may not be found yet.
     scouting: bool,
     opened: Instant,
@@ -288,7 +290,7 @@ impl Link {
         let bad = |e: zenoh::Error| io::Error::new(io::ErrorKind::ConnectionRefused, format!("zenoh: {e}"));
         let config = zenoh::Config::from_json5(&json.to_string()).map_err(bad)?;
         let session = zenoh::open(config).wait().map_err(bad)?;
-        Ok(Link { session, scouting: cfg.urls.is_empty(), opened: Instant::now() })
+        Ok(Link { session, subscribers: Default::default(), scouting: cfg.urls.is_empty(), opened: Instant::now() })
     }
 
     pub(super) fn request(&self, subject: &str, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RequestError> {
@@ -325,15 +327,17 @@ impl Link {
     }
 
     pub(super) fn subscribe(&self, subject: &str, tx: Sender<Message>) -> io::Result<()> {
-        self.session
+        let subscriber = self
+            .session
             .declare_subscriber(zenoh_key(subject))
             .callback(move |s| {
                 let subject = s.key_expr().as_str().replace('/', ".");
                 drop(tx.send(Message { subject, payload: s.payload().to_bytes().into_owned() }))
             })
-            .background()
             .wait()
-            .map_err(|e| io::Error::other(e.to_string()))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        crate::sync::lock(&self.subscribers).push(subscriber);
+        Ok(())
     }
 }
 
