@@ -1004,6 +1004,55 @@ class Bench:
             self.lat_rows(f"Zenoh list_containers ({n_containers} ctrs)", z_s, zf_s, 1, "list+inspects",
                           goal_overhead=1)
 
+    # --- reads from the state thread's view (issue 14) -------------------------------------------
+    async def reads(self, nc, d):
+        """list_containers (all, this run's label) beside get_status, call by call in one run, with
+        20 and then 200 containers of this run: p50 sequential, and calls/s from 8 callers."""
+        params = {"all_containers": True, "label": f"dcd-bench-run={self.run_id}"}
+        ids = []
+        try:
+            for n, over_goal in ((20, 0.3), (200, 1.0)):
+                log(f"reads: creating {n - len(ids)} containers")
+                ids += create_containers(self.run_id, f"r{n}-", n - len(ids), parallel=8)
+                deadline = time.perf_counter() + 60
+                while (await nrpc(nc, d, "list_containers", params))["count"] != n:
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"dcd did not list the {n} containers within 60 s")
+                    await asyncio.sleep(0.1)
+                n_total = len(Engine(self.sock).get_json("/containers/json?all=1"))
+                await lat_nats(nc, d, "list_containers", params, 50)  # warm-up
+                g50, l50, over, g8, l8 = Agg(), Agg(), Agg(), Agg(), Agg()
+                for _ in range(self.rounds):
+                    g, l = [], []
+                    for _ in range(200):
+                        a = time.perf_counter_ns()
+                        await nrpc(nc, d, "get_status")
+                        b = time.perf_counter_ns()
+                        await nrpc(nc, d, "list_containers", params)
+                        g.append(b - a)
+                        l.append(time.perf_counter_ns() - b)
+                    g50.add(ms(pct(g, 50)))
+                    l50.add(ms(pct(l, 50)))
+                    over.add(ms(pct(l, 50)) - ms(pct(g, 50)))
+                    lats, w = await lat_nats(nc, d, "get_status", {}, 2000, conc=8)
+                    g8.add(len(lats) / w)
+                    lats, w = await lat_nats(nc, d, "list_containers", params, 2000, conc=8)
+                    l8.add(len(lats) / w)
+                ok = over.med <= over_goal
+                self.row("reads", f"list_containers p50 ({n} ctrs; {n_total} on the engine)", l50.fmt(unit=" ms"),
+                         f"get_status {g50.fmt(unit=' ms')}", "", f"+{over.fmt(unit=' ms')}",
+                         f"≤ get_status + {over_goal} ms", verdict(ok))
+                goal8 = "≥ 3000 calls/s" if n == 20 else ""
+                self.row("reads", f"list_containers, 8 callers ({n} ctrs)", l8.fmt("{:.0f}", " calls/s"),
+                         f"get_status {g8.fmt('{:.0f}', ' calls/s')}", "", "", goal8,
+                         verdict(l8.med >= 3000) if n == 20 else "")
+                self.put(f"list_p50_ms_{n}", l50)
+                self.put(f"list_get_status_p50_ms_{n}", g50)
+                self.put(f"list_calls_per_s_8_{n}", l8)
+                self.put(f"list_get_status_calls_per_s_8_{n}", g8)
+        finally:
+            remove_containers(ids)
+
     # --- provision cycle -----------------------------------------------------------------------
     async def provision(self, nc, d):
         n = 10
@@ -1399,6 +1448,14 @@ class Bench:
             finally:
                 d.stop()
             return {}
+        if self.a.reads:
+            d = Daemon(self.bin, "nats", self.tenant("r"), self.logdir, self.a.nats_url)
+            try:
+                await wait_answer_nats(nc, d)
+                await self.reads(nc, d)
+            finally:
+                d.stop()
+            return None
         self.sizes()
         startup = await self.startup(nc)
         rss_n, delta_n = await self.memory(nc, "nats", 2000 if self.quick else 10000)
@@ -1426,6 +1483,7 @@ class Bench:
                                       f"measurements (50 of this run, the rest from elsewhere)")
                 await self.latency_list(nc, d, zs, zd, n_total)
                 await self.provision(nc, d)
+                await self.reads(nc, d)
                 remove_containers(self.ids_big[20:])
                 self.ids_big = self.ids_big[:20]
                 n_present = len(Engine(self.sock).get_json("/containers/json?all=1"))
@@ -1869,6 +1927,8 @@ def main() -> int:
     ap.add_argument("--pidfile", default=None, help="append the pid of every daemon started here")
     ap.add_argument("--only", choices=["compose"], default=None,
                     help="only this section (compose: compose_up/down against docker-compose)")
+    ap.add_argument("--reads", action="store_true",
+                    help="only list_containers beside get_status at 20 and 200 containers (about 3 minutes)")
     args = ap.parse_args()
     PIDFILE[0] = args.pidfile
 

@@ -5,7 +5,7 @@
 //!
 //! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`, `signals`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
-//! 3. `spec`, `compose`, `logs`, `state`, `jobs`;
+//! 3. `spec`, `compose`, `logs`, `view`, `state`, `jobs`;
 //! 4. `driver`: the function table;
 //! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads), `watchdog` and `client`
 //!    (the `dcd` subcommands), then `config`.
@@ -35,4 +35,5 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod time;
+pub mod view;
 pub mod watchdog;

@@ -108,7 +108,8 @@ fn run(cfg: Config) -> Result<(), String> {
     let (state_tx, state_rx) = bounded(1024);
     let (bulk_tx, bulk_rx) = bounded(1024);
     let events = Events::new(state_tx, bulk_tx);
-    let state = State::start(engine.clone(), cfg.state_poll_hz, events.clone(), cfg.forward);
+    // The engine is first asked (the baseline, the status) while the mesh connects.
+    let state = State::spawn(engine.clone(), cfg.state_poll_hz, events.clone(), cfg.forward);
     let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy));
 
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
@@ -120,6 +121,8 @@ fn run(cfg: Config) -> Result<(), String> {
     let transport = transport
         .spawn(describe, inbound_tx, [state_rx, bulk_rx], publish_rx, stop_rx.clone())
         .map_err(|e| format!("cannot start the mesh thread: {e}"))?;
+    // What a request does is news only after the baseline.
+    state.baseline();
     let workers = Workers::start(cfg.workers, driver.clone(), &device_id, inbound_rx, publish_tx)?;
     let notifier = Notifier::new(cfg.notify_socket.as_deref());
     if let Some(n) = notifier {

@@ -209,7 +209,8 @@ fn schedule(later: &Receiver<(Instant, Broadcast)>, due: &Sender<Broadcast>) {
 /// What the transport thread announces (presence, registration). It must never wait for the
 /// engine: a hung engine would otherwise silence presence, heartbeats and every request for the
 /// engine's call timeout, again and again. So a thread of its own asks the driver, and the
-/// transport reads its latest answer. Start-up waits for the first answer only briefly.
+/// transport reads its latest answer. Its first announcement waits for the first answer, only
+/// briefly; the engine is asked while the mesh connects.
 /// `asked` is set once the engine has answered, or been found offline, for the first time.
 pub fn describer(driver: Arc<Driver>, id: String, asked: Arc<AtomicBool>) -> Result<Describe, String> {
     // Capabilities and identity never change while the daemon runs: built once. Only the status
@@ -225,8 +226,11 @@ pub fn describer(driver: Arc<Driver>, id: String, asked: Arc<AtomicBool>) -> Res
         let _ = first_tx.try_send(());
         std::thread::sleep(DESCRIBE_EVERY);
     })?;
-    let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
+    let first = AtomicBool::new(true);
     Ok(Arc::new(move || {
+        if first.swap(false, Ordering::Relaxed) {
+            let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
+        }
         let mut body = base.clone();
         body["status"] = lock(&status).clone();
         body

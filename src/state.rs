@@ -6,6 +6,10 @@
 //! lists all containers only while the event stream is down and once after
 //! every reconnect, so nothing changes silently.
 //!
+//! It also keeps the `View` the reads answer from: an inspect of a container
+//! whenever an event concerns it (network `connect` and `disconnect` too),
+//! and a full list and inspect after every reconnect, before it is served.
+//!
 //! Extensions: a container that disappears is reported with `state:
 //! "removed"`; with `--forward-engine-events` the engine's container events
 //! also go out as they are, as `engine_event`.
@@ -21,11 +25,12 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TryRecvError};
 use serde_json::{json, Value};
 
 use crate::engine::stream::JsonLines;
-use crate::engine::{Canceller, Engine};
+use crate::engine::{Canceller, Engine, EngineError};
 use crate::events::{Events, ENGINE_EVENT, STATE_CHANGED};
 use crate::ids::short_id;
 use crate::labels::is_managed;
 use crate::sync::lock;
+use crate::view::{Gone, View};
 
 const REMOVED: &str = "removed";
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -38,10 +43,7 @@ const OVERLAP_NANOS: i64 = 1_000_000_000;
 /// replayed event is never older than the list it follows.
 const SETTLE: Duration = Duration::from_millis(100);
 const SETTLE_MAX: Duration = Duration::from_secs(1);
-/// Destroyed ids remembered, so stale news cannot bring them back. Ids are
-/// never reused; this only has to outlast a replay (the engine keeps 256).
-const GONE_KEEP: usize = 4096;
-/// How long `State::start` waits for the baseline list. An engine that is
+/// How long `State::baseline` waits for the baseline list. An engine that is
 /// down fails at once; only a hung one makes startup wait this long.
 const BASELINE_WAIT: Duration = Duration::from_secs(3);
 
@@ -102,11 +104,17 @@ pub enum Forward {
 pub struct StateHandle {
     tx: Sender<Msg>,
     forward: Forward,
+    view: Arc<View>,
 }
 
 impl StateHandle {
     pub fn observed(&self, seen: Seen) {
         let _ = self.tx.try_send(Msg::Observed(seen));
+    }
+
+    /// The containers as the reads see them.
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     /// Whether `engine_event` is emitted (and so advertised).
@@ -123,48 +131,64 @@ pub struct State {
     threads: Vec<JoinHandle<()>>,
     tx: Sender<Msg>,
     forward: Forward,
+    view: Arc<View>,
+    /// Disconnected once the baseline is known.
+    baseline: Receiver<()>,
 }
 
 impl State {
-    /// Start the threads. `poll_hz` 0 turns the fallback poll off.
-    ///
-    /// Returns once the containers that exist now are known (or the engine
-    /// did not answer within `BASELINE_WAIT`): they are the silent baseline,
-    /// and whatever the caller does next is news.
+    /// `spawn`, then `baseline`.
     pub fn start(engine: Arc<dyn Engine>, poll_hz: f64, events: Events, forward: Forward) -> State {
+        let state = State::spawn(engine, poll_hz, events, forward);
+        state.baseline();
+        state
+    }
+
+    /// Start the threads, without waiting. `poll_hz` 0 turns the fallback poll off.
+    pub fn spawn(engine: Arc<dyn Engine>, poll_hz: f64, events: Events, forward: Forward) -> State {
         let (tx, rx) = bounded(4096);
         let (stop, stop_rx) = bounded::<()>(0);
         let events_cancel = Arc::new(Mutex::new(None));
         let poll = (poll_hz > 0.0).then(|| Duration::from_secs_f64((1.0 / poll_hz).max(0.1)));
         let reconciled = Arc::new(AtomicI64::new(0));
         let (baseline_tx, baseline) = bounded::<()>(0);
+        let view = Arc::new(View::default());
         let owner = {
-            let (engine, stop, reconciled) = (engine.clone(), stop_rx.clone(), reconciled.clone());
+            let (engine, stop, reconciled, view) = (engine.clone(), stop_rx.clone(), reconciled.clone(), view.clone());
             std::thread::Builder::new()
                 .name("state".into())
                 .spawn(move || {
-                    let mut owner = Owner::new(engine, events, forward, reconciled);
+                    let mut owner = Owner::new(engine, events, forward, reconciled, view);
                     owner.reconcile();
                     drop(baseline_tx);
                     owner.run(rx, poll, &stop)
                 })
                 .expect("spawn state thread")
         };
-        let _ = baseline.recv_timeout(BASELINE_WAIT);
-        // Started after the baseline, the stream replays from it: nothing
+        // Following from the baseline, the stream replays from it: nothing
         // falls between the two.
         let follower = {
-            let (tx, stop, cancel) = (tx.clone(), stop_rx, events_cancel.clone());
+            let (tx, stop, cancel, baseline) = (tx.clone(), stop_rx, events_cancel.clone(), baseline.clone());
             std::thread::Builder::new()
                 .name("engine-events".into())
-                .spawn(move || follow_events(engine, tx, stop, &cancel, &reconciled))
+                .spawn(move || {
+                    let _ = baseline.recv_timeout(BASELINE_WAIT);
+                    follow_events(engine, tx, stop, &cancel, &reconciled)
+                })
                 .expect("spawn engine-events thread")
         };
-        State { stop, events_cancel, threads: vec![owner, follower], tx, forward }
+        State { stop, events_cancel, threads: vec![owner, follower], tx, forward, view, baseline }
+    }
+
+    /// Wait until the containers that exist now are known (or the engine did
+    /// not answer within `BASELINE_WAIT`): they are the silent baseline, and
+    /// whatever the caller does next is news.
+    pub fn baseline(&self) {
+        let _ = self.baseline.recv_timeout(BASELINE_WAIT);
     }
 
     pub fn handle(&self) -> StateHandle {
-        StateHandle { tx: self.tx.clone(), forward: self.forward }
+        StateHandle { tx: self.tx.clone(), forward: self.forward, view: self.view.clone() }
     }
 
     pub fn shutdown(self) {
@@ -184,9 +208,9 @@ struct Owner {
     events: Events,
     forward: Forward,
     known: HashMap<String, Known>,
-    /// Ids the engine reported destroyed (oldest first).
-    gone: HashSet<String>,
-    gone_order: VecDeque<String>,
+    /// Ids the engine reported destroyed.
+    gone: Gone,
+    view: Arc<View>,
     stream_up: bool,
     seeded: bool,
     /// When the reconcile after a replaying reconnect is due, and its latest time.
@@ -197,14 +221,20 @@ struct Owner {
 }
 
 impl Owner {
-    fn new(engine: Arc<dyn Engine>, events: Events, forward: Forward, reconciled: Arc<AtomicI64>) -> Self {
+    fn new(
+        engine: Arc<dyn Engine>,
+        events: Events,
+        forward: Forward,
+        reconciled: Arc<AtomicI64>,
+        view: Arc<View>,
+    ) -> Self {
         Owner {
             engine,
             events,
             forward,
             known: HashMap::new(),
-            gone: HashSet::new(),
-            gone_order: VecDeque::new(),
+            gone: Gone::default(),
+            view,
             stream_up: false,
             seeded: false,
             settle: None,
@@ -241,7 +271,10 @@ impl Owner {
                             self.reconcile();
                         }
                     }
-                    Ok(Msg::Disconnected) => self.stream_up = false,
+                    Ok(Msg::Disconnected) => {
+                        self.stream_up = false;
+                        self.view.set_current(false);
+                    }
                     Err(_) => return,
                 },
                 recv(stop) -> _ => return,
@@ -275,7 +308,7 @@ impl Owner {
                 return;
             }
             self.known.remove(&id);
-            self.forget(id.clone());
+            self.gone.insert(id.clone());
         } else {
             self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into() });
         }
@@ -286,16 +319,6 @@ impl Owner {
         );
     }
 
-    fn forget(&mut self, id: String) {
-        if self.gone_order.len() == GONE_KEEP {
-            if let Some(old) = self.gone_order.pop_front() {
-                self.gone.remove(&old);
-            }
-        }
-        self.gone.insert(id.clone());
-        self.gone_order.push_back(id);
-    }
-
     fn observed(&mut self, s: &Seen) {
         if !s.id.is_empty() {
             self.set(&s.id, &s.name, &s.image, &s.state);
@@ -303,11 +326,28 @@ impl Owner {
     }
 
     fn engine_event(&mut self, e: &Value) {
+        let action = e["Action"].as_str().or(e["status"].as_str()).unwrap_or_default();
+        if e["Type"] == "network" {
+            // A container joined or left a network: its addresses changed.
+            if let (Some(id), "connect" | "disconnect") = (e["Actor"]["Attributes"]["container"].as_str(), action) {
+                self.refresh(id);
+            }
+            return;
+        }
         let id = e["Actor"]["ID"].as_str().or(e["id"].as_str()).unwrap_or_default();
         if id.is_empty() {
             return;
         }
         self.forward(e, id);
+        self.transition(e, id);
+        // Execs and health checks, the busy ones, change nothing a summary shows.
+        if !action.starts_with("exec_") && !action.starts_with("health_status") {
+            self.refresh(id);
+        }
+    }
+
+    /// Emit the state change `e` leads to, if it names one.
+    fn transition(&mut self, e: &Value, id: &str) {
         // Only these name the state they lead to. `kill`, `oom` and health
         // changes do not change it by themselves: a `die` follows if the
         // container ends.
@@ -348,9 +388,32 @@ impl Owner {
         }
     }
 
-    /// List every container and emit whatever differs from what we know.
+    /// Put container `id` in the view as the engine shows it now; false when
+    /// the engine did not say, and the view is then not served until a
+    /// rebuild, due shortly.
+    fn refresh(&mut self, id: &str) -> bool {
+        let ticket = self.view.ticket();
+        match self.engine.inspect_container(id) {
+            Ok(i) => {
+                self.view.put(ticket, &i);
+            }
+            Err(EngineError::NotFound(_)) => self.view.remove(id),
+            Err(e) => {
+                log::debug!("state: inspect {id}: {e}");
+                self.view.set_current(false);
+                let due = Instant::now() + SETTLE_MAX;
+                self.settle = Some((due, due));
+                return false;
+            }
+        }
+        true
+    }
+
+    /// List every container and emit whatever differs from what we know;
+    /// while the stream is up, rebuild the view from it and serve it.
     fn reconcile(&mut self) {
         let started = now_nanos();
+        let ticket = self.view.ticket();
         let list = match self.engine.list_containers(true) {
             Ok(l) => l,
             Err(e) => {
@@ -378,6 +441,15 @@ impl Owner {
             self.known.iter().filter(|(id, _)| !seen.contains(*id)).map(|(i, k)| (i.clone(), k.clone())).collect();
         for (id, k) in vanished {
             self.set(&id, &k.name, &k.image, REMOVED);
+        }
+        if self.stream_up {
+            for c in &list {
+                if !self.refresh(c["Id"].as_str().unwrap_or_default()) {
+                    return;
+                }
+            }
+            self.view.keep_listed(ticket, &seen);
+            self.view.set_current(true);
         }
     }
 }
@@ -501,7 +573,7 @@ mod tests {
     /// A state owner on `engine`, not running: the tests call its steps one by one.
     fn owner(engine: Arc<dyn Engine>) -> (Owner, Receiver<Event>) {
         let (tx, rx) = bounded(1000);
-        let owner = Owner::new(engine, Events::new(tx.clone(), tx), Forward::Off, Arc::default());
+        let owner = Owner::new(engine, Events::new(tx.clone(), tx), Forward::Off, Arc::default(), Arc::default());
         (owner, rx)
     }
 

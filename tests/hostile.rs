@@ -9,14 +9,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use common::counting::Counting;
 use dcd::engine::stream::{Line, MAX_LINE};
-use dcd::engine::{sim::Sim, Credentials, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
 use dcd::rpc::{self, MAX_REQUEST_BYTES};
 
 use checks::{assert_bounded, demux_lines as demux, depth, json_values as json_lines, short, DEVICE, MAX_DEPTH};
@@ -71,94 +71,6 @@ impl Rng {
     }
 }
 
-/// The simulator, counting the calls that would create something on the host.
-struct Counting {
-    sim: Sim,
-    creates: AtomicUsize,
-    pulls: AtomicUsize,
-}
-
-impl Engine for Counting {
-    fn info(&self) -> EngineResult<Value> {
-        self.sim.info()
-    }
-    fn ping(&self) -> EngineResult<()> {
-        self.sim.ping()
-    }
-    fn list_containers(&self, all: bool) -> EngineResult<Vec<Value>> {
-        self.sim.list_containers(all)
-    }
-    fn inspect_container(&self, id: &str) -> EngineResult<Value> {
-        self.sim.inspect_container(id)
-    }
-    fn create_container(&self, name: Option<&str>, body: &Value) -> EngineResult<String> {
-        self.creates.fetch_add(1, Ordering::SeqCst);
-        self.sim.create_container(name, body)
-    }
-    fn start_container(&self, id: &str) -> EngineResult<()> {
-        self.sim.start_container(id)
-    }
-    fn stop_container(&self, id: &str, timeout_s: i64) -> EngineResult<()> {
-        self.sim.stop_container(id, timeout_s)
-    }
-    fn restart_container(&self, id: &str, timeout_s: i64) -> EngineResult<()> {
-        self.sim.restart_container(id, timeout_s)
-    }
-    fn remove_container(&self, id: &str, force: bool) -> EngineResult<()> {
-        self.sim.remove_container(id, force)
-    }
-    fn rename_container(&self, id: &str, name: &str) -> EngineResult<()> {
-        self.sim.rename_container(id, name)
-    }
-    fn logs(&self, id: &str, opts: &LogOptions) -> EngineResult<Stream> {
-        self.sim.logs(id, opts)
-    }
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> EngineResult<ExecOutput> {
-        self.sim.exec(id, cmd, env, workdir)
-    }
-    fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> EngineResult<Vec<String>> {
-        self.pulls.fetch_add(1, Ordering::SeqCst);
-        self.sim.pull_image(image, auth)
-    }
-    fn list_images(&self) -> EngineResult<Vec<Value>> {
-        self.sim.list_images()
-    }
-    fn inspect_image(&self, reference: &str) -> EngineResult<Value> {
-        self.sim.inspect_image(reference)
-    }
-    fn stats(&self, id: &str) -> EngineResult<Value> {
-        self.sim.stats(id)
-    }
-    fn list_objects(&self, kind: Object) -> EngineResult<Vec<Value>> {
-        self.sim.list_objects(kind)
-    }
-    fn create_object(&self, kind: Object, body: &Value) -> EngineResult<Value> {
-        self.creates.fetch_add(1, Ordering::SeqCst);
-        self.sim.create_object(kind, body)
-    }
-    fn inspect_object(&self, kind: Object, id: &str) -> EngineResult<Value> {
-        self.sim.inspect_object(kind, id)
-    }
-    fn remove_object(&self, kind: Object, id: &str, force: bool) -> EngineResult<()> {
-        self.sim.remove_object(kind, id, force)
-    }
-    fn connect_network(&self, network: &str, id: &str, aliases: &[String]) -> EngineResult<()> {
-        self.sim.connect_network(network, id, aliases)
-    }
-    fn remove_image(&self, reference: &str, force: bool) -> EngineResult<Value> {
-        self.sim.remove_image(reference, force)
-    }
-    fn prune_images(&self, filters: &Value) -> EngineResult<Value> {
-        self.sim.prune_images(filters)
-    }
-    fn events(&self, since: Option<f64>) -> EngineResult<Stream> {
-        self.sim.events(since)
-    }
-    fn host(&self) -> Option<String> {
-        self.sim.host()
-    }
-}
-
 /// The shared rig on a counting simulator, as `dcd --sim` runs it. Its event queue is small and
 /// never read: a full queue makes the driver drop events, which is what a slow mesh causes.
 struct Rig {
@@ -175,7 +87,7 @@ impl std::ops::Deref for Rig {
 
 impl Rig {
     fn new() -> Rig {
-        let engine = Arc::new(Counting { sim: Sim::new(), creates: AtomicUsize::new(0), pulls: AtomicUsize::new(0) });
+        let engine = Arc::new(Counting::new());
         Rig { rig: common::Rig::with(engine.clone(), true, 64, 2.0), engine }
     }
 

@@ -12,13 +12,13 @@ use serde_json::{json, Map, Value};
 use crate::engine::{Engine, EngineError};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::ids::short_id;
 use crate::jobs::{public_params, Jobs, Reply, Work, DEFAULT_WAIT_S, MAX_WAIT_S};
 use crate::labels::is_managed;
 use crate::logs::Follows;
 use crate::policy::{ExecRule, Kind, Policy};
 use crate::state::{Seen, StateHandle};
 use crate::sync::lock;
+use crate::view::summary;
 
 /// How long a cached `EngineInfo` (`get_status`), or whether the engine
 /// answers at all (presence), is reused before the engine is asked again.
@@ -71,11 +71,27 @@ pub(super) struct Reach {
 
 impl Reach {
     /// The container's summary now, after telling the state thread what we
-    /// just did to it.
+    /// just did to it, and putting it in the view (so the caller reads its
+    /// own write); one that is gone leaves the view.
     pub(super) fn observe(&self, id: &str) -> Result<Value> {
-        let inspect = self.engine.inspect_container(id)?;
+        let view = self.state.view();
+        let ticket = view.ticket();
+        let inspect = match self.engine.inspect_container(id) {
+            Ok(i) => i,
+            Err(e) => {
+                if let EngineError::NotFound(_) = e {
+                    view.remove(id);
+                }
+                return Err(e.into());
+            }
+        };
         self.state.observed(Seen::from_inspect(&inspect));
-        Ok(summary(&inspect))
+        Ok(view.put(ticket, &inspect))
+    }
+
+    /// Container `id` (an id or a name) was just removed: it leaves the view.
+    pub(super) fn removed(&self, id: &str) {
+        self.state.view().remove(id);
     }
 
     /// `observe`, for work that goes on whatever it finds (compose): a
@@ -149,17 +165,34 @@ impl Driver {
         Reach { engine: self.engine.clone(), state: self.state.clone() }
     }
 
+    pub(super) fn observe(&self, id: &str) -> Result<Value> {
+        self.reach().observe(id)
+    }
+
+    pub(super) fn removed(&self, id: &str) {
+        self.reach().removed(id)
+    }
+
     /// Refuse a job's record to a caller who could not have started it: under
     /// `owned_only`, a job on a container we do not manage.
     pub(super) fn may_see(&self, container: Option<&str>) -> Result<()> {
         container.map_or(Ok(()), |c| self.guard_if_exists(c, Kind::Read))
     }
 
+    /// From the view while it is current, else from the engine.
     pub(super) fn summary_of(&self, id: &str) -> Result<Value> {
-        Ok(summary(&self.engine.inspect_container(id)?))
+        match self.state.view().find(id) {
+            Some(s) => Ok(s),
+            None => Ok(summary(&self.engine.inspect_container(id)?)),
+        }
     }
 
+    /// From the view while it is current, else a list and an inspect of each.
     pub(super) fn summaries(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Result<Value> {
+        if let Some(list) = self.state.view().list(all) {
+            let containers: Vec<Value> = list.into_iter().filter(|s| keep(s)).collect();
+            return Ok(json!({"status": "success", "count": containers.len(), "containers": containers}));
+        }
         let mut containers = Vec::new();
         for c in self.engine.list_containers(all)? {
             let Some(id) = c["Id"].as_str() else { continue };
@@ -388,84 +421,4 @@ pub(super) fn id_only_schema() -> Value {
 
 pub(super) fn object_schema(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
-}
-
-/// `ContainerSummary` (spec §7.2) from inspect data.
-pub fn summary(i: &Value) -> Value {
-    let id = i["Id"].as_str().unwrap_or_default();
-    let labels = match &i["Config"]["Labels"] {
-        Value::Object(m) => Value::Object(m.clone()),
-        _ => json!({}),
-    };
-    let ports = match &i["NetworkSettings"]["Ports"] {
-        Value::Object(m) => Value::Object(m.clone()),
-        _ => json!({}),
-    };
-    let state = i["State"]["Status"].clone();
-    let endpoints = endpoints(&ports, &i["NetworkSettings"]["Networks"]);
-    json!({
-        "endpoints": endpoints,
-        "id": short_id(id),
-        "name": i["Name"].as_str().unwrap_or_default().trim_start_matches('/'),
-        "image": i["Config"]["Image"],
-        "status": state,
-        "state": state,
-        "managed_by_dcd": is_managed(&labels),
-        "labels": labels,
-        "ports": ports,
-        "created": i["Created"],
-    })
-}
-
-/// Extension: for each exposed port, the addresses it is reached at from
-/// the container's networks and from the host.
-fn endpoints(ports: &Value, networks: &Value) -> Value {
-    let ips: Vec<&str> = networks
-        .as_object()
-        .into_iter()
-        .flat_map(|m| m.values())
-        .filter_map(|n| n["IPAddress"].as_str())
-        .filter(|ip| !ip.is_empty())
-        .collect();
-    let list: Vec<Value> = ports
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(key, bindings)| {
-            let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
-            let scheme = if proto == "udp" { "udp" } else { "tcp" };
-            let host: Vec<String> = bindings
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|b| {
-                    let hp = b["HostPort"].as_str().filter(|p| !p.is_empty())?;
-                    let ip = b["HostIp"].as_str().filter(|ip| !ip.is_empty() && *ip != "0.0.0.0" && *ip != "::").unwrap_or("localhost");
-                    Some(format!("{scheme}://{ip}:{hp}"))
-                })
-                .collect();
-            json!({"port": key, "network_urls": ips.iter().map(|ip| format!("{scheme}://{ip}:{port}")).collect::<Vec<_>>(),
-                   "host_urls": host})
-        })
-        .collect();
-    Value::Array(list)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::labels::MANAGED_LABEL;
-
-    #[test]
-    fn summary_shapes_inspect_data() {
-        let s = summary(&json!({"Id": "0123456789abcdef", "Name": "/web", "Created": "t",
-            "Config": {"Image": "img", "Labels": {MANAGED_LABEL: "true"}},
-            "State": {"Status": "running"}, "NetworkSettings": {"Ports": null}}));
-        assert_eq!(
-            s,
-            json!({"id": "0123456789ab", "name": "web", "image": "img", "status": "running",
-            "state": "running", "labels": {MANAGED_LABEL: "true"}, "ports": {}, "created": "t",
-            "managed_by_dcd": true, "endpoints": []})
-        );
-    }
 }

@@ -5,8 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::base::{
-    container_id_schema, id_only_schema, no_params, object_schema, summary, Call, Driver, Function, Long, Reach, Start,
-    Target,
+    container_id_schema, id_only_schema, no_params, object_schema, Call, Driver, Function, Long, Reach, Start, Target,
 };
 use super::images::pull;
 use crate::engine::{EngineError, Watch};
@@ -129,7 +128,7 @@ impl Long for ProvisionContainer {
         if let (true, Some(name)) = (spec.replace, &spec.name) {
             d.guard_if_exists(name, Kind::Mutate)?;
             match d.engine.remove_container(name, true) {
-                Ok(()) | Err(EngineError::NotFound(_)) => {}
+                Ok(()) | Err(EngineError::NotFound(_)) => d.removed(name),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -215,7 +214,7 @@ struct StartContainer {
 impl Call for StartContainer {
     fn call(self, d: &Driver) -> Result<Value> {
         d.engine.start_container(&self.container_id)?;
-        Ok(json!({"status": "success", "container": d.summary_of(&self.container_id)?}))
+        Ok(json!({"status": "success", "container": d.observe(&self.container_id)?}))
     }
 }
 
@@ -248,11 +247,11 @@ impl IdTimeout {
         phase: &'static str,
         act: fn(&dyn crate::engine::Engine, &str, i64) -> std::result::Result<(), EngineError>,
     ) -> Result<Start> {
-        let engine = d.engine.clone();
+        let reach = d.reach();
         let (id, timeout_s) = (self.container_id.clone(), self.timeout_s);
         let run = move || -> Result<Value> {
-            act(engine.as_ref(), &id, timeout_s)?;
-            Ok(json!({"status": "success", "container": summary(&engine.inspect_container(&id)?)}))
+            act(reach.engine.as_ref(), &id, timeout_s)?;
+            Ok(json!({"status": "success", "container": reach.observe(&id)?}))
         };
         if timeout_s <= QUICK_STOP_S {
             return Ok(Start::Done(run()?));
@@ -311,6 +310,7 @@ struct RemoveContainer {
 impl Call for RemoveContainer {
     fn call(self, d: &Driver) -> Result<Value> {
         d.engine.remove_container(&self.container_id, self.force)?;
+        d.removed(&self.container_id);
         Ok(json!({"status": "success", "container_id": self.container_id, "force": self.force}))
     }
 }
@@ -388,7 +388,10 @@ impl Call for DeprovisionManaged {
             }
             let id = c["Id"].as_str().unwrap_or_default();
             match d.engine.remove_container(id, true) {
-                Ok(()) | Err(EngineError::NotFound(_)) => removed.push(json!(short_id(id))),
+                Ok(()) | Err(EngineError::NotFound(_)) => {
+                    d.removed(id);
+                    removed.push(json!(short_id(id)))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -467,6 +470,7 @@ fn replace(r: &Reach, old: &Value, body: &Value, p: &crate::jobs::Progress) -> R
         }
     };
     r.engine.remove_container(&old_id, true)?;
+    r.removed(&old_id);
     p.phase("starting");
     r.engine.start_container(&id)?;
     let container = r.observe(&id)?;

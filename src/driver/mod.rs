@@ -14,4 +14,4 @@ mod objects;
 mod status;
 mod table;
 
-pub use base::{summary, Driver};
+pub use base::Driver;

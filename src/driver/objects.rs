@@ -160,6 +160,7 @@ impl Call for ConnectNetwork {
             return Err(Error::Policy("attaching to the host network is not allowed".into()));
         }
         d.engine.connect_network(&self.network, &self.container_id, &[])?;
+        d.observe(&self.container_id)?;
         Ok(json!({"status": "success", "network": self.network, "container_id": self.container_id}))
     }
 }

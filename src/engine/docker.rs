@@ -792,7 +792,8 @@ impl Engine for Docker {
         // between would be lost: ask it for the events from now on instead.
         let podman = self.facts()?.podman;
         let since = since.or_else(|| podman.then(crate::time::now_epoch)).map(unix_time);
-        let mut q = vec![("filters", r#"{"type":["container"]}"#)];
+        // Network events say which container joined or left a network.
+        let mut q = vec![("filters", r#"{"type":["container","network"]}"#)];
         if let Some(s) = &since {
             q.push(("since", s));
         }

@@ -184,7 +184,7 @@ pub trait Engine: Send + Sync {
     fn remove_image(&self, reference: &str, force: bool) -> Result<Value>;
     /// `POST /images/prune` with Engine API `filters`.
     fn prune_images(&self, filters: &Value) -> Result<Value>;
-    /// `GET /events` filtered to containers, as a JSON-lines stream, from
+    /// `GET /events` filtered to containers and networks, as a JSON-lines stream, from
     /// `since` (Unix seconds) when given.
     fn events(&self, since: Option<f64>) -> Result<Stream>;
     /// Human description of where the engine is (`unix:///var/run/docker.sock`),

@@ -77,6 +77,12 @@ impl World {
         let c = self.containers.get_mut(id).expect("id from find");
         c["State"]["Status"] = json!(state);
         c["State"]["Running"] = json!(state == "running");
+        self.announce(id, action);
+    }
+
+    /// Publish container event `action`, as the engine does.
+    fn announce(&mut self, id: &str, action: &str) {
+        let c = &self.containers[id];
         let ev = json!({"Type": "container", "Action": action, "timeNano": now_nano(),
             "Actor": {"ID": id, "Attributes": {"name": c["Name"].as_str().unwrap_or("/").trim_start_matches('/'),
                                                  "image": c["Config"]["Image"]}}});
@@ -276,6 +282,7 @@ impl Engine for Sim {
             return Err(EngineError::Conflict(format!("the container name \"/{name}\" is already in use")));
         }
         w.containers.get_mut(&id).expect("id from find")["Name"] = json!(format!("/{name}"));
+        w.announce(&id, "rename");
         Ok(())
     }
 
@@ -457,6 +464,9 @@ impl Engine for Sim {
         }
         let c = w.containers.get_mut(&id).expect("id from find");
         c["NetworkSettings"]["Networks"][network] = json!({"Aliases": aliases, "IPAddress": ""});
+        let ev = json!({"Type": "network", "Action": "connect", "timeNano": now_nano(),
+            "Actor": {"ID": network, "Attributes": {"container": id, "name": network}}});
+        w.publish(ev);
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod client;
+pub mod counting;
 pub mod relay;
 pub mod router;
 
