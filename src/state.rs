@@ -168,12 +168,13 @@ impl State {
         // Following from the baseline, the stream replays from it: nothing
         // falls between the two.
         let follower = {
-            let (tx, stop, cancel, baseline) = (tx.clone(), stop_rx, events_cancel.clone(), baseline.clone());
+            let (tx, stop, cancel, baseline, view) =
+                (tx.clone(), stop_rx, events_cancel.clone(), baseline.clone(), view.clone());
             std::thread::Builder::new()
                 .name("engine-events".into())
                 .spawn(move || {
                     let _ = baseline.recv_timeout(BASELINE_WAIT);
-                    follow_events(engine, tx, stop, &cancel, &reconciled)
+                    follow_events(engine, tx, stop, &cancel, &reconciled, &view)
                 })
                 .expect("spawn engine-events thread")
         };
@@ -512,13 +513,15 @@ impl Delivered {
 
 /// Follow the engine's `/events`, reconnecting with backoff. A reconnect asks
 /// for what happened while the stream was down and drops what it already
-/// delivered.
+/// delivered. The view stops being served the moment the stream breaks, not
+/// once the state thread has caught up.
 fn follow_events(
     engine: Arc<dyn Engine>,
     tx: Sender<Msg>,
     stop: Receiver<()>,
     cancel: &Mutex<Option<Canceller>>,
     reconciled: &AtomicI64,
+    view: &View,
 ) {
     let stopped = || matches!(stop.try_recv(), Err(TryRecvError::Disconnected));
     let mut delivered = Delivered::default();
@@ -551,6 +554,7 @@ fn follow_events(
                         }
                     }
                 }
+                view.set_current(false);
                 let _ = tx.send(Msg::Disconnected);
             }
             Err(e) => log::debug!("engine events: {e}"),
@@ -735,8 +739,26 @@ mod tests {
         }
     }
 
+    /// Waits until `f` holds, for at most 5 s.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what} within 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The view's `name:state` of every container, or `None` while it is not served.
+    fn viewed(state: &State) -> Option<Vec<String>> {
+        let list = state.handle().view().list(true)?;
+        let mut l: Vec<String> = list.iter().map(|s| format!("{}:{}", s["name"], s["state"]).replace('"', "")).collect();
+        l.sort();
+        Some(l)
+    }
+
     /// The threads: events arrive as the engine sends them; while the stream is cut the poll
-    /// reports what changed, and nothing is reported twice once it is back.
+    /// reports what changed, and nothing is reported twice once it is back. The view is served
+    /// while the stream is up, follows it, and is not served while it is cut.
     #[test]
     fn the_threads_follow_the_stream_and_poll_while_it_is_cut() {
         let engine = Arc::new(Scripted::new());
@@ -752,8 +774,10 @@ mod tests {
         let id = engine.sim.create_container(Some("c"), &json!({"Image": "img:1"})).unwrap();
         engine.sim.start_container(&id).unwrap();
         assert_eq!([next_change(&rx), next_change(&rx)], ["c:null>created", "c:created>running"]);
+        until("the view", || viewed(&state) == Some(vec!["c:running".into(), "old:running".into()]));
 
         engine.cut_events();
+        until("the view withdrawn", || viewed(&state).is_none());
         engine.sim.stop_container(&id, 0).unwrap();
         engine.sim.remove_container("old", true).unwrap();
         let mut got = [next_change(&rx), next_change(&rx)];
@@ -764,6 +788,7 @@ mod tests {
         engine.sim.start_container(&id).unwrap();
         assert_eq!(next_change(&rx), "c:exited>running");
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing twice");
+        until("the view rebuilt", || viewed(&state) == Some(vec!["c:running".into()]));
         state.shutdown();
     }
 }

@@ -100,6 +100,86 @@ struct Slot {
     on_net: bool,
 }
 
+/// One random change of `slot` (named `base` when made), through dcd or with the docker CLI.
+#[allow(clippy::too_many_arguments)]
+fn change(
+    rig: &Rig,
+    rng: &mut Rng,
+    slot: &mut Option<Slot>,
+    base: &str,
+    image: &str,
+    label: &str,
+    tag: &str,
+    net: &str,
+) {
+    let by_dcd = rng.below(2) == 0;
+    match slot {
+        None => {
+            let name = base.to_string();
+            if by_dcd {
+                rig.ok(
+                    "provision_container",
+                    json!({"spec": {"image": image, "name": name, "command": ["sleep", "3600"],
+                                    "labels": {"dcd-churn": tag}}}),
+                );
+            } else {
+                docker_ok(&["create", "--label", &label, "--name", &name, &image, "sleep", "3600"]);
+            }
+            *slot = Some(Slot { name, running: by_dcd, on_net: false });
+        }
+        Some(s) => match rng.below(6) {
+            0 if s.running => {
+                if by_dcd {
+                    rig.ok("stop_container", json!({"container_id": s.name, "timeout_s": 0}));
+                } else {
+                    docker_ok(&["stop", "-t", "0", &s.name]);
+                }
+                s.running = false;
+            }
+            0 => {
+                if by_dcd {
+                    rig.ok("start_container", json!({"container_id": s.name}));
+                } else {
+                    docker_ok(&["start", &s.name]);
+                }
+                s.running = true;
+            }
+            1 if s.running => {
+                docker_ok(&["kill", &s.name]);
+                s.running = false;
+            }
+            1 | 2 => {
+                let new = match s.name.strip_suffix("-r") {
+                    Some(n) => n.to_string(),
+                    None => format!("{}-r", s.name),
+                };
+                docker_ok(&["rename", &s.name, &new]);
+                s.name = new;
+            }
+            3 if !s.on_net => {
+                if by_dcd {
+                    rig.ok("connect_network", json!({"network": net, "container_id": s.name}));
+                } else {
+                    docker_ok(&["network", "connect", &net, &s.name]);
+                }
+                s.on_net = true;
+            }
+            3 => {
+                docker_ok(&["network", "disconnect", &net, &s.name]);
+                s.on_net = false;
+            }
+            _ => {
+                if by_dcd {
+                    rig.ok("remove_container", json!({"container_id": s.name, "force": true}));
+                } else {
+                    docker_ok(&["rm", "-f", &s.name]);
+                }
+                *slot = None;
+            }
+        },
+    }
+}
+
 /// What the engine shows of the churn's containers now: a fresh list, and an inspect of each.
 fn fresh(engine: &dyn Engine, label: &str) -> BTreeMap<String, Value> {
     let (key, value) = label.split_once('=').unwrap();
@@ -154,8 +234,9 @@ fn exact(rig: &Rig, relay: &Relay, direct: &dyn Engine, label: &str, after: usiz
     }
 }
 
-/// 500 random changes, half through dcd and half with the docker CLI behind its back; every
-/// 50 of them, and after, `list_containers(all)` equals a fresh list and inspect. Then the
+/// 500 random changes (`DCD_CHURN_CHANGES`) by four callers at once, half through dcd and half
+/// with the docker CLI behind its back; after each tenth of them, `list_containers(all)` equals
+/// a fresh list and inspect, field by field, and came from the view. Then the
 /// engine goes away: the reads fail rather than answer from the view, and once it is back they
 /// show what changed meanwhile.
 #[test]
@@ -168,7 +249,6 @@ fn list_containers_is_exact_under_churn() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
     println!("churn seed {seed} (DCD_CHURN_SEED replays it)");
-    let mut rng = Rng(seed);
     let mut relay = Relay::new("churn", true);
     relay.restore();
     let engine = Arc::new(Docker::connect(Some(&relay.docker_host())).unwrap());
@@ -185,80 +265,29 @@ fn list_containers_is_exact_under_churn() {
     let cleanup = Cleanup(all_names);
     let mut slots: Vec<Option<Slot>> = (0..base.len()).map(|_| None).collect();
 
+    // Four callers at once, each on its own slots, so the engine's events of different
+    // containers interleave as they do on a busy host; checked after every round.
     let started = Instant::now();
-    for change in 1..=changes {
-        let i = rng.below(slots.len());
-        let by_dcd = rng.below(2) == 0;
-        match &mut slots[i] {
-            None => {
-                let name = base[i].clone();
-                if by_dcd {
-                    rig.ok(
-                        "provision_container",
-                        json!({"spec": {"image": image, "name": name, "command": ["sleep", "3600"],
-                                        "labels": {"dcd-churn": tag}}}),
-                    );
-                } else {
-                    docker_ok(&["create", "--label", &label, "--name", &name, &image, "sleep", "3600"]);
-                }
-                slots[i] = Some(Slot { name, running: by_dcd, on_net: false });
+    let (workers, rounds) = (4, 5);
+    let per_call = changes.div_ceil(workers * rounds);
+    let mut rngs: Vec<Rng> = (0..workers).map(|w| Rng(seed.wrapping_add(w as u64 * 0x9e37_79b9) | 1)).collect();
+    let mut chunks: Vec<&mut [Option<Slot>]> = slots.chunks_mut(base.len() / workers).collect();
+    for round in 1..=rounds {
+        std::thread::scope(|s| {
+            for (w, (rng, chunk)) in rngs.iter_mut().zip(chunks.iter_mut()).enumerate() {
+                let (rig, image, label, tag, net) = (&rig, &image, &label, &tag, &net);
+                let base = &base[w * 2..w * 2 + 2];
+                s.spawn(move || {
+                    for _ in 0..per_call {
+                        let i = rng.below(chunk.len());
+                        change(rig, rng, &mut chunk[i], &base[i], image, label, tag, net);
+                    }
+                });
             }
-            Some(s) => match rng.below(6) {
-                0 if s.running => {
-                    if by_dcd {
-                        rig.ok("stop_container", json!({"container_id": s.name, "timeout_s": 0}));
-                    } else {
-                        docker_ok(&["stop", "-t", "0", &s.name]);
-                    }
-                    s.running = false;
-                }
-                0 => {
-                    if by_dcd {
-                        rig.ok("start_container", json!({"container_id": s.name}));
-                    } else {
-                        docker_ok(&["start", &s.name]);
-                    }
-                    s.running = true;
-                }
-                1 if s.running => {
-                    docker_ok(&["kill", &s.name]);
-                    s.running = false;
-                }
-                1 | 2 => {
-                    let new = match s.name.strip_suffix("-r") {
-                        Some(n) => n.to_string(),
-                        None => format!("{}-r", s.name),
-                    };
-                    docker_ok(&["rename", &s.name, &new]);
-                    s.name = new;
-                }
-                3 if !s.on_net => {
-                    if by_dcd {
-                        rig.ok("connect_network", json!({"network": net, "container_id": s.name}));
-                    } else {
-                        docker_ok(&["network", "connect", &net, &s.name]);
-                    }
-                    s.on_net = true;
-                }
-                3 => {
-                    docker_ok(&["network", "disconnect", &net, &s.name]);
-                    s.on_net = false;
-                }
-                _ => {
-                    if by_dcd {
-                        rig.ok("remove_container", json!({"container_id": s.name, "force": true}));
-                    } else {
-                        docker_ok(&["rm", "-f", &s.name]);
-                    }
-                    slots[i] = None;
-                }
-            },
-        }
-        if change % 50 == 0 {
-            exact(&rig, &relay, direct.as_ref(), &label, change);
-        }
+        });
+        exact(&rig, &relay, direct.as_ref(), &label, round * workers * per_call);
     }
-    exact(&rig, &relay, direct.as_ref(), &label, changes);
+    let changes = rounds * workers * per_call;
     println!("{changes} changes checked in {:?}", started.elapsed());
 
     // The engine goes away and something changes meanwhile: no read answers from the view.
