@@ -145,15 +145,18 @@ impl View {
         lock(&self.0).current = current;
     }
 
-    /// Every container (`all`) or those that are up, newest first; `None`
-    /// while the view is not current.
-    pub fn list(&self, all: bool) -> Option<Vec<Value>> {
+    /// Every container (`all`) or those that are up, that `keep` keeps,
+    /// newest first; `None` while the view is not current.
+    pub fn list(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Option<Vec<Value>> {
         let v = lock(&self.0);
         if !v.current {
             return None;
         }
-        let mut up: Vec<&Entry> =
-            v.containers.values().filter(|e| all || UP.iter().any(|s| e.summary["state"] == *s)).collect();
+        let mut up: Vec<&Entry> = v
+            .containers
+            .values()
+            .filter(|e| (all || UP.iter().any(|s| e.summary["state"] == *s)) && keep(&e.summary))
+            .collect();
         up.sort_by(|a, b| b.created.total_cmp(&a.created).then_with(|| a.full_id.cmp(&b.full_id)));
         Some(up.into_iter().map(|e| e.summary.clone()).collect())
     }
@@ -260,10 +263,10 @@ mod tests {
     fn it_is_served_only_when_current() {
         let v = View::default();
         v.put(v.ticket(), &inspect(A, "a", "running", "2026-01-01T00:00:00Z"));
-        assert_eq!(v.list(true), None);
+        assert_eq!(v.list(true, |_| true), None);
         assert_eq!(v.find("a"), None);
         v.set_current(true);
-        assert_eq!(v.list(true).map(|l| l.len()), Some(1));
+        assert_eq!(v.list(true, |_| true).map(|l| l.len()), Some(1));
         assert_eq!(v.find("a").map(|s| s["id"].clone()), Some(json!("aaaaaaaaaaaa")));
     }
 
@@ -290,7 +293,7 @@ mod tests {
         assert_eq!(v.find(B).unwrap()["name"], "b", "by full id");
         assert_eq!(v.find("aaaaaaaaaaaa0").unwrap()["name"], "a", "by a unique prefix");
         assert_eq!(v.find("aaaa"), None, "an ambiguous prefix is the engine's to refuse");
-        let names = |all| v.list(all).unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>();
+        let names = |all| v.list(all, |_| true).unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>();
         assert_eq!(names(true), ["a", "b"]);
         assert_eq!(names(false), ["b"], "paused is up; exited is not");
         // A list taken before `late` that missed A forgets it; B, put after the list started, stays.

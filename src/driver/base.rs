@@ -189,8 +189,7 @@ impl Driver {
 
     /// From the view while it is current, else a list and an inspect of each.
     pub(super) fn summaries(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Result<Value> {
-        if let Some(list) = self.state.view().list(all) {
-            let containers: Vec<Value> = list.into_iter().filter(|s| keep(s)).collect();
+        if let Some(containers) = self.state.view().list(all, &keep) {
             return Ok(json!({"status": "success", "count": containers.len(), "containers": containers}));
         }
         let mut containers = Vec::new();
