@@ -123,7 +123,7 @@ fn change(
                                     "labels": {"dcd-churn": tag}}}),
                 );
             } else {
-                docker_ok(&["create", "--label", &label, "--name", &name, &image, "sleep", "3600"]);
+                docker_ok(&["create", "--label", label, "--name", &name, image, "sleep", "3600"]);
             }
             *slot = Some(Slot { name, running: by_dcd, on_net: false });
         }
@@ -160,12 +160,12 @@ fn change(
                 if by_dcd {
                     rig.ok("connect_network", json!({"network": net, "container_id": s.name}));
                 } else {
-                    docker_ok(&["network", "connect", &net, &s.name]);
+                    docker_ok(&["network", "connect", net, &s.name]);
                 }
                 s.on_net = true;
             }
             3 => {
-                docker_ok(&["network", "disconnect", &net, &s.name]);
+                docker_ok(&["network", "disconnect", net, &s.name]);
                 s.on_net = false;
             }
             _ => {
