@@ -281,9 +281,13 @@ impl Owner {
                 recv(stop) -> _ => return,
                 default(wait) => {
                     let now = Instant::now();
+                    // A rebuild due after a failed inspect waits for the stream
+                    // to come back if it broke meanwhile (the reconnect rebuilds).
                     if self.settle.is_some_and(|(at, _)| at <= now) {
                         self.settle = None;
-                        self.reconcile();
+                        if self.stream_up {
+                            self.reconcile();
+                        }
                     }
                     if let Some(p) = polling.filter(|_| next_poll <= now) {
                         self.reconcile();
