@@ -262,6 +262,12 @@ impl Owner {
                         if let Some((at, latest)) = &mut self.settle {
                             *at = (Instant::now() + SETTLE).min(*latest);
                         }
+                        // Events that keep coming (each now costs an inspect) must not
+                        // put the reconcile off past its latest time.
+                        if self.stream_up && self.settle.is_some_and(|(_, latest)| latest <= Instant::now()) {
+                            self.settle = None;
+                            self.reconcile();
+                        }
                     }
                     Ok(Msg::Connected { replay }) => {
                         self.stream_up = true;
