@@ -86,6 +86,10 @@ impl Engine for Counting {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sim.list_images()
     }
+    fn inspect_image(&self, reference: &str) -> EngineResult<Value> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.sim.inspect_image(reference)
+    }
     fn stats(&self, id: &str) -> EngineResult<Value> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sim.stats(id)
