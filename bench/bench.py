@@ -1456,6 +1456,14 @@ class Bench:
             finally:
                 d.stop()
             return None
+        if self.a.only == "exec":
+            d = Daemon(self.bin, "nats", self.tenant("x"), self.logdir, self.a.nats_url)
+            try:
+                await wait_answer_nats(nc, d)
+                await self.exec_session(nc, d)
+            finally:
+                d.stop()
+            return {}
         self.sizes()
         startup = await self.startup(nc)
         rss_n, delta_n = await self.memory(nc, "nats", 2000 if self.quick else 10000)
@@ -1499,6 +1507,7 @@ class Bench:
                 await self.log_follow(nc, d)
                 await self.job_pull(nc, d)
                 await self.compose_updown(nc, d)
+                await self.exec_session(nc, d)
                 s = d.status()
                 self.row("memory", "NATS: RSS at the end of the full run", f"{s['VmRSS'] / 1024:.2f} MiB",
                          "", "", "", "", f"peak {s['VmHWM'] / 1024:.2f} MiB, {s['Threads']} threads")
@@ -1517,6 +1526,78 @@ class Bench:
         return {"startup": startup, "rss_nats": rss_n, "rss_zenoh": rss_z, "p50": p50, "cpu": cpu,
                 "delta_nats": delta_n, "delta_zenoh": delta_z}
 
+
+    async def exec_session(self, nc, d: Daemon):
+        """Interactive exec sessions (issue 15): keystroke echo latency through a TTY session, from
+        the exec_write request to the exec_output event that carries the echo, beside a NATS echo
+        round trip in the same client; and bulk output throughput read with exec_read."""
+        n = 100 if self.quick else 400
+        cid = create_containers(self.run_id, "exec", 1)[0]
+        echo_subject = f"{self.run_id}.echo"
+
+        async def echo(msg):
+            await msg.respond(msg.data)
+
+        esub = await nc.subscribe(echo_subject, cb=echo)
+        nats_rtt = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await nc.request(echo_subject, b"x", timeout=5)
+            nats_rtt.append((time.perf_counter() - t) * 1000)
+        await esub.unsubscribe()
+
+        got: asyncio.Queue = asyncio.Queue()
+
+        async def on_output(msg):
+            p = json.loads(msg.data)["params"]
+            await got.put((time.perf_counter(), p))
+
+        osub = await nc.subscribe(f"device-connect.{d.tenant}.{d.device_id}.event.exec_output", cb=on_output)
+        s = await nrpc(nc, d, "exec_open", {"container_id": cid, "cmd": ["cat"]})
+        sid = s["session_id"]
+        lat, last_seq = [], 0
+        for i in range(n):
+            ch = chr(ord("a") + i % 26)
+            t = time.perf_counter()
+            await nrpc(nc, d, "exec_write", {"session_id": sid, "data": ch})
+            while True:
+                at, p = await asyncio.wait_for(got.get(), 10)
+                last_seq = max(last_seq, p["seq"])
+                if p["session_id"] == sid and ch in p.get("data", ""):
+                    lat.append((at - t) * 1000)
+                    break
+            if i % 50 == 49:  # a line for cat, and an acknowledgement of what the events brought
+                await nrpc(nc, d, "exec_write", {"session_id": sid, "data": "\n"})
+                await nrpc(nc, d, "exec_read", {"session_id": sid, "after_seq": last_seq})
+        await osub.unsubscribe()
+        await nrpc(nc, d, "exec_close", {"session_id": sid, "signal": "KILL"})
+        p50, p99, n50, n99 = pct(lat, 50), pct(lat, 99), pct(nats_rtt, 50), pct(nats_rtt, 99)
+        self.row("exec", f"keystroke → echo event p50 (TTY session, n={n})", f"{p50:.3f} ms",
+                 f"NATS echo round trip {n50:.3f} ms", "", f"{p50 - n50:+.3f} ms", "≤ +2 ms",
+                 verdict(p50 - n50 <= 2))
+        self.row("exec", "  p99", f"{p99:.3f} ms", f"NATS echo round trip {n99:.3f} ms", "", f"{p99 - n99:+.3f} ms")
+        self.put("exec_echo_p50_ms", p50)
+        self.put("exec_echo_p99_ms", p99)
+        self.put("exec_nats_echo_p50_ms", n50)
+
+        mb = 20 if self.quick else 100
+        cmd = ["sh", "-c", f"yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV | head -c {mb * 1000000}"]
+        s = await nrpc(nc, d, "exec_open", {"container_id": cid, "cmd": cmd, "tty": False})
+        sid, after, total, t0 = s["session_id"], 0, 0, time.perf_counter()
+        while True:
+            r = await nrpc(nc, d, "exec_read", {"session_id": sid, "after_seq": after, "wait_ms": 2000})
+            for c in r["chunks"]:
+                total += len(c.get("data", ""))
+            after = r["next_seq"]
+            if r["exit_code"] is not None:
+                break
+        secs = time.perf_counter() - t0
+        rate = total / secs / 1e6
+        self.row("exec", f"bulk output through exec_read ({mb} MB, no TTY)", f"{rate:.1f} MB/s", "", "", "",
+                 "≥ 20 MB/s", verdict(rate >= 20 and total == mb * 1000000))
+        self.put("exec_bulk_mb_per_s", rate)
+        await nrpc(nc, d, "exec_close", {"session_id": sid})
+        remove_containers([cid])
 
     async def job_pull(self, nc, d: Daemon):
         """A pull through a rate-limited proxy to the loopback registry, as a job (issue 18): the
@@ -1925,8 +2006,8 @@ def main() -> int:
     ap.add_argument("--logdir", default=os.path.join(ROOT, "target/bench/logs"))
     ap.add_argument("--json-out", default=None, help="write every figure here as JSON")
     ap.add_argument("--pidfile", default=None, help="append the pid of every daemon started here")
-    ap.add_argument("--only", choices=["compose"], default=None,
-                    help="only this section (compose: compose_up/down against docker-compose)")
+    ap.add_argument("--only", choices=["compose", "exec"], default=None,
+                    help="only this section (compose: compose_up/down against docker-compose; exec: exec sessions)")
     ap.add_argument("--reads", action="store_true",
                     help="only list_containers beside get_status at 20 and 200 containers (about 3 minutes)")
     args = ap.parse_args()

@@ -9,7 +9,8 @@
 #                                  # exits 1 only on a > 2x regression against bench/baseline.json
 #   bash bench/run.sh --no-build   # full run, sizes of whatever binaries already exist
 #
-# Other options are passed to bench/bench.py (--rounds N, --json-out FILE, --bin PATH).
+# Other options are passed to bench/bench.py (--rounds N, --json-out FILE, --bin PATH,
+# --only exec for the exec session figures alone).
 # Environment: DCD_PYVENV (the venv from tests/setup.sh, default ~/.cache/dcd-pyvenv),
 # DCD_BENCH_BIN (binary to measure, default target/release/dcd), DOCKER_HOST (unix:// only).
 #

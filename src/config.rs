@@ -76,6 +76,9 @@ pub struct Flags {
     /// emit the engine's container events as `engine_event` (env DCD_FORWARD_ENGINE_EVENTS)
     #[argh(switch)]
     pub forward_engine_events: bool,
+    /// close an exec session after this many seconds without input or reads (env DCD_EXEC_IDLE_TIMEOUT; default 600)
+    #[argh(option)]
+    pub exec_idle_timeout: Option<u64>,
     /// with a command, dcd is a client of a device on the mesh
     #[argh(subcommand)]
     pub command: Option<crate::client::Command>,
@@ -99,6 +102,8 @@ pub struct Config {
     pub notify_socket: Option<String>,
     /// systemd's watchdog interval (`WATCHDOG_USEC`), when it is for us.
     pub watchdog: Option<Duration>,
+    /// How long an exec session may go without input or reads.
+    pub exec_idle_timeout: Duration,
 }
 
 /// Where values come from besides flags; a closure so tests can pass a map.
@@ -252,7 +257,18 @@ pub fn resolve(flags: &Flags, env: Env) -> Result<Config, String> {
         true if policy.owned_only => Forward::Managed,
         true => Forward::All,
     };
+    let exec_idle_timeout = match flags.exec_idle_timeout {
+        Some(s) => s,
+        None => match env("DCD_EXEC_IDLE_TIMEOUT") {
+            Some(v) => v.parse().map_err(|_| format!("DCD_EXEC_IDLE_TIMEOUT {v:?} is not a number of seconds"))?,
+            None => crate::sessions::DEFAULT_IDLE.as_secs(),
+        },
+    };
+    if exec_idle_timeout == 0 {
+        return Err("the exec idle timeout must be at least 1 second".into());
+    }
     Ok(Config {
+        exec_idle_timeout: Duration::from_secs(exec_idle_timeout),
         forward,
         policy,
         simulate: flags.sim || truthy(first(env, &["DCD_SIM", "DCD_SIMULATE"])),

@@ -18,6 +18,10 @@ pub const ENGINE_EVENT: &str = "engine_event";
 pub const JOB_PROGRESS: &str = "job_progress";
 /// Extension: a job ended.
 pub const JOB_FINISHED: &str = "job_finished";
+/// Extension: output of an interactive exec session, numbered per session.
+pub const EXEC_OUTPUT: &str = "exec_output";
+/// Extension: an interactive exec session ended.
+pub const EXEC_EXIT: &str = "exec_exit";
 
 /// An event for the mesh: its name (the last token of its subject) and the
 /// whole JSON-RPC notification (spec §4.1). The emitting thread builds it, so
@@ -69,7 +73,7 @@ impl Events {
     /// was dropped. The state thread must never wait on the transport. A job's
     /// end is as rare and as awaited as a state change, so it shares that queue.
     pub fn emit(&self, name: &'static str, params: Value) -> bool {
-        let queue = if matches!(name, STATE_CHANGED | JOB_FINISHED) { &self.state } else { &self.bulk };
+        let queue = if matches!(name, STATE_CHANGED | JOB_FINISHED | EXEC_EXIT) { &self.state } else { &self.bulk };
         match queue.try_send(Event::new(name, params)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -83,7 +87,12 @@ impl Events {
     /// Queue a log line, waiting up to `LOG_WAIT` for room unless `stopped`
     /// is set; false when it was dropped.
     pub fn emit_line(&self, params: Value, stopped: &AtomicBool) -> bool {
-        let mut ev = Event::new(LOG_LINE, params);
+        self.emit_waiting(LOG_LINE, params, stopped)
+    }
+
+    /// Queue a bulk event as `emit_line` queues a log line.
+    pub fn emit_waiting(&self, name: &'static str, params: Value, stopped: &AtomicBool) -> bool {
+        let mut ev = Event::new(name, params);
         let deadline = Instant::now() + LOG_WAIT;
         loop {
             match self.bulk.send_timeout(ev, LOG_WAIT_SLICE) {
@@ -165,6 +174,24 @@ pub fn advertised(engine_events: bool) -> Value {
              "result": {"type": "object", "description": "The function's result (status success)."},
              "error": string("What went wrong, or what a cancelled job left done.")},
            "required": ["job_id", "function", "target", "status"]},
+         "labels": null, "tags": []},
+        {"name": EXEC_OUTPUT,
+         "description": "Output of an exec session (exec_open), in chunks of at most 16 KiB numbered from 1; \
+                         a gap is read again with exec_read.",
+         "payload_schema": {"type": "object", "properties": {
+             "session_id": string("The session's id, as exec_open returned it."),
+             "seq": {"type": "integer", "description": "The chunk's number, one more than the last."},
+             "stream": string("\"stdout\" or \"stderr\"; always \"stdout\" with a TTY."),
+             "data": string("The output, when it is UTF-8 text."),
+             "data_b64": string("The output in base64, when it is not.")},
+           "required": ["session_id", "seq", "stream"]},
+         "labels": null, "tags": []},
+        {"name": EXEC_EXIT, "description": "An exec session ended.",
+         "payload_schema": {"type": "object", "properties": {
+             "session_id": string("The session's id."),
+             "exit_code": {"type": ["integer", "null"], "description": "The process's exit code, when known."},
+             "reason": string("exited, closed, idle, container_gone or shutdown.")},
+           "required": ["session_id", "exit_code", "reason"]},
          "labels": null, "tags": []}
     ]);
     if engine_events {

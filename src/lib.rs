@@ -5,7 +5,7 @@
 //!
 //! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`, `signals`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
-//! 3. `spec`, `compose`, `logs`, `view`, `state`, `jobs`;
+//! 3. `spec`, `compose`, `logs`, `view`, `sessions`, `state`, `jobs`;
 //! 4. `driver`: the function table;
 //! 5. `rpc`, then `mesh`, then `serve` (the worker and describe threads), `watchdog` and `client`
 //!    (the `dcd` subcommands), then `config`.
@@ -30,6 +30,7 @@ pub mod notify;
 pub mod policy;
 pub mod rpc;
 pub mod serve;
+pub mod sessions;
 pub mod signals;
 pub mod spec;
 pub mod state;

@@ -110,7 +110,8 @@ fn run(cfg: Config) -> Result<(), String> {
     let events = Events::new(state_tx, bulk_tx);
     // The engine is first asked (the baseline, the status) while the mesh connects.
     let state = State::spawn(engine.clone(), cfg.state_poll_hz, events.clone(), cfg.forward);
-    let driver = Arc::new(Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy));
+    let driver = Driver::new(engine, cfg.simulate, cfg.state_poll_hz, state.handle(), events, cfg.policy);
+    let driver = Arc::new(driver.with_exec_idle_timeout(cfg.exec_idle_timeout));
 
     let (inbound_tx, inbound_rx) = bounded::<Inbound>(256);
     let (publish_tx, publish_rx) = bounded::<Publish>(256);

@@ -16,6 +16,7 @@ use crate::jobs::{public_params, Jobs, Reply, Work, DEFAULT_WAIT_S, MAX_WAIT_S};
 use crate::labels::is_managed;
 use crate::logs::Follows;
 use crate::policy::{ExecRule, Kind, Policy};
+use crate::sessions::{Sessions, DEFAULT_IDLE};
 use crate::state::{Seen, StateHandle};
 use crate::sync::lock;
 use crate::view::summary;
@@ -59,6 +60,7 @@ pub struct Driver {
     /// Whether the engine answered when last asked, so that only the changes are logged.
     pub(super) engine_up: Mutex<Option<bool>>,
     pub(super) jobs: Jobs,
+    pub(super) sessions: Sessions,
 }
 
 /// What a job's work needs of the driver, owned, so that it runs on a job
@@ -115,6 +117,7 @@ impl Driver {
         Driver {
             policy,
             jobs: Jobs::new(events.clone()),
+            sessions: Sessions::new(engine.clone(), events.clone(), DEFAULT_IDLE),
             follows: Follows::new(engine.clone(), events),
             engine,
             simulate,
@@ -126,9 +129,16 @@ impl Driver {
         }
     }
 
-    /// Stop every log follow (shutdown).
+    /// Exec sessions idle out after `idle` without input or reads.
+    pub fn with_exec_idle_timeout(mut self, idle: Duration) -> Self {
+        self.sessions.set_idle_timeout(idle);
+        self
+    }
+
+    /// Stop every log follow and exec session (shutdown).
     pub fn shutdown(&self) {
         self.follows.stop_all();
+        self.sessions.shutdown();
     }
 
     /// Refuse to touch a container the policy keeps us away from: with

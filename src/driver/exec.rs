@@ -1,18 +1,23 @@
-//! Processes started in a container. Every row here is `Kind::Exec` with a
-//! container target, so the dispatcher's guard checks the container against
-//! the policy (`Policy::admit_exec`) before any exec instance is created.
+//! Processes started in a container: one-shot (`exec_in_container`) and
+//! interactive sessions (`exec_open` and the rows after it, kept by
+//! `sessions`). Every row here is `Kind::Exec`; those that start a process
+//! target a container, so the dispatcher's guard checks it against the policy
+//! (`Policy::admit_exec`) before any exec instance is created. The other
+//! session rows act on a session opened that way.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::base::{container_id_schema, Driver, Function, Long, Start, Target};
-use crate::engine::Watch;
+use super::base::{container_id_schema, Answer, Call, Driver, Function, Long, Start, Target};
+use crate::encoding::base64_decode;
+use crate::engine::{ExecSpec, Watch};
 use crate::error::{Error, Result};
-use crate::jobs::Work;
+use crate::jobs::{Reply, Work};
 use crate::policy::Kind;
+use crate::sessions::MAX_WAIT_MS;
 
 /// The default and the longest `timeout_s` of an exec.
 const DEFAULT_TIMEOUT_S: u64 = 60;
@@ -100,5 +105,274 @@ impl Long for ExecInContainer {
             Ok(r)
         });
         Ok(Start::Job(work.quiet()))
+    }
+}
+
+/// The shell a session runs when `cmd` is not given.
+fn default_shell() -> Vec<String> {
+    vec!["/bin/sh".into()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_rows() -> u16 {
+    24
+}
+
+fn default_cols() -> u16 {
+    80
+}
+
+fn default_signal() -> String {
+    "HUP".into()
+}
+
+fn session_id_schema() -> Value {
+    json!({"type": "string", "description": "The session's id, as exec_open returned it."})
+}
+
+pub const EXEC_OPEN: Function = Function::new::<ExecOpen>(
+    "exec_open",
+    Kind::Exec,
+    Target::Container,
+    "Open an interactive session (a shell, by default) in a running container, with a TTY by default. \
+     Send input with exec_write, read output with exec_read (or follow exec_output events), end it with exec_close.",
+    || {
+        json!({"type": "object", "properties": {
+            "container_id": container_id_schema(),
+            "cmd": {"type": ["array", "string"], "items": {"type": "string"}, "default": default_shell(),
+                    "description": "Program and arguments; a string is split at whitespace."},
+            "tty": {"type": "boolean", "default": true,
+                    "description": "Run on a terminal (raw output, one stream); false keeps stdout and stderr apart."},
+            "rows": {"type": "integer", "default": default_rows(), "minimum": 1, "maximum": 65535},
+            "cols": {"type": "integer", "default": default_cols(), "minimum": 1, "maximum": 65535},
+            "env": {"type": ["object", "array", "null"], "default": null,
+                    "description": "Extra environment: {\"K\": \"V\"} or [\"K=V\"]."},
+            "user": {"type": ["string", "null"], "default": null, "description": "User (and group) to run as."},
+            "working_dir": {"type": ["string", "null"], "default": null,
+                            "description": "Working directory inside the container."}},
+          "required": ["container_id"]})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum Words {
+    List(Vec<String>),
+    Line(String),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum EnvVars {
+    Map(BTreeMap<String, String>),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecOpen {
+    container_id: String,
+    #[serde(default = "default_shell", deserialize_with = "words")]
+    cmd: Vec<String>,
+    #[serde(default = "yes")]
+    tty: bool,
+    #[serde(default = "default_rows")]
+    rows: u16,
+    #[serde(default = "default_cols")]
+    cols: u16,
+    #[serde(default)]
+    env: Option<EnvVars>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+}
+
+fn words<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    let v = match Words::deserialize(d)? {
+        Words::List(v) => v,
+        Words::Line(s) => s.split_whitespace().map(str::to_string).collect(),
+    };
+    if v.is_empty() {
+        return Err(serde::de::Error::custom("cmd must not be empty"));
+    }
+    Ok(v)
+}
+
+impl Call for ExecOpen {
+    fn call(self, d: &Driver) -> Result<Value> {
+        if self.rows == 0 || self.cols == 0 {
+            return Err(Error::Params("rows and cols must be at least 1".into()));
+        }
+        let env = match self.env {
+            None => Vec::new(),
+            Some(EnvVars::List(v)) => v,
+            Some(EnvVars::Map(m)) => m.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        };
+        let spec = ExecSpec {
+            cmd: self.cmd,
+            env,
+            user: self.user,
+            workdir: self.working_dir,
+            tty: self.tty,
+            size: (self.rows, self.cols),
+        };
+        d.sessions.open(&self.container_id, spec)
+    }
+}
+
+pub const EXEC_WRITE: Function = Function::new::<ExecWrite>(
+    "exec_write",
+    Kind::Exec,
+    Target::Host,
+    "Send input to an exec session: text in data, or bytes in data_b64 (e.g. \"\\u0003\" is Ctrl-C on a TTY); \
+     eof ends the process's input, as the end of a pipe does.",
+    || {
+        json!({"type": "object", "properties": {
+            "session_id": session_id_schema(),
+            "data": {"type": ["string", "null"], "default": null, "description": "Input as UTF-8 text."},
+            "data_b64": {"type": ["string", "null"], "default": null, "description": "Input bytes in base64."},
+            "eof": {"type": "boolean", "default": false, "description": "Then end the input."}},
+          "required": ["session_id"]})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecWrite {
+    session_id: String,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    data_b64: Option<String>,
+    #[serde(default)]
+    eof: bool,
+}
+
+impl Call for ExecWrite {
+    fn call(self, d: &Driver) -> Result<Value> {
+        let bytes = match (self.data, self.data_b64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(b64)) => {
+                base64_decode(&b64).ok_or_else(|| Error::Params("data_b64 is not valid base64".into()))?
+            }
+            (None, None) if self.eof => Vec::new(),
+            _ => return Err(Error::Params("give exactly one of data and data_b64 (or only eof)".into())),
+        };
+        d.sessions.write(&self.session_id, &bytes, self.eof)
+    }
+}
+
+pub const EXEC_RESIZE: Function = Function::new::<ExecResize>(
+    "exec_resize",
+    Kind::Exec,
+    Target::Host,
+    "Set the terminal size of an exec session.",
+    || {
+        json!({"type": "object", "properties": {
+            "session_id": session_id_schema(),
+            "rows": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "cols": {"type": "integer", "minimum": 1, "maximum": 65535}},
+          "required": ["session_id", "rows", "cols"]})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecResize {
+    session_id: String,
+    rows: u16,
+    cols: u16,
+}
+
+impl Call for ExecResize {
+    fn call(self, d: &Driver) -> Result<Value> {
+        d.sessions.resize(&self.session_id, self.rows, self.cols)
+    }
+}
+
+pub const EXEC_READ: Function = Function::replying::<ExecRead>(
+    "exec_read",
+    Kind::Exec,
+    Target::Host,
+    "Read an exec session's output after chunk after_seq, waiting up to wait_ms for some. Returns {chunks: \
+     [{seq, stream, data | data_b64}], next_seq, exit_code}: pass next_seq as after_seq next time; exit_code \
+     is set once the process has exited and its output is all read. Passing after_seq also acknowledges the \
+     output up to it: a session holds 256 KiB of unacknowledged output, then its process waits.",
+    || {
+        json!({"type": "object", "properties": {
+            "session_id": session_id_schema(),
+            "after_seq": {"type": "integer", "default": 0, "minimum": 0,
+                          "description": "The last chunk already had; 0 for the start."},
+            "wait_ms": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_WAIT_MS,
+                        "description": format!("Wait this long for output when there is none yet \
+                            (at most {MAX_WAIT_MS}).")}},
+          "required": ["session_id"]})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecRead {
+    session_id: String,
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+impl Answer for ExecRead {
+    fn answer(self, d: &Driver, reply: Reply) {
+        let wait = Duration::from_millis(self.wait_ms.min(MAX_WAIT_MS));
+        d.sessions.read(&self.session_id, self.after_seq, wait, reply)
+    }
+}
+
+pub const EXEC_CLOSE: Function = Function::new::<ExecClose>(
+    "exec_close",
+    Kind::Exec,
+    Target::Host,
+    "End an exec session: signal its process (HUP by default; e.g. KILL), close it, and return its exit code.",
+    || {
+        json!({"type": "object", "properties": {
+            "session_id": session_id_schema(),
+            "signal": {"type": "string", "default": default_signal(), "description": "Signal name: HUP, TERM, KILL, ..."}},
+          "required": ["session_id"]})
+    },
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecClose {
+    session_id: String,
+    #[serde(default = "default_signal")]
+    signal: String,
+}
+
+impl Call for ExecClose {
+    fn call(self, d: &Driver) -> Result<Value> {
+        let signal = self.signal.trim_start_matches("SIG");
+        d.sessions.close(&self.session_id, signal)
+    }
+}
+
+pub const EXEC_SESSIONS: Function = Function::new::<ExecSessions>(
+    "exec_sessions",
+    Kind::Exec,
+    Target::Host,
+    "List the open exec sessions.",
+    || json!({"type": "object", "properties": {}}),
+);
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExecSessions {}
+
+impl Call for ExecSessions {
+    fn call(self, d: &Driver) -> Result<Value> {
+        Ok(d.sessions.list())
     }
 }

@@ -45,12 +45,18 @@ const FUNCTIONS: &[&Function] = &[
     &jobs::GET_JOB,
     &jobs::LIST_JOBS,
     &jobs::CANCEL_JOB,
+    &exec::EXEC_OPEN,
+    &exec::EXEC_WRITE,
+    &exec::EXEC_RESIZE,
+    &exec::EXEC_READ,
+    &exec::EXEC_CLOSE,
+    &exec::EXEC_SESSIONS,
 ];
 
 const DESCRIPTION: &str = "Device Connect driver for provisioning and controlling Docker containers. \
 Exposes container CRUD, logs, exec, image pull, and compose up/down over the Device Connect mesh \
-(D2D LAN or Portal-backed NATS). Interactive attach/TTY sessions are out of scope; use \
-``exec_in_container`` for one-shot commands or follow logs via ``container_logs`` + events.";
+(D2D LAN or Portal-backed NATS). Use ``exec_in_container`` for one-shot commands, ``exec_open`` for an \
+interactive session (a shell on a TTY), and follow logs via ``container_logs`` + events.";
 
 impl Driver {
     /// Run `method` with keyword `params` (`_dc_meta` and `source_device`

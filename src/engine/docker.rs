@@ -43,7 +43,10 @@ use ureq::{Agent, AsSendBody, Body};
 
 use super::pull::Layers;
 use super::stream::{Frames, JsonLines, Source};
-use super::{Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, Result, Stream, Watch};
+use super::{
+    Canceller, Credentials, Engine, EngineError, ExecOutput, ExecSession, ExecSpec, LogOptions, Object, Result, Stream,
+    Watch,
+};
 use crate::sync::lock;
 
 pub mod auth;
@@ -75,7 +78,7 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 /// The exec that kills another exec's processes.
 const EXEC_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variable that marks an exec's processes, so that they can
-/// be found and killed (`exec_kill`).
+/// be found and signalled (`exec_signal`).
 const EXEC_MARK: &str = "DCD_EXEC";
 /// Added to a stop/restart grace period for the engine's own work.
 const STOP_SLACK: Duration = Duration::from_secs(30);
@@ -452,40 +455,88 @@ impl Docker {
         Ok(run)
     }
 
-    /// Kill the processes of an exec in container `id`: the one it started
-    /// and its children, found by the `EXEC_MARK` in their environment. The
-    /// engine has no call that kills an exec, and the PID its exec inspect
-    /// reports is the host's, which means nothing in the container's PID
-    /// namespace; so a second exec kills them from inside. It needs `sh`,
-    /// `grep` and `kill` in the container.
-    fn exec_kill(&self, id: &str, mark: &str) -> Result<()> {
-        let script = format!(
-            "for p in /proc/[0-9]*; do grep -qs {EXEC_MARK}={mark} $p/environ && kill -9 ${{p#/proc/}}; done; true"
-        );
-        let cmd = ["sh".to_string(), "-c".to_string(), script];
-        let run = self.exec_run(id, &cmd, &[], None, EXEC_KILL_TIMEOUT, &())?;
-        match (run.cut, self.exec_exit_code(&run.exec_id)?) {
-            (None, 0) => Ok(()),
-            (Some(e), _) => Err(EngineError::Server(format!("could not kill the process: {e}"))),
-            (None, code) => Err(EngineError::Server(format!(
-                "could not kill the process (exit {code}: {})",
-                String::from_utf8_lossy(&run.stderr).trim()
-            ))),
+    /// The socket to the engine for a connection we speak HTTP on ourselves
+    /// (a hijacked exec). TLS is not offered: its stream would have to be
+    /// read and written from two threads at once.
+    fn raw_socket(&self) -> Result<Sock> {
+        let unreachable = |e: io::Error| EngineError::Unreachable(format!("{}: {e}", self.host));
+        match &self.target {
+            Target::Unix(path) => UnixStream::connect(path).map(Sock::Unix).map_err(unreachable),
+            Target::Tcp(base, None) => {
+                let authority = base.trim_start_matches("http://");
+                let addrs: Vec<SocketAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(authority).map_err(unreachable)?.collect();
+                tcp_connect(&addrs, Some(CONNECT_TIMEOUT)).map(Sock::Tcp).map_err(unreachable)
+            }
+            Target::Tcp(_, Some(_)) => {
+                Err(EngineError::BadRequest("interactive exec sessions are not offered over a TLS engine".into()))
+            }
         }
     }
+}
 
-    /// `ExitCode` of a finished exec. The engine may close the output stream
-    /// a moment before it records the exit code.
-    fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
-        let path = format!("/exec/{}/json", segment(exec_id)?);
-        for _ in 0..40 {
-            let inspect = self.call_json(Method::GET, &path, None)?;
-            if let (Some(code), false) = (inspect["ExitCode"].as_i64(), inspect["Running"] == true) {
-                return Ok(code);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+/// The bytes of a hijacked connection after its response headers.
+struct Hijacked {
+    early: Vec<u8>,
+    sock: Arc<Sock>,
+}
+
+impl Read for Hijacked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.early.is_empty() {
+            let n = buf.len().min(self.early.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            return Ok(n);
         }
-        Err(EngineError::Server(format!("exec {exec_id} finished its output but reports no exit code")))
+        self.sock.io().read(buf)
+    }
+}
+
+struct HijackedInput(Arc<Sock>);
+
+impl Write for HijackedInput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.io().write_all(buf).map(|()| buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How often a hijacked stream's read returns while nothing comes, and how
+/// long a write to a process that does not read its input may block.
+const SESSION_TICK: Duration = Duration::from_secs(1);
+const SESSION_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response headers longer than this are not the engine's.
+const MAX_HEADERS: usize = 16 << 10;
+
+/// Send `request` on `sock` and read the response headers; returns the bytes
+/// that came after them, the start of the hijacked stream.
+fn hijack(sock: &Sock, request: &[u8], path: &str) -> Result<Vec<u8>> {
+    let lost = |e: io::Error| EngineError::Unreachable(format!("{path}: {e}"));
+    sock.io().write_all(request).map_err(lost)?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if got.len() > MAX_HEADERS {
+            return Err(EngineError::Server(format!("{path}: response headers too long")));
+        }
+        match sock.io().read(&mut buf).map_err(lost)? {
+            0 => return Err(lost(io::ErrorKind::UnexpectedEof.into())),
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    let status: u16 = String::from_utf8_lossy(&got[..end]).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rest = got.split_off(end);
+    match status {
+        // Docker upgrades; an engine that ignores the upgrade answers 200 and hijacks all the same.
+        101 | 200 => Ok(rest),
+        // A refusal's body is a short JSON message, come with the headers.
+        _ => Err(refusal(status, &String::from_utf8_lossy(&rest), path)),
     }
 }
 
@@ -630,7 +681,7 @@ impl Engine for Docker {
             // Cut off (its time ran out, or `watch` stopped it): the process
             // may still run, so it is killed, and what it printed is kept.
             Some(e) => {
-                self.exec_kill(id, &mark).map_err(|k| EngineError::Server(format!("{e}; then {k}")))?;
+                self.exec_signal(id, &mark, "KILL").map_err(|k| EngineError::Server(format!("{e}; then {k}")))?;
                 true
             }
         };
@@ -640,6 +691,94 @@ impl Engine for Docker {
             stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
             killed,
         })
+    }
+
+    /// Created with the console size it starts with, and started on a
+    /// connection of our own that the engine hijacks (`Upgrade: tcp`).
+    fn exec_session(&self, id: &str, spec: &ExecSpec) -> Result<ExecSession> {
+        let mark = crate::ids::random_hex(16);
+        let mut env = spec.env.clone();
+        env.push(format!("{EXEC_MARK}={mark}"));
+        let size = [spec.size.0, spec.size.1];
+        let mut create = json!({"AttachStdin": true, "AttachStdout": true, "AttachStderr": true,
+            "Tty": spec.tty, "Cmd": spec.cmd, "Env": env, "ConsoleSize": size});
+        if let Some(dir) = &spec.workdir {
+            create["WorkingDir"] = json!(dir);
+        }
+        if let Some(user) = &spec.user {
+            create["User"] = json!(user);
+        }
+        let path = format!("/containers/{}/exec", container(id)?);
+        let created = self.call_json(Method::POST, &path, Some(&create))?;
+        let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+        let path = format!("/v{}/exec/{}/start", self.api_version()?, segment(exec_id)?);
+        let body = json!({"Detach": false, "Tty": spec.tty, "ConsoleSize": size}).to_string();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dcd/{}\r\nContent-Type: application/json\r\n\
+             Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n{body}",
+            env!("CARGO_PKG_VERSION"),
+            body.len()
+        );
+        let sock = self.raw_socket()?;
+        let timeouts =
+            |read, write| sock.set_read_timeout(Some(read)).and_then(|()| sock.set_write_timeout(Some(write)));
+        let unreachable = |e: io::Error| EngineError::Unreachable(format!("{}: {e}", self.host));
+        timeouts(CALL_TIMEOUT, CALL_TIMEOUT).map_err(unreachable)?;
+        let early = hijack(&sock, request.as_bytes(), &path)?;
+        timeouts(SESSION_TICK, SESSION_WRITE_TIMEOUT).map_err(unreachable)?;
+        let sock = Arc::new(sock);
+        let (closer, half) = (sock.clone(), sock.clone());
+        Ok(ExecSession {
+            exec_id: exec_id.to_string(),
+            mark,
+            output: Box::new(Hijacked { early, sock: sock.clone() }),
+            input: Box::new(HijackedInput(sock)),
+            end_input: Canceller::new(move || half.close_write()),
+            cancel: Canceller::new(move || closer.shutdown()),
+        })
+    }
+
+    fn exec_resize(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
+        let q = query(&[("h", &rows.to_string()), ("w", &cols.to_string())]);
+        self.call_empty(Method::POST, &format!("/exec/{}/resize{q}", segment(exec_id)?), None, CALL_TIMEOUT)
+    }
+
+    /// The engine has no call that signals an exec, and the PID its exec
+    /// inspect reports is the host's, which means nothing in the container's
+    /// PID namespace; so a second exec signals the processes from inside,
+    /// found by the `EXEC_MARK` in their environment (the one the exec started
+    /// and its children). It needs `sh`, `grep` and `kill` in the container.
+    fn exec_signal(&self, id: &str, mark: &str, signal: &str) -> Result<()> {
+        if signal.is_empty() || !signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(EngineError::BadRequest(format!("invalid signal {signal:?}")));
+        }
+        let script = format!(
+            "for p in /proc/[0-9]*; do grep -qs {EXEC_MARK}={mark} $p/environ && kill -{signal} ${{p#/proc/}}; done; true"
+        );
+        let cmd = ["sh".to_string(), "-c".to_string(), script];
+        let run = self.exec_run(id, &cmd, &[], None, EXEC_KILL_TIMEOUT, &())?;
+        match (run.cut, self.exec_exit_code(&run.exec_id)?) {
+            (None, 0) => Ok(()),
+            (Some(e), _) => Err(EngineError::Server(format!("could not signal the process: {e}"))),
+            (None, code) => Err(EngineError::Server(format!(
+                "could not signal the process (exit {code}: {})",
+                String::from_utf8_lossy(&run.stderr).trim()
+            ))),
+        }
+    }
+
+    /// `ExitCode` of a finished exec. The engine may close the output stream
+    /// a moment before it records the exit code.
+    fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        let path = format!("/exec/{}/json", segment(exec_id)?);
+        for _ in 0..40 {
+            let inspect = self.call_json(Method::GET, &path, None)?;
+            if let (Some(code), false) = (inspect["ExitCode"].as_i64(), inspect["Running"] == true) {
+                return Ok(code);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(EngineError::Server(format!("exec {exec_id} finished its output but reports no exit code")))
     }
 
     fn pull_image(&self, image: &str, given: Option<&Credentials>) -> Result<Vec<String>> {
@@ -836,12 +975,17 @@ fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
     }
     let text =
         resp.body_mut().with_config().limit(MAX_ERROR_BODY).lossy_utf8(true).read_to_string().unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
+    Err(refusal(status, &text, path))
+}
+
+/// The error a refusing status and the body it came with stand for.
+fn refusal(status: u16, text: &str, path: &str) -> EngineError {
+    let message = serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| text.trim().to_string());
     let message = if message.is_empty() { format!("HTTP {status}") } else { explain(message) };
-    Err(match status {
+    match status {
         404 => EngineError::NotFound(message),
         409 => EngineError::Conflict(message),
         // Podman answers a request its container's state refuses (remove a
@@ -855,7 +999,7 @@ fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
         // Redirects are not followed: the engine only sends one when the
         // path was rewritten (`..` in an id), i.e. for a bad id.
         _ => EngineError::BadRequest(format!("unexpected HTTP {status} for {path}")),
-    })
+    }
 }
 
 /// How Podman's conflicts end (its errors `ErrCtrStateInvalid`, storage's
@@ -1326,6 +1470,15 @@ impl Sock {
             Sock::Unix(s) => s.set_write_timeout(t),
             Sock::Tcp(s) => s.set_write_timeout(t),
         }
+    }
+
+    /// Our half of the connection is done: the engine closes the process's input.
+    fn close_write(&self) {
+        // Fails only if already shut down or closed.
+        let _ = match self {
+            Sock::Unix(s) => s.shutdown(Shutdown::Write),
+            Sock::Tcp(s) => s.shutdown(Shutdown::Write),
+        };
     }
 
     fn set_nonblocking(&self, on: bool) -> io::Result<()> {

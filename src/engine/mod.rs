@@ -10,7 +10,7 @@ pub mod sim;
 pub mod stream;
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -63,6 +63,35 @@ pub struct ExecOutput {
     /// The process was killed before it ended: its time ran out or it was
     /// stopped. The output is what it printed until then.
     pub killed: bool,
+}
+
+/// What an interactive exec runs, and how (`Engine::exec_session`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    /// `K=V` entries.
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub tty: bool,
+    /// The console size it starts with (rows, cols), so no resize races it.
+    pub size: (u16, u16),
+}
+
+/// An interactive exec on a connection of its own. `output` is raw bytes with
+/// a TTY, else multiplexed frames (`stream::Frames`); a read may fail with
+/// `TimedOut` or `WouldBlock` about once a second while nothing comes, so its
+/// reader can look around (idle, stop). `cancel` closes the connection.
+pub struct ExecSession {
+    /// The engine's exec id: for resize and the exit code.
+    pub exec_id: String,
+    /// Marks its processes, so that `exec_signal` finds them.
+    pub mark: String,
+    pub output: Box<dyn Read + Send>,
+    pub input: Box<dyn Write + Send>,
+    /// Ends the process's input (its stdin reads EOF), as a pipe's end does.
+    pub end_input: Canceller,
+    pub cancel: Canceller,
 }
 
 /// Who watches long work on the engine (a pull, an exec, a compose project
@@ -153,6 +182,27 @@ pub trait Engine: Send + Sync {
     ) -> Result<ExecOutput> {
         let _ = (limit, watch);
         self.exec(id, cmd, env, workdir)
+    }
+    /// Create and start an interactive exec in container `id` (stdin attached).
+    fn exec_session(&self, id: &str, spec: &ExecSpec) -> Result<ExecSession> {
+        let _ = (id, spec);
+        Err(EngineError::BadRequest("this engine has no interactive exec".into()))
+    }
+    /// Set an exec's console size.
+    fn exec_resize(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
+        let _ = (exec_id, rows, cols);
+        Ok(())
+    }
+    /// Send `signal` (a name: HUP, KILL, ...) to the processes of the exec
+    /// marked `mark` in container `id`.
+    fn exec_signal(&self, id: &str, mark: &str, signal: &str) -> Result<()> {
+        let _ = (id, mark, signal);
+        Ok(())
+    }
+    /// The exit code of an exec whose output has ended.
+    fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        let _ = exec_id;
+        Err(EngineError::NotFound("no such exec".into()))
     }
     /// Pull `image` (a reference with optional tag or digest), with `auth`
     /// when given, else the credentials the host holds for its registry.

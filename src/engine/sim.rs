@@ -3,7 +3,7 @@
 //! so every RPC and both events work with no Docker on the machine.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use crate::sync::lock;
 
 use super::{
-    Canceller, Credentials, Engine, EngineError, ExecOutput, LogOptions, Object, PullProgress, Result, Stream, Watch,
+    Canceller, Credentials, Engine, EngineError, ExecOutput, ExecSession, ExecSpec, LogOptions, Object, PullProgress,
+    Result, Stream, Watch,
 };
 
 /// The one account the simulated registry knows (username, password). Pulls
@@ -45,6 +46,8 @@ struct World {
 #[derive(Default)]
 pub struct Sim {
     world: Mutex<World>,
+    /// Exit codes of the interactive execs that ended with `exit N`, by exec id.
+    exits: Arc<Mutex<BTreeMap<String, i64>>>,
 }
 
 impl Sim {
@@ -159,6 +162,65 @@ fn frame(stream: u8, text: &str) -> Vec<u8> {
     f.extend_from_slice(&(text.len() as u32).to_be_bytes());
     f.extend_from_slice(text.as_bytes());
     f
+}
+
+/// A simulated interactive exec: a shell that only echoes, as a terminal
+/// echoes what is typed; a line `exit [N]` ends it with code N. An empty
+/// message on its channel is the end of its input or of the connection.
+struct SimShell {
+    rx: Receiver<Vec<u8>>,
+    tty: bool,
+    line: Vec<u8>,
+    pending: Vec<u8>,
+    ended: bool,
+    exec_id: String,
+    exits: Arc<Mutex<BTreeMap<String, i64>>>,
+}
+
+impl Read for SimShell {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            let typed = match self.rx.recv_timeout(SIM_TICK * 20) {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(0),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Err(io::ErrorKind::TimedOut.into()),
+            };
+            for &c in &typed {
+                if c != b'\n' {
+                    self.line.push(c);
+                    continue;
+                }
+                let line = String::from_utf8_lossy(&self.line).trim().to_string();
+                if let Some(code) = line.strip_prefix("exit").filter(|r| r.is_empty() || r.starts_with(' ')) {
+                    lock(&self.exits).insert(self.exec_id.clone(), code.trim().parse().unwrap_or(0));
+                    self.ended = true;
+                }
+                self.line.clear();
+            }
+            self.pending = if self.tty { typed } else { frame(1, &String::from_utf8_lossy(&typed)) };
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+struct SimInput(Sender<Vec<u8>>);
+
+impl Write for SimInput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() {
+            self.0.send(buf.to_vec()).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Engine for Sim {
@@ -343,6 +405,43 @@ impl Engine for Sim {
         }
         let exit_code = if cmd.first().map(String::as_str) == Some("false") { 1 } else { 0 };
         Ok(ExecOutput { exit_code, stdout, stderr: String::new(), killed: false })
+    }
+
+    fn exec_session(&self, id: &str, spec: &ExecSpec) -> Result<ExecSession> {
+        {
+            let w = self.world();
+            let id = w.find(id)?;
+            if w.containers[&id]["State"]["Status"] != "running" {
+                return Err(EngineError::Conflict(format!("container {} is not running", &id[..12])));
+            }
+        }
+        let (tx, rx) = unbounded();
+        let exec_id = crate::ids::random_hex(32);
+        let shell = SimShell {
+            rx,
+            tty: spec.tty,
+            line: Vec::new(),
+            pending: Vec::new(),
+            ended: false,
+            exec_id: exec_id.clone(),
+            exits: self.exits.clone(),
+        };
+        let (closer, eof) = (tx.clone(), tx.clone());
+        Ok(ExecSession {
+            exec_id,
+            mark: String::new(),
+            output: Box::new(shell),
+            input: Box::new(SimInput(tx)),
+            end_input: Canceller::new(move || drop(eof.send(Vec::new()))),
+            cancel: Canceller::new(move || drop(closer.send(Vec::new()))),
+        })
+    }
+
+    fn exec_exit_code(&self, exec_id: &str) -> Result<i64> {
+        lock(&self.exits)
+            .get(exec_id)
+            .copied()
+            .ok_or_else(|| EngineError::NotFound(format!("no exit code for {exec_id}")))
     }
 
     fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>> {
