@@ -546,11 +546,13 @@ fn finish(s: &Session, why: Reason, engine: &dyn Engine, events: &Events) {
     let (mut why, mut code) = (why, None);
     match why {
         Reason::Exited | Reason::Closed => {
+            // The exit code first: by the time the engine has recorded it, it
+            // has also seen a killed container's end.
+            code = engine.exec_exit_code(&s.exec_id).ok();
             let running = engine.inspect_container(&s.container).map(|i| i["State"]["Running"] == true);
             if matches!(running, Ok(false) | Err(EngineError::NotFound(_))) {
                 why = Reason::ContainerGone;
             }
-            code = engine.exec_exit_code(&s.exec_id).ok();
         }
         // Its connection is closed, but a process that does not read its
         // input would run on.

@@ -235,7 +235,11 @@ fn policy_governs_exec_open() {
     let e = rig.err("exec_open", json!({"container_id": foreign}));
     assert!(e.contains("is not managed by dcd"), "{e}");
     let id = rig.ok("exec_open", json!({"container_id": managed, "tty": false}))["session_id"].clone();
-    assert_eq!(rig.ok("exec_close", json!({"session_id": id, "signal": "KILL"}))["exit_code"], 137);
+    // 137 when the KILL lands within exec_close's wait; on a loaded machine the closed input
+    // may end the shell first (0). Either way the session is over and gone.
+    let code = rig.ok("exec_close", json!({"session_id": id, "signal": "KILL"}))["exit_code"].clone();
+    assert!(code == 137 || code == 0, "{code}");
+    assert!(rig.err("exec_read", json!({"session_id": id})).contains("no such exec session"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
