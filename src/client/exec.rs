@@ -15,6 +15,9 @@ use crate::encoding::{base64_decode, base64_encode, STANDARD};
 
 /// With no event this long, ask: events are at-most-once, the end included.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Output is acknowledged by `exec_read`; the device holds 256 KiB unacknowledged
+/// before it stops reading the process, so acknowledge well before that.
+const ACK_EVERY: usize = 64 * 1024;
 
 pub(super) fn run(c: &Arc<Client>, a: Exec) -> Result<i32> {
     // Subscribed before the session opens, so its first output is heard.
@@ -37,7 +40,7 @@ pub(super) fn run(c: &Arc<Client>, a: Exec) -> Result<i32> {
             .spawn(move || send_input(&c, &device, &sid))
             .map_err(|e| Failure::Usage(format!("cannot start a thread: {e}")))?;
     }
-    let mut out = Output { last: 0 };
+    let mut out = Output { last: 0, unacked: 0 };
     let session = |m: &crate::mesh::Message| Some(event_params(m)).filter(|p| p["session_id"] == sid.as_str());
     let read = |after: u64| c.call(&a.device, "exec_read", json!({"session_id": sid, "after_seq": after}));
     let (code, reason) = loop {
@@ -49,6 +52,9 @@ pub(super) fn run(c: &Arc<Client>, a: Exec) -> Result<i32> {
                 }
                 if seq == out.last + 1 {
                     out.write(&p);
+                }
+                if out.unacked >= ACK_EVERY {
+                    out.apply(&read(out.last)?);
                 }
             },
             recv(exits) -> m => if let Some(p) = m.ok().as_ref().and_then(session) {
@@ -103,14 +109,17 @@ fn send_input(c: &Client, device: &str, sid: &str) {
     }
 }
 
-/// What has been written out: every chunk up to `last`, once, in order.
+/// What has been written out: every chunk up to `last`, once, in order;
+/// `unacked` bytes of it since the device last heard `after_seq`.
 struct Output {
     last: u64,
+    unacked: usize,
 }
 
 impl Output {
     /// The chunks of an `exec_read` answer not written yet.
     fn apply(&mut self, r: &Value) {
+        self.unacked = 0;
         if let Some(first) = r["lost_before"].as_u64().filter(|f| *f > self.last + 1) {
             eprint!("\r\ndcd: output lost before chunk {first} (the device's buffer overflowed)\r\n");
             self.last = first - 1;
@@ -129,6 +138,7 @@ impl Output {
             (_, Value::String(b)) => base64_decode(b).unwrap_or_default(),
             _ => return,
         };
+        self.unacked += bytes.len();
         let _ = if chunk["stream"] == "stderr" {
             std::io::stderr().write_all(&bytes)
         } else {
