@@ -146,11 +146,14 @@ fn run(cfg: Config) -> Result<(), String> {
         log::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}: exiting");
         std::process::exit(1);
     });
+    // Sessions and follows end first, while the transport still runs, so that
+    // their last events (`exec_exit` with reason "shutdown") go out before it
+    // departs; this takes about a second at most (the sessions' kill wait).
+    driver.shutdown();
     // The transport departs and closes; its inbound sender goes with it, so
     // the workers finish what they hold and stop.
     drop(stop_tx);
     let _ = transport.join();
-    driver.shutdown();
     workers.join();
     state.shutdown();
     Ok(())

@@ -55,6 +55,9 @@ const TICK: Duration = Duration::from_secs(1);
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 /// How long shutdown waits for the sessions' processes to be killed.
 const SHUTDOWN_KILL_WAIT: Duration = Duration::from_secs(1);
+/// How long a session whose process was killed waits for the engine to say
+/// whether its container went too.
+const CONTAINER_END_WAIT: Duration = Duration::from_secs(2);
 /// `exec_read`s waiting for output at once; more are answered at once.
 const MAX_WAITING_READS: usize = 64;
 
@@ -454,6 +457,11 @@ impl Sessions {
     /// first, all at once, for at most `SHUTDOWN_KILL_WAIT`.
     pub fn shutdown(&self) {
         let all: Vec<Entry> = lock(&self.table).drain().map(|(_, e)| e).collect();
+        // Said before the kills, so that a process killed here ends its
+        // session as shut down, not as exited.
+        for e in &all {
+            e.session.out().stop.get_or_insert(Reason::Shutdown);
+        }
         let (done, killed) = crossbeam_channel::unbounded();
         for e in all.iter().filter(|e| e.session.out().end.is_none()) {
             let (engine, s, done) = (self.engine.clone(), e.session.clone(), done.clone());
@@ -546,12 +554,22 @@ fn finish(s: &Session, why: Reason, engine: &dyn Engine, events: &Events) {
     let (mut why, mut code) = (why, None);
     match why {
         Reason::Exited | Reason::Closed => {
-            // The exit code first: by the time the engine has recorded it, it
-            // has also seen a killed container's end.
             code = engine.exec_exit_code(&s.exec_id).ok();
-            let running = engine.inspect_container(&s.container).map(|i| i["State"]["Running"] == true);
-            if matches!(running, Ok(false) | Err(EngineError::NotFound(_))) {
-                why = Reason::ContainerGone;
+            // A killed container's exec may be recorded as ended before the
+            // container is: a process killed by a signal that nobody here sent
+            // makes the container worth asking about again, briefly.
+            let killed = code.is_some_and(|c| c > 128) && !s.out().closing;
+            let deadline = Instant::now() + if killed { CONTAINER_END_WAIT } else { Duration::ZERO };
+            loop {
+                let running = engine.inspect_container(&s.container).map(|i| i["State"]["Running"] == true);
+                if matches!(running, Ok(false) | Err(EngineError::NotFound(_))) {
+                    why = Reason::ContainerGone;
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         // Its connection is closed, but a process that does not read its

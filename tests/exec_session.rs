@@ -194,14 +194,24 @@ fn an_agent_drives_a_shell_and_every_end_cleans_up() {
     assert_eq!(end["reason"], "container_gone");
     assert_eq!(threads_settle(&rig, threads), threads, "the dead container's session thread is gone");
 
-    // The daemon stopped with sessions open: it exits at once, and the shells go with their
-    // connections.
-    for _ in 0..3 {
-        rig.ok("exec_open", json!({"container_id": c}));
-    }
+    // The daemon stopped with sessions open: it exits at once, says so of each session before
+    // it leaves the mesh, and the shells go with their connections.
+    let open: Vec<String> = (0..3)
+        .map(|_| rig.ok("exec_open", json!({"container_id": c}))["session_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(shells(&c), 3);
     assert!(threads_and_rss(rig.dcd.pid()).0 >= threads + 3);
     common::stop_daemon(&mut rig.dcd);
+    let mut ended = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ended.len() < open.len() {
+        let Some(m) = nats.next(deadline).unwrap() else { panic!("exec_exit of only {ended:?} of {open:?}") };
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.subject.ends_with(".event.exec_exit") {
+            ended.insert(body["params"]["session_id"].as_str().unwrap().to_string(), body["params"]["reason"].clone());
+        }
+    }
+    assert!(open.iter().all(|id| ended[id] == "shutdown"), "{ended:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while shells(&c) > 0 {
         assert!(Instant::now() < deadline, "the shells outlived the daemon's connections");
