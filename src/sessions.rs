@@ -269,11 +269,13 @@ pub struct Sessions {
     idle: Duration,
     table: Table,
     waiting: Arc<AtomicUsize>,
+    /// Set at shutdown: `open` refuses.
+    shut: AtomicBool,
 }
 
 impl Sessions {
     pub fn new(engine: Arc<dyn Engine>, events: Events, idle: Duration) -> Self {
-        Sessions { engine, events, idle, table: Arc::default(), waiting: Arc::default() }
+        Sessions { engine, events, idle, table: Arc::default(), waiting: Arc::default(), shut: AtomicBool::new(false) }
     }
 
     pub fn set_idle_timeout(&mut self, idle: Duration) {
@@ -330,9 +332,21 @@ impl Sessions {
         });
         let mut table = lock(&self.table);
         // Another open took the last slot meanwhile.
-        if table.len() >= MAX_SESSIONS {
+        let refused = if self.shut.load(Ordering::Relaxed) {
+            Some("the daemon is shutting down".to_string())
+        } else if table.len() >= MAX_SESSIONS {
+            Some(format!("{MAX_SESSIONS} exec sessions are open, the most this host keeps"))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            drop(table);
+            // Its process has started, and on a TTY it would outlive its connection.
             session.cancel.cancel();
-            return Err(Error::Busy(format!("{MAX_SESSIONS} exec sessions are open, the most this host keeps")));
+            if let Err(e) = self.engine.exec_signal(container, &session.mark, "KILL") {
+                log::warn!("exec session {} refused: {e}", session.id);
+            }
+            return Err(Error::Busy(why));
         }
         let (s, engine, events, idle, shared) =
             (session.clone(), self.engine.clone(), self.events.clone(), self.idle, self.table.clone());
@@ -456,7 +470,12 @@ impl Sessions {
     /// process on a TTY outlives its closed connection, so each is killed
     /// first, all at once, for at most `SHUTDOWN_KILL_WAIT`.
     pub fn shutdown(&self) {
-        let all: Vec<Entry> = lock(&self.table).drain().map(|(_, e)| e).collect();
+        let all: Vec<Entry> = {
+            let mut table = lock(&self.table);
+            // Requests are still served while the sessions end: no new one.
+            self.shut.store(true, Ordering::Relaxed);
+            table.drain().map(|(_, e)| e).collect()
+        };
         // Said before the kills, so that a process killed here ends its
         // session as shut down, not as exited.
         for e in &all {
