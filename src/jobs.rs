@@ -24,7 +24,34 @@ use crate::sync::lock;
 
 /// Where a call's reply goes: the JSON-RPC layer turns it into bytes for the
 /// caller. Called once, from whichever thread has the answer.
-pub type Reply = Box<dyn FnOnce(Result<Value>) + Send>;
+pub type Reply = Box<dyn FnOnce(Result<Body>) + Send>;
+
+/// What a function answers: a value, or JSON text already written. A list
+/// served from the state's view is the text of summaries encoded when they
+/// changed, joined: building and encoding a value of 200 of them per call cost
+/// far more than the call itself (BENCHMARKS.md).
+#[derive(Debug)]
+pub enum Body {
+    Value(Value),
+    /// Valid JSON, as serde_json wrote it.
+    Json(String),
+}
+
+impl From<Value> for Body {
+    fn from(v: Value) -> Body {
+        Body::Value(v)
+    }
+}
+
+impl Body {
+    /// As a value, for a caller that adds to it (a broadcast's `async_reply`).
+    pub fn into_value(self) -> Value {
+        match self {
+            Body::Value(v) => v,
+            Body::Json(text) => serde_json::from_str(&text).unwrap_or_default(),
+        }
+    }
+}
 
 /// Jobs running or waiting for a thread; more are refused.
 pub const MAX_LIVE: usize = 64;
@@ -243,7 +270,7 @@ impl Shared {
     fn send(&self, outs: Vec<Out>) {
         for out in outs {
             match out {
-                Out::Reply(reply, r) => reply(r),
+                Out::Reply(reply, r) => reply(r.map(Body::Value)),
                 Out::Event(name, params) => {
                     self.events.emit(name, params);
                 }
@@ -448,7 +475,8 @@ impl Jobs {
                 drop(t);
                 return match self.get(id, false) {
                     Some((record, _)) => reply(Ok(json!({"status": "success", "job": record,
-                                                         "message": "the job had already ended"}))),
+                                                         "message": "the job had already ended"})
+                    .into())),
                     None => reply(Err(Error::Params(format!("no job {id}")))),
                 };
             };
@@ -656,8 +684,8 @@ mod tests {
     fn reply() -> (Reply, Receiver<Result<Value>>) {
         let (tx, rx) = unbounded();
         (
-            Box::new(move |r| {
-                let _ = tx.send(r);
+            Box::new(move |r: Result<Body>| {
+                let _ = tx.send(r.map(Body::into_value));
             }),
             rx,
         )

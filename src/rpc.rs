@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::driver::Driver;
 use crate::error::Error;
-use crate::jobs::Reply;
+use crate::jobs::{Body, Reply};
 
 /// Requests larger than this are dropped unread (spec: bad input is dropped).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -68,11 +68,12 @@ pub fn handle(
     };
     let name = method.clone();
     let reply: Reply = Box::new(move |outcome| {
-        let reply = match outcome {
-            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => error_reply(&id, &name, &e),
+        let bytes = match outcome {
+            Ok(Body::Value(result)) => serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result})),
+            Ok(Body::Json(result)) => text_reply(&id, &result),
+            Err(e) => serde_json::to_vec(&error_reply(&id, &name, &e)),
         };
-        let Ok(bytes) = serde_json::to_vec(&reply) else { return };
+        let Ok(bytes) = bytes else { return };
         let bytes = match max_payload {
             Some(max) if bytes.len() > max => {
                 let e = Error::TooLarge { bytes: bytes.len(), max };
@@ -84,7 +85,7 @@ pub fn handle(
         send(bytes)
     });
     if method == "requestRegistration" {
-        return reply(Ok(registration(driver, device_id)));
+        return reply(Ok(registration(driver, device_id).into()));
     }
     match req.remove("params") {
         None => call(driver, &method, Map::new(), reply),
@@ -117,6 +118,19 @@ fn call(driver: &Driver, method: &str, mut params: Map<String, Value>, reply: Re
             reply(r)
         }),
     )
+}
+
+/// A success reply around a result that is JSON text already, joined
+/// rather than parsed and encoded again.
+fn text_reply(id: &Value, result: &str) -> serde_json::Result<Vec<u8>> {
+    let id = serde_json::to_vec(id)?;
+    let mut b = Vec::with_capacity(id.len() + result.len() + 40);
+    b.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    b.extend_from_slice(&id);
+    b.extend_from_slice(br#","result":"#);
+    b.extend_from_slice(result.as_bytes());
+    b.push(b'}');
+    Ok(b)
 }
 
 fn error_reply(id: &Value, method: &str, e: &Error) -> Value {
@@ -197,7 +211,7 @@ pub fn fire(driver: &Driver, device_id: &str, b: Broadcast, publish: impl FnOnce
         match outcome {
             Ok(result) => {
                 reply["success"] = json!(true);
-                reply["result"] = result;
+                reply["result"] = result.into_value();
             }
             Err(e) => {
                 let message = match e {
@@ -242,4 +256,17 @@ fn too_deep(payload: &[u8]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_given_as_text_replies_as_its_value_would() {
+        let id = json!(7);
+        let result = json!({"containers": [{"id": "a\"b", "labels": {}}], "count": 1, "status": "success"});
+        let reply: Value = serde_json::from_slice(&text_reply(&id, &result.to_string()).unwrap()).unwrap();
+        assert_eq!(reply, json!({"jsonrpc": "2.0", "id": id, "result": result}));
+    }
 }

@@ -761,8 +761,11 @@ mod tests {
     /// The view's `name:state` of every container, or `None` while it is not served.
     fn viewed(state: &State) -> Option<Vec<String>> {
         let list = state.handle().view().list(true, |_| true)?;
-        let mut l: Vec<String> =
-            list.iter().map(|s| format!("{}:{}", s["name"], s["state"]).replace('"', "")).collect();
+        let mut l: Vec<String> = list
+            .iter()
+            .map(|s| serde_json::from_str::<Value>(s).unwrap())
+            .map(|s| format!("{}:{}", s["name"], s["state"]).replace('"', ""))
+            .collect();
         l.sort();
         Some(l)
     }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::{Engine, EngineError};
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::jobs::{public_params, Jobs, Reply, Work, DEFAULT_WAIT_S, MAX_WAIT_S};
+use crate::jobs::{public_params, Body, Jobs, Reply, Work, DEFAULT_WAIT_S, MAX_WAIT_S};
 use crate::labels::is_managed;
 use crate::logs::Follows;
 use crate::policy::{ExecRule, Kind, Policy};
@@ -197,10 +197,20 @@ impl Driver {
         }
     }
 
-    /// From the view while it is current, else a list and an inspect of each.
-    pub(super) fn summaries(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Result<Value> {
-        if let Some(containers) = self.state.view().list(all, &keep) {
-            return Ok(json!({"status": "success", "count": containers.len(), "containers": containers}));
+    /// From the view while it is current (its summaries' text joined), else
+    /// a list and an inspect of each.
+    pub(super) fn summaries(&self, all: bool, keep: impl Fn(&Value) -> bool) -> Result<Body> {
+        if let Some(texts) = self.state.view().list(all, &keep) {
+            let mut json = String::with_capacity(texts.iter().map(|t| t.len() + 1).sum::<usize>() + 48);
+            json.push_str(r#"{"containers":["#);
+            for (i, t) in texts.iter().enumerate() {
+                if i > 0 {
+                    json.push(',');
+                }
+                json.push_str(t);
+            }
+            json.push_str(&format!(r#"],"count":{},"status":"success"}}"#, texts.len()));
+            return Ok(Body::Json(json));
         }
         let mut containers = Vec::new();
         for c in self.engine.list_containers(all)? {
@@ -217,7 +227,7 @@ impl Driver {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(json!({"status": "success", "count": containers.len(), "containers": containers}))
+        Ok(json!({"status": "success", "count": containers.len(), "containers": containers}).into())
     }
 }
 
@@ -291,7 +301,7 @@ impl Function {
             description,
             schema,
             long: false,
-            run: |d, f, params, reply| reply(checked::<A>(d, f, params).and_then(|a| a.call(d))),
+            run: |d, f, params, reply| reply(checked::<A>(d, f, params).and_then(|a| a.call(d)).map(Body::Value)),
             #[cfg(test)]
             parse: |p| args::<A>(p).map(|a| format!("{a:?}")),
         }
@@ -387,7 +397,7 @@ fn run_long<A: Long>(d: &Driver, f: &Function, mut params: Map<String, Value>, r
     });
     match started {
         Err(e) => reply(Err(e)),
-        Ok((_, _, Start::Done(v))) => reply(Ok(v)),
+        Ok((_, _, Start::Done(v))) => reply(Ok(v.into())),
         Ok((wait, public, Start::Job(work))) => {
             let work = match container {
                 Some(id) => work.on_container(id),

@@ -5,13 +5,14 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::base::{
-    container_id_schema, id_only_schema, no_params, object_schema, Call, Driver, Function, Long, Reach, Start, Target,
+    container_id_schema, id_only_schema, no_params, object_schema, Answer, Call, Driver, Function, Long, Reach, Start,
+    Target,
 };
 use super::images::pull;
 use crate::engine::{EngineError, Watch};
 use crate::error::{Error, Result};
 use crate::ids::{check_image, random_hex, short_id};
-use crate::jobs::Work;
+use crate::jobs::{Reply, Work};
 use crate::labels::is_managed;
 use crate::policy::Kind;
 use crate::spec::{ContainerSpec, Pull};
@@ -43,7 +44,7 @@ impl<'a> LabelFilter<'a> {
     }
 }
 
-pub const LIST_CONTAINERS: Function = Function::new::<ListContainers>(
+pub const LIST_CONTAINERS: Function = Function::replying::<ListContainers>(
     "list_containers",
     Kind::Read,
     Target::Host,
@@ -71,15 +72,15 @@ struct ListContainers {
     state: Option<String>,
 }
 
-impl Call for ListContainers {
-    fn call(self, d: &Driver) -> Result<Value> {
+impl Answer for ListContainers {
+    fn answer(self, d: &Driver, reply: Reply) {
         // A state filter other than running implies looking at all containers.
         let all = self.all_containers || self.state.as_deref().is_some_and(|s| s != "running");
         let label = self.label.as_deref().map(LabelFilter::parse);
-        d.summaries(all, |c| {
+        reply(d.summaries(all, |c| {
             self.state.as_deref().is_none_or(|s| c["state"] == s)
                 && label.as_ref().is_none_or(|l| l.matches(&c["labels"]))
-        })
+        }))
     }
 }
 
@@ -315,7 +316,7 @@ impl Call for RemoveContainer {
     }
 }
 
-pub const LIST_MANAGED_CONTAINERS: Function = Function::new::<ListManaged>(
+pub const LIST_MANAGED_CONTAINERS: Function = Function::replying::<ListManaged>(
     "list_managed_containers",
     Kind::Read,
     Target::Host,
@@ -327,9 +328,9 @@ pub const LIST_MANAGED_CONTAINERS: Function = Function::new::<ListManaged>(
 #[serde(deny_unknown_fields)]
 struct ListManaged {}
 
-impl Call for ListManaged {
-    fn call(self, d: &Driver) -> Result<Value> {
-        d.summaries(true, |s| s["managed_by_dcd"] == true)
+impl Answer for ListManaged {
+    fn answer(self, d: &Driver, reply: Reply) {
+        reply(d.summaries(true, |s| s["managed_by_dcd"] == true))
     }
 }
 

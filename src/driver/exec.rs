@@ -15,7 +15,7 @@ use super::base::{container_id_schema, Answer, Call, Driver, Function, Long, Sta
 use crate::encoding::base64_decode;
 use crate::engine::{ExecSpec, Watch};
 use crate::error::{Error, Result};
-use crate::jobs::{Reply, Work};
+use crate::jobs::{Body, Reply, Work};
 use crate::policy::Kind;
 use crate::sessions::MAX_WAIT_MS;
 
@@ -327,7 +327,7 @@ struct ExecRead {
 impl Answer for ExecRead {
     fn answer(self, d: &Driver, reply: Reply) {
         let wait = Duration::from_millis(self.wait_ms.min(MAX_WAIT_MS));
-        d.sessions.read(&self.session_id, self.after_seq, wait, reply)
+        d.sessions.read(&self.session_id, self.after_seq, wait, Box::new(|r| reply(r.map(Body::Value))))
     }
 }
 
