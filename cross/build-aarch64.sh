@@ -48,7 +48,8 @@ fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
 # No .eh_frame_hdr: with panic = "abort" nothing unwinds, and the lookup table is 200 KiB of
 # the 5 MiB budget (a backtrace, when asked for, still walks .eh_frame).
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=yes -L native=$SHIM_DIR -C link-arg=--no-eh-frame-hdr"
+# --icf=all folds identical functions (monomorphised copies): 94 KB of the aarch64 binary.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-static -C link-self-contained=yes -L native=$SHIM_DIR -C link-arg=--no-eh-frame-hdr -C link-arg=--icf=all"
 export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
 
@@ -78,3 +79,5 @@ fi
 
 size=$(stat -c %s "$BIN")
 log "built $BIN ($size bytes, $(( (size + 1023) / 1024 )) KiB)"
+# The product's limit: one static binary of at most 5 MiB.
+[ "$size" -le $((5 * 1024 * 1024)) ] || die "$BIN is $size bytes, over the 5 MiB (5242880 bytes) limit"
