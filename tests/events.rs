@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use common::relay::Relay;
 use common::{docker_ok, Cleanup};
 use dcd::engine::{docker::Docker, Engine};
-use dcd::events::{JOB_FINISHED, JOB_PROGRESS, LOG_LINE, STATE_CHANGED};
+use dcd::events::{EXEC_EXIT, EXEC_OUTPUT, JOB_FINISHED, JOB_PROGRESS, LOG_LINE, STATE_CHANGED};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// `docker create` a labelled container named `name` running `cmd`.
@@ -229,7 +229,7 @@ fn mesh_fast_flips_arrive_in_order() {
     };
     assert_eq!(
         mesh.advertised_events(),
-        [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED],
+        [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED, EXEC_OUTPUT, EXEC_EXIT],
         "engine_event is opt-in"
     );
     let since = dcd::time::now_epoch() - 1.0;
@@ -311,7 +311,10 @@ fn mesh_engine_events_are_forwarded() {
         else {
             return;
         };
-        assert_eq!(mesh.advertised_events(), [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED, "engine_event"]);
+        assert_eq!(
+            mesh.advertised_events(),
+            [STATE_CHANGED, LOG_LINE, JOB_PROGRESS, JOB_FINISHED, EXEC_OUTPUT, EXEC_EXIT, "engine_event"]
+        );
         let (foreign, ours) = (common::unique("fwd-foreign"), common::unique("fwd-ours"));
         let _c = Cleanup(vec![foreign.clone(), ours.clone()]);
         // The foreign container's events all come first: the engine sends events in order.
@@ -437,6 +440,21 @@ fn run_sleeper(image: &str, name: &str) {
 /// is replayed in order (with the fallback poll off, so nothing else reports it first);
 /// without, `since` is ignored as by an engine restarted meanwhile, the fallback poll runs,
 /// and a list reports the net change.
+/// Wait until `relay` has seen no list for 1.5 s (at most 20 s); the count then.
+fn quiet_lists(relay: &Relay) -> usize {
+    let start = Instant::now();
+    let mut lists = relay.lists();
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = relay.lists();
+        if now == lists {
+            return lists;
+        }
+        lists = now;
+        assert!(start.elapsed() < Duration::from_secs(20), "still listing {:?} on", start.elapsed());
+    }
+}
+
 fn outage(tag: &str, replay: bool) {
     let Some((_, image)) = common::real_engine() else {
         return;
@@ -447,8 +465,10 @@ fn outage(tag: &str, replay: bool) {
     let mut rig = Rig::new(engine, 10_000, if replay { 0.0 } else { 2.0 });
     let names = ["a", "b", "c"].map(|n| common::unique(&format!("{tag}-{n}")));
     let _c = Cleanup(names.to_vec());
-    // Once the stream is connected, these arrive as events.
+    // Once the stream is connected, these arrive as events. The reconcile that follows the
+    // connect may list a moment later: wait until the lists are quiet.
     relay.wait_streams(1, WAIT);
+    quiet_lists(&relay);
     for n in &names[..2] {
         run_sleeper(&image, n);
         assert_eq!(rig.chain(n, 2), ["null>created", "created>running"], "{n}");
@@ -485,16 +505,7 @@ fn outage(tag: &str, replay: bool) {
     }
     // Polling stops once the stream is back (the follower may still be in its backoff).
     let back = Instant::now();
-    let mut lists = relay.lists();
-    loop {
-        std::thread::sleep(Duration::from_millis(1500));
-        let now = relay.lists();
-        if now == lists {
-            break;
-        }
-        lists = now;
-        assert!(back.elapsed() < Duration::from_secs(20), "still polling {:?} after the restore", back.elapsed());
-    }
+    let lists = quiet_lists(&relay);
     let polled_for = back.elapsed().saturating_sub(Duration::from_millis(1500));
     docker_ok(&["start", &names[0]]);
     docker_ok(&["stop", "-t", "0", &names[2]]);
