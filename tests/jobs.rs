@@ -491,3 +491,24 @@ fn a_broadcast_long_call_answers_pending_without_holding_its_thread() {
     let done = rig.ok("cancel_job", json!({"job_id": id}));
     assert_eq!(done["job"]["state"], "cancelled", "{done}");
 }
+
+/// Under `owned_only`, a job names its container, and `get_job`/`cancel_job` check that container
+/// as the call did. The policy is fixed, and a container's labels cannot change, so a job becomes
+/// one the caller could not have started only when its name comes to mean a container dcd did not
+/// make: here a provision's name, free when called, taken by a foreign container while it pulls.
+#[test]
+fn owned_only_refuses_a_job_whose_container_is_now_foreign() {
+    use dcd::engine::Engine;
+    let sim = std::sync::Arc::new(dcd::engine::sim::Sim::new());
+    let policy = dcd::policy::Policy { owned_only: true, ..Default::default() };
+    let rig = common::Rig::under(sim.clone(), true, 10_000, 2.0, policy);
+    let spec = json!({"image": "sim/slow-own", "name": "own", "pull": "always"});
+    let id = pending_id(&rig.ok("provision_container", json!({"spec": spec, "wait": 0})));
+    sim.create_container(Some("own"), &json!({"Image": "sim/hello"})).expect("a foreign container");
+    for method in ["get_job", "cancel_job"] {
+        let e = rig.err(method, json!({"job_id": id}));
+        assert!(e.starts_with("policy:") && e.contains("owned_only"), "{method}: {e}");
+    }
+    let running = rig.ok("list_jobs", json!({"state": "running"}));
+    assert_eq!(running["jobs"][0]["job_id"], id.as_str(), "the refused cancel left the job running: {running}");
+}

@@ -712,10 +712,15 @@ impl Rig {
 
     /// One queue of `queue` slots for both kinds of events; the state poll at `poll_hz`.
     pub fn with(engine: Arc<dyn Engine>, simulate: bool, queue: usize, poll_hz: f64) -> Rig {
+        Rig::under(engine, simulate, queue, poll_hz, Policy::default())
+    }
+
+    /// `with`, under the operator's `policy`.
+    pub fn under(engine: Arc<dyn Engine>, simulate: bool, queue: usize, poll_hz: f64, policy: Policy) -> Rig {
         let (tx, events) = crossbeam_channel::bounded(queue);
         let ev = Events::new(tx.clone(), tx);
         let state = State::start(engine.clone(), poll_hz, ev.clone(), Forward::Off);
-        let driver = Driver::new(engine, simulate, poll_hz, state.handle(), ev, Policy::default());
+        let driver = Driver::new(engine, simulate, poll_hz, state.handle(), ev, policy);
         Rig { driver, events, state: Some(state) }
     }
 
