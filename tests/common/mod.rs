@@ -390,8 +390,27 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback port free now, from below the kernel's range for outgoing connections: a port
+/// the kernel hands out (bind to 0) comes from that range, and can become a connection's source
+/// port before the server that was given it binds it ("address already in use"). Each port is
+/// handed out once per test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let outgoing = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = outgoing.saturating_sub(LOW).max(1_000);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(n < span, "no free loopback port below {outgoing}");
+        let port = (LOW + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn nats_installed() -> bool {
