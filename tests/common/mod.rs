@@ -150,6 +150,10 @@ fn start_podman(rootless: bool) -> Option<String> {
         if rootless { runtime_dir.join("podman/podman.sock") } else { PathBuf::from("/run/podman/podman.sock") };
     let host = format!("unix://{}", socket.display());
     if !podman_answers(&socket) {
+        // As a board's podman.socket unit makes its runtime directory: podman does not.
+        if let Some(dir) = socket.parent().filter(|_| !rootless) {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+        }
         let mut cmd = Command::new("podman");
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
