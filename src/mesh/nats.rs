@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,16 +61,25 @@ pub(super) fn prepare(cfg: &MeshConfig) -> io::Result<impl FnOnce(Core, Links) +
     let servers = servers(cfg)?;
     let (tx, rx) = unbounded_channel();
     let events = tx.clone();
+    // Until the first connection, the first attempt dials at once: start-up waits for no jitter.
+    let ever_up = Arc::new(AtomicBool::new(false));
+    let up = ever_up.clone();
     let options = options(cfg)?
         // Start even when the server is down, and never give up on it.
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(PING_EVERY)
-        .reconnect_delay_callback(reconnect_delay)
+        .reconnect_delay_callback(move |attempt| match (up.load(Ordering::Relaxed), attempt) {
+            (false, 0 | 1) => Duration::ZERO,
+            _ => reconnect_delay(attempt),
+        })
         // Registration is the only request the device makes.
         .request_timeout(Some(REGISTER_TIMEOUT))
         .event_callback(move |event| {
             let tx = events.clone();
+            if matches!(event, async_nats::Event::Connected) {
+                ever_up.store(true, Ordering::Relaxed);
+            }
             async move {
                 match event {
                     async_nats::Event::Connected => drop(tx.send(Msg::Up)),
