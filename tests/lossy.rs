@@ -382,7 +382,10 @@ fn half_open_connection_is_noticed_and_reconnected() {
     let mut watcher = Nats::connect_at(&rig.link.outer, rig.port).unwrap();
     let (_, payload) = common::rpc_request("get_status", json!({}));
     let cmd = rig.subject("cmd");
-    assert!(watcher.request(&cmd, &payload, Duration::from_secs(10)).unwrap().is_some(), "no answer on a clean link");
+    // The precondition, not the property under test: a first answer on the clean link (three tries,
+    // as a loaded machine's userspace link can lose the very first exchange).
+    let answered = (0..3).any(|_| watcher.request(&cmd, &payload, Duration::from_secs(10)).unwrap().is_some());
+    assert!(answered, "no answer on a clean link");
     drop(watcher);
 
     // The server vanishes and nothing, not even its FIN, reaches the device.
