@@ -28,6 +28,15 @@ def run(main) -> None:
     os._exit(code)
 
 
+def nudge(conn) -> None:
+    """Ask again: re-send the D2D discovery probe, or drop the registry client's cached answer."""
+    collector = getattr(conn, "_d2d_collector", None)
+    if collector is not None:
+        conn._run(collector.send_discovery_probe())
+    else:
+        conn.invalidate_cache()
+
+
 def find_device(dc, conn, device_id: str, timeout: float) -> dict:
     """DEVICE_ID's flattened record (functions, events, identity, ...) as the agent tools see it,
     once discover() lists it. Raises LookupError after `timeout` seconds.
@@ -44,9 +53,5 @@ def find_device(dc, conn, device_id: str, timeout: float) -> dict:
         if time.monotonic() >= deadline:
             raise LookupError(f"device {device_id!r} not discovered within {timeout:g} s "
                               f"(tenant {conn.zone!r}): {last}")
-        collector = getattr(conn, "_d2d_collector", None)
-        if collector is not None:
-            conn._run(collector.send_discovery_probe())
-        else:
-            conn.invalidate_cache()
+        nudge(conn)
         time.sleep(0.5)

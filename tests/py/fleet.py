@@ -23,7 +23,7 @@ import json
 import sys
 import time
 
-from common import run
+from common import nudge, run
 
 
 def main(argv: list[str]) -> int:
@@ -45,11 +45,7 @@ def main(argv: list[str]) -> int:
         seen = {d.get("device_id") for d in page.get("results", [])}
         if len(seen) >= args.n or time.monotonic() - t0 >= args.discover_timeout:
             break
-        collector = getattr(conn, "_d2d_collector", None)
-        if collector is not None:
-            conn._run(collector.send_discovery_probe())
-        else:
-            conn.invalidate_cache()
+        nudge(conn)
         time.sleep(0.5)
     discover_s = time.monotonic() - t0
 
