@@ -35,6 +35,9 @@ export DCD_TEST_REGISTRY=127.0.0.1:5000
 export DCD_TEST_PYTHON=$DCD_PYVENV/bin/python
 export DCD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd
 
+# A fresh clone gains nothing from incremental caches, and they cost disk (a CI machine ran out).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 step "cargo build --release"
 cargo build --release
 
