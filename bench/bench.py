@@ -1440,29 +1440,13 @@ class Bench:
     async def _run(self, nc):
         print(f"  {'section':<10} {'metric':<44} {'value: median [min–max]':<34} {'floor':<28} "
               f"{'ratio':<18} {'overhead':<18} goal", flush=True)
-        if self.a.only == "compose":
-            d = Daemon(self.bin, "nats", self.tenant("c"), self.logdir, self.a.nats_url)
-            try:
-                await wait_answer_nats(nc, d)
-                await self.compose_updown(nc, d)
-            finally:
-                d.stop()
-            return {}
-        if self.a.reads:
-            d = Daemon(self.bin, "nats", self.tenant("r"), self.logdir, self.a.nats_url)
-            try:
-                await wait_answer_nats(nc, d)
-                await self.reads(nc, d)
-            finally:
-                d.stop()
-            return None
-        if self.a.only == "exec":
-            d = Daemon(self.bin, "nats", self.tenant("x"), self.logdir, self.a.nats_url)
-            try:
-                await wait_answer_nats(nc, d)
-                await self.exec_session(nc, d)
-            finally:
-                d.stop()
+        # A single section: one daemon, measured alone.
+        single = {"compose": ("c", self.compose_updown), "exec": ("x", self.exec_session), "reads": ("r", self.reads)}
+        section = "reads" if self.a.reads else self.a.only
+        if section:
+            tag, measure = single[section]
+            async with self.answering(nc, self.bin, "nats", tag) as (d, _):
+                await measure(nc, d)
             return {}
         self.sizes()
         startup = await self.startup(nc)
@@ -1681,25 +1665,22 @@ class Bench:
             self.notes.append("compose: no docker-compose; compose_up/down were not measured")
             return
         project = f"{self.run_id}cmp".lower()
-        folder = os.path.join(self.logdir, project)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "compose.yaml")
-        with open(path, "w") as f:
-            f.write(COMPOSE_APP.format(image=IMAGE, port=free_port()))
-        with open(path) as f:
+        with open(COMPOSE_APP) as f:
             yaml = f.read()
+        variables = {"IMAGE": IMAGE, "PORT": str(free_port()), "GREETING": "bench"}
         log(f"compose: {self.rounds} rounds of up/down, dcd and docker-compose")
-        cli = ["docker-compose", "-p", project, "-f", path]
+        cli = ["docker-compose", "-p", project, "-f", COMPOSE_APP]
         ours = {"up": Agg(), "down": Agg()}
         theirs = {"up": Agg(), "down": Agg()}
         for _ in range(self.rounds):
             for what, args in (("up", ["up", "-d"]), ("down", ["down", "-v"])):
                 t = time.perf_counter()
-                subprocess.run(cli + args, check=True, capture_output=True, timeout=180)
+                subprocess.run(cli + args, check=True, capture_output=True, timeout=180,
+                               env={**os.environ, **variables})
                 theirs[what].add((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            up = await nrpc(nc, d, "compose_up", {"spec": {"compose_yaml": yaml, "project": project}, "wait": 120},
-                            timeout=150)
+            spec = {"compose_yaml": yaml, "project": project, "environment": variables}
+            up = await nrpc(nc, d, "compose_up", {"spec": spec, "wait": 120}, timeout=150)
             ours["up"].add((time.perf_counter() - t) * 1000)
             if up.get("status") != "success":
                 raise RuntimeError(f"compose_up: {up}")
@@ -1715,40 +1696,9 @@ class Bench:
             self.put(f"compose_cli_{what}_ms", theirs[what])
 
 
-# The three-service project of tests/compose.rs: init fills a volume, api (healthcheck) waits for
-# it, web waits for api to be healthy.
-COMPOSE_APP = """services:
-  init:
-    image: {image}
-    command: ["sh", "-c", "echo ready > /data/ready"]
-    volumes: [data:/data]
-  api:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "mkdir -p /www && echo api > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    depends_on:
-      init: {{condition: service_completed_successfully}}
-    networks:
-      back: {{aliases: [backend]}}
-    volumes: ["data:/data:ro"]
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
-      interval: 1s
-      timeout: 2s
-      retries: 20
-  web:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 80 -h /www"]
-    ports: ["127.0.0.1:{port}:80"]
-    depends_on:
-      api: {{condition: service_healthy}}
-    networks: [back]
-networks:
-  back: {{}}
-volumes:
-  data: {{}}
-"""
+# The three-service project of tests/compose.rs (init fills a volume, api with a healthcheck waits
+# for it, web waits for api to be healthy); IMAGE, PORT and GREETING are its variables.
+COMPOSE_APP = os.path.join(ROOT, "tests/data/three-services.yaml")
 
 
 class SlowProxy:

@@ -55,46 +55,11 @@ impl Drop for Cleanup {
     }
 }
 
-/// The three-service project: init fills a named volume; api (on a custom network, alias
-/// `backend`, with a healthcheck) serves what init wrote and its GREETING; web waits for api to be
-/// healthy and is published on 127.0.0.1:`port`. `init: true` lets them stop at once.
-fn three_services(image: &str, port: u16, greeting: &str) -> String {
-    format!(
-        r#"services:
-  init:
-    image: {image}
-    command: ["sh", "-c", "echo ready > /data/ready"]
-    volumes: [data:/data]
-  api:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "mkdir -p /www && echo api-$$GREETING-$$(cat /data/ready) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    environment:
-      GREETING: {greeting}
-    depends_on:
-      init: {{condition: service_completed_successfully}}
-    networks:
-      back: {{aliases: [backend]}}
-    volumes: ["data:/data:ro"]
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
-      interval: 1s
-      timeout: 2s
-      retries: 20
-  web:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "mkdir -p /www && echo web > /www/index.html && exec httpd -f -p 80 -h /www"]
-    ports: ["127.0.0.1:{port}:80"]
-    depends_on:
-      api: {{condition: service_healthy}}
-    networks: [back]
-networks:
-  back: {{}}
-volumes:
-  data: {{}}
-"#
-    )
+/// The three-service project, shared with bench/bench.py; `three_env` fills its variables.
+const THREE_SERVICES: &str = include_str!("data/three-services.yaml");
+
+fn three_env(image: &str, port: u16, greeting: &str) -> [(&'static str, String); 3] {
+    [("IMAGE", image.to_string()), ("PORT", port.to_string()), ("GREETING", greeting.to_string())]
 }
 
 /// `GET /` on 127.0.0.1:`port`, retried while the server is still starting (up does not wait for it).
@@ -139,8 +104,11 @@ fn three_services_up_update_and_down() {
     let dir = std::env::temp_dir().join(&project);
     let _c = Cleanup::new(&project, Some(dir.clone()));
     let port = free_port();
-    let spec =
-        |greeting: &str| json!({"spec": {"compose_yaml": three_services(&image, port, greeting), "project": project}});
+    let spec = |greeting: &str| {
+        let environment: serde_json::Map<_, _> =
+            three_env(&image, port, greeting).into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        json!({"spec": {"compose_yaml": THREE_SERVICES, "project": project, "environment": environment}})
+    };
 
     let up = rig.ok("compose_up", spec("hello"));
     assert_eq!(up["status"], "success", "{up}");
@@ -158,8 +126,9 @@ fn three_services_up_update_and_down() {
     // Debian's docker-compose (v1) finds the project by its labels.
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("compose.yaml");
-    std::fs::write(&file, three_services(&image, port, "hello")).unwrap();
+    std::fs::write(&file, THREE_SERVICES).unwrap();
     let cli = common::docker_compose_cli(&["-p", &project, "-f", &file.to_string_lossy(), "ps"])
+        .envs(three_env(&image, port, "hello"))
         .output()
         .expect("docker-compose");
     let listed = String::from_utf8_lossy(&cli.stdout);
