@@ -188,28 +188,23 @@ pub struct LongMount {
     pub consistency: Option<String>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct VolumeOpts {
-    #[serde(default)]
     pub nocopy: bool,
 }
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BindOpts {
-    #[serde(default)]
     pub propagation: Option<String>,
-    #[serde(default)]
     pub create_host_path: Option<bool>,
 }
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TmpfsOpts {
-    #[serde(default)]
     pub size: Option<Scalar>,
-    #[serde(default)]
     pub mode: Option<Scalar>,
 }
 
@@ -254,33 +249,23 @@ enum DependsOn {
     Map(BTreeMap<String, Dependency>),
 }
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Healthcheck {
-    #[serde(default)]
     pub test: Option<StrOrList>,
-    #[serde(default)]
     pub interval: Option<String>,
-    #[serde(default)]
     pub timeout: Option<String>,
-    #[serde(default)]
     pub retries: Option<u32>,
-    #[serde(default)]
     pub start_period: Option<String>,
-    #[serde(default)]
     pub start_interval: Option<String>,
-    #[serde(default)]
     pub disable: bool,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Attachment {
-    #[serde(default)]
     pub aliases: Vec<String>,
-    #[serde(default)]
     pub ipv4_address: Option<String>,
-    #[serde(default)]
     pub priority: Option<i64>,
 }
 
@@ -291,39 +276,31 @@ enum ServiceNetworks {
     Map(BTreeMap<String, Option<Attachment>>),
 }
 
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Logging {
-    #[serde(default)]
     pub driver: Option<String>,
-    #[serde(default)]
     pub options: BTreeMap<String, Scalar>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Deploy {
-    #[serde(default)]
     replicas: Option<u32>,
-    #[serde(default)]
     resources: Option<Resources>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct Resources {
-    #[serde(default)]
     limits: Option<Limits>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    #[serde(default)]
     pub memory: Option<Scalar>,
-    #[serde(default)]
     pub cpus: Option<Scalar>,
-    #[serde(default)]
     pub pids: Option<i64>,
 }
 
@@ -346,92 +323,50 @@ enum EnvFiles {
 }
 
 /// One service as the file states it (after `x-` keys and `build` are dropped).
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
 struct RawService {
-    #[serde(default)]
     image: Option<String>,
-    #[serde(default)]
     command: Option<StrOrList>,
-    #[serde(default)]
     entrypoint: Option<StrOrList>,
-    #[serde(default)]
     environment: Option<MapOrList>,
-    #[serde(default)]
     env_file: Option<EnvFiles>,
-    #[serde(default)]
     ports: Vec<Port>,
-    #[serde(default)]
     expose: Vec<Scalar>,
-    #[serde(default)]
     volumes: Vec<Mount>,
-    #[serde(default)]
     labels: Option<MapOrList>,
-    #[serde(default)]
     restart: Option<String>,
-    #[serde(default)]
     container_name: Option<String>,
-    #[serde(default)]
     hostname: Option<String>,
-    #[serde(default)]
     user: Option<Scalar>,
-    #[serde(default)]
     working_dir: Option<String>,
-    #[serde(default)]
     depends_on: Option<DependsOn>,
-    #[serde(default)]
     healthcheck: Option<Healthcheck>,
-    #[serde(default)]
     networks: Option<ServiceNetworks>,
-    #[serde(default)]
     network_mode: Option<String>,
-    #[serde(default)]
     cap_add: Vec<String>,
-    #[serde(default)]
     cap_drop: Vec<String>,
-    #[serde(default)]
     devices: Vec<String>,
-    #[serde(default)]
     privileged: bool,
-    #[serde(default)]
     security_opt: Vec<String>,
-    #[serde(default)]
     read_only: bool,
-    #[serde(default)]
     tmpfs: Option<StrOrList>,
-    #[serde(default)]
     ulimits: Option<Value>,
-    #[serde(default)]
     logging: Option<Logging>,
-    #[serde(default)]
     extra_hosts: Option<MapOrList>,
-    #[serde(default)]
     dns: Option<StrOrList>,
-    #[serde(default)]
     shm_size: Option<Scalar>,
-    #[serde(default)]
     mem_limit: Option<Scalar>,
-    #[serde(default)]
     cpus: Option<Scalar>,
-    #[serde(default)]
     deploy: Option<Deploy>,
-    #[serde(default)]
     scale: Option<u32>,
-    #[serde(default)]
     init: Option<bool>,
-    #[serde(default)]
     stop_signal: Option<String>,
-    #[serde(default)]
     stop_grace_period: Option<String>,
-    #[serde(default)]
     pid: Option<String>,
-    #[serde(default)]
     ipc: Option<String>,
-    #[serde(default)]
     sysctls: Option<MapOrList>,
-    #[serde(default)]
     group_add: Vec<Scalar>,
-    #[serde(default)]
     profiles: Vec<String>,
 }
 
@@ -484,36 +419,24 @@ pub struct Service {
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Network {
-    #[serde(default)]
     pub driver: Option<String>,
-    #[serde(default)]
     pub driver_opts: BTreeMap<String, Scalar>,
-    #[serde(default)]
     pub internal: bool,
-    #[serde(default)]
     pub attachable: bool,
-    #[serde(default)]
     pub external: bool,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub labels: Option<MapOrList>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Volume {
-    #[serde(default)]
     pub driver: Option<String>,
-    #[serde(default)]
     pub driver_opts: BTreeMap<String, Scalar>,
-    #[serde(default)]
     pub external: bool,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub labels: Option<MapOrList>,
 }
 
