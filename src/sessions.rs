@@ -315,7 +315,7 @@ impl Sessions {
         let session = Arc::new(Session {
             id: random_hex(16),
             container: container.to_string(),
-            cmd: spec.cmd,
+            cmd: spec.command.cmd,
             tty: spec.tty,
             opened_at: crate::time::now_rfc3339(),
             exec_id: engine_session.exec_id,

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dcd::engine::docker::Docker;
 use dcd::engine::stream::{Demux, JsonLines, Line, Source};
-use dcd::engine::{Engine, EngineError, LogOptions, Stream};
+use dcd::engine::{Engine, EngineError, ExecCommand, LogOptions, Stream};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "dcd-test/busybox:latest";
 const REGISTRY: &str = "127.0.0.1:5000";
 const REGISTRY_IMAGE: &str = "127.0.0.1:5000/dcd-test/busybox:latest";
+/// Time a one-shot exec here may take before the engine client kills it.
+const EXEC_LIMIT: Duration = Duration::from_secs(60);
 
 /// Whether an image list entry is `reference`; Podman lists local images
 /// under `localhost/`.
@@ -217,7 +219,8 @@ fn create_with_options_then_inspect() {
     let port = &c["NetworkSettings"]["Ports"]["80/tcp"][0];
     assert_eq!(port["HostIp"], "127.0.0.1");
     assert!(port["HostPort"].as_str().unwrap().parse::<u16>().unwrap() > 0, "{port}");
-    let out = d.exec(&id, &["cat".into(), "/data/hello.txt".into()], &[], None).unwrap();
+    let cat = ExecCommand { cmd: vec!["cat".into(), "/data/hello.txt".into()], ..ExecCommand::default() };
+    let out = d.exec(&id, &cat, EXEC_LIMIT, &()).unwrap();
     assert_eq!(out.stdout, "from the host\n");
 
     let listed = d.list_containers(false).unwrap();
@@ -368,28 +371,30 @@ fn exec_collects_output_and_exit_code() {
     let Some(d) = engine() else { return };
     let mut made = Made::new(&d);
     let id = made.run("exec", &["sleep", "1000"]);
-    let sh = |script: &str| vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let sh =
+        |script: &str| ExecCommand { cmd: vec!["sh".into(), "-c".into(), script.into()], ..ExecCommand::default() };
 
-    let out = d.exec(&id, &sh("echo out; echo err >&2; echo more; exit 3"), &[], None).unwrap();
+    let out = d.exec(&id, &sh("echo out; echo err >&2; echo more; exit 3"), EXEC_LIMIT, &()).unwrap();
     assert_eq!(out.exit_code, 3);
     assert_eq!(out.stdout, "out\nmore\n");
     assert_eq!(out.stderr, "err\n");
 
-    let env = ["FOO=bar baz".to_string()];
-    let out = d.exec(&id, &sh("echo \"$FOO\"; pwd"), &env, Some("/tmp")).unwrap();
+    let in_tmp =
+        ExecCommand { env: vec!["FOO=bar baz".into()], workdir: Some("/tmp".into()), ..sh("echo \"$FOO\"; pwd") };
+    let out = d.exec(&id, &in_tmp, EXEC_LIMIT, &()).unwrap();
     assert_eq!((out.exit_code, out.stdout.as_str()), (0, "bar baz\n/tmp\n"));
 
-    let out = d.exec(&id, &sh("head -c 200000 /dev/zero | tr '\\0' x"), &[], None).unwrap();
+    let out = d.exec(&id, &sh("head -c 200000 /dev/zero | tr '\\0' x"), EXEC_LIMIT, &()).unwrap();
     assert_eq!(out.stdout.len(), 200000);
 
     d.stop_container(&id, 0).unwrap();
-    let err = d.exec(&id, &sh("true"), &[], None).unwrap_err();
+    let err = d.exec(&id, &sh("true"), EXEC_LIMIT, &()).unwrap_err();
     match err {
         // Podman: "can only create exec sessions on running containers".
         EngineError::Conflict(m) => assert!(m.contains("not running") || m.contains("on running containers"), "{m}"),
         other => panic!("{other:?}"),
     }
-    let err = d.exec("dcd-test-no-such-container", &sh("true"), &[], None).unwrap_err();
+    let err = d.exec("dcd-test-no-such-container", &sh("true"), EXEC_LIMIT, &()).unwrap_err();
     assert!(matches!(err, EngineError::NotFound(_)), "{err:?}");
 }
 

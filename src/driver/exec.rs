@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::base::{container_id_schema, Answer, Call, Driver, Function, Long, Start, Target};
 use crate::encoding::base64_decode;
-use crate::engine::{ExecSpec, Watch};
+use crate::engine::{ExecCommand, ExecSpec, Watch};
 use crate::error::{Error, Result};
 use crate::jobs::{Body, Reply, Work};
 use crate::policy::Kind;
@@ -77,10 +77,11 @@ impl Long for ExecInContainer {
         let env: Vec<String> =
             self.environment.unwrap_or_default().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let limit = Duration::from_secs(self.timeout_s.clamp(1, MAX_TIMEOUT_S));
+        let command = ExecCommand { cmd: self.command, env, user: None, workdir: self.workdir };
         let engine = d.engine.clone();
         let id = self.container_id;
         let work = Work::new(id.clone(), "running", move |p| {
-            let out = engine.exec_watched(&id, &self.command, &env, self.workdir.as_deref(), limit, p)?;
+            let out = engine.exec(&id, &command, limit, p)?;
             if out.killed && p.cancelled() {
                 return Err(Error::Cancelled(format!(
                     "the process was killed (exit code {}) after printing {} bytes",
@@ -213,10 +214,7 @@ impl Call for ExecOpen {
             Some(EnvVars::Map(m)) => m.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         };
         let spec = ExecSpec {
-            cmd: self.cmd,
-            env,
-            user: self.user,
-            workdir: self.working_dir,
+            command: ExecCommand { cmd: self.cmd, env, user: self.user, workdir: self.working_dir },
             tty: self.tty,
             size: (self.rows, self.cols),
         };

@@ -44,8 +44,8 @@ use ureq::{Agent, AsSendBody, Body};
 use super::pull::Layers;
 use super::stream::{Frames, JsonLines, Source};
 use super::{
-    Canceller, Credentials, Engine, EngineError, ExecOutput, ExecSession, ExecSpec, LogOptions, Object, Result, Stream,
-    Watch,
+    Canceller, Credentials, Engine, EngineError, ExecCommand, ExecOutput, ExecSession, ExecSpec, LogOptions, Object,
+    Result, Stream, Watch,
 };
 use crate::sync::lock;
 
@@ -73,8 +73,6 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// A pull over a cellular link may take hours; a job's `cancel_job` ends it sooner.
 const PULL_MAX: Duration = Duration::from_secs(6 * 3600);
-/// Commands run by exec may legitimately take minutes.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 /// The exec that kills another exec's processes.
 const EXEC_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variable that marks an exec's processes, so that they can
@@ -130,6 +128,7 @@ impl Options {
 /// What an exec printed, and why it ended before its process did, if it did.
 struct ExecRun {
     exec_id: String,
+    mark: String,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     cut: Option<EngineError>,
@@ -387,41 +386,50 @@ impl Docker {
         Ok(Stream { body, cancel })
     }
 
-    /// Create and start an exec, and read its output until it ends, `limit`
-    /// passes or `watch` stops it (then `cut` says why). The start runs on a
-    /// connection of its own, so that stopping it touches no other call.
-    fn exec_run(
+    /// Create an exec of `command` in container `id`; `terminal` is the TTY
+    /// flag and console size of an interactive one, which gets stdin. Its
+    /// environment carries a fresh `EXEC_MARK`, by which `exec_signal` finds
+    /// its processes. Returns the exec id and the mark.
+    fn exec_create(
         &self,
         id: &str,
-        cmd: &[String],
-        env: &[String],
-        workdir: Option<&str>,
-        limit: Duration,
-        watch: &dyn Watch,
-    ) -> Result<ExecRun> {
-        let mut create = json!({
-            "AttachStdin": false,
-            "AttachStdout": true,
-            "AttachStderr": true,
-            "Tty": false,
-            "Cmd": cmd,
-            "Env": env,
-        });
-        if let Some(dir) = workdir {
+        command: &ExecCommand,
+        terminal: Option<(bool, [u16; 2])>,
+    ) -> Result<(String, String)> {
+        let mark = crate::ids::random_hex(16);
+        let mut env = command.env.clone();
+        env.push(format!("{EXEC_MARK}={mark}"));
+        let (tty, stdin) = terminal.map_or((false, false), |(tty, _)| (tty, true));
+        let mut create = json!({"AttachStdin": stdin, "AttachStdout": true, "AttachStderr": true,
+            "Tty": tty, "Cmd": command.cmd, "Env": env});
+        if let Some((_, size)) = terminal {
+            create["ConsoleSize"] = json!(size);
+        }
+        if let Some(dir) = &command.workdir {
             create["WorkingDir"] = json!(dir);
+        }
+        if let Some(user) = &command.user {
+            create["User"] = json!(user);
         }
         let path = format!("/containers/{}/exec", container(id)?);
         let created = self.call_json(Method::POST, &path, Some(&create))?;
         let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
+        Ok((exec_id.to_string(), mark))
+    }
 
+    /// Create and start a one-shot exec, and read its output until it ends,
+    /// `limit` passes or `watch` stops it (then `cut` says why). The start
+    /// runs on a connection of its own, so that stopping it touches no other call.
+    fn exec_run(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> Result<ExecRun> {
+        let (exec_id, mark) = self.exec_create(id, command, None)?;
         let start = json!({ "Detach": false, "Tty": false });
         let facts = self.facts()?;
-        let path = format!("/v{}/exec/{}/start", facts.api, segment(exec_id)?);
+        let path = format!("/v{}/exec/{}/start", facts.api, segment(&exec_id)?);
         let agent = new_agent(&self.target, Some(limit), facts.podman);
         let resp = self.send_to(&agent, Method::POST, &path, None, Some(&start), Some(limit))?;
         let stopped = stopper(&agent, watch);
         let mut body = resp.into_body().into_reader();
-        let mut run = ExecRun { exec_id: exec_id.to_string(), stdout: Vec::new(), stderr: Vec::new(), cut: None };
+        let mut run = ExecRun { exec_id, mark, stdout: Vec::new(), stderr: Vec::new(), cut: None };
         let mut truncated = false;
         let mut frames = Frames::new(false);
         let mut buf = vec![0; 32 << 10];
@@ -659,29 +667,14 @@ impl Engine for Docker {
         self.stream(&path, (!opts.follow).then_some(LOG_READ_TIMEOUT))
     }
 
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
-        self.exec_watched(id, cmd, env, workdir, EXEC_TIMEOUT, &())
-    }
-
-    fn exec_watched(
-        &self,
-        id: &str,
-        cmd: &[String],
-        env: &[String],
-        workdir: Option<&str>,
-        limit: Duration,
-        watch: &dyn Watch,
-    ) -> Result<ExecOutput> {
-        let mark = crate::ids::random_hex(16);
-        let mut env = env.to_vec();
-        env.push(format!("{EXEC_MARK}={mark}"));
-        let run = self.exec_run(id, cmd, &env, workdir, limit, watch)?;
+    fn exec(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> Result<ExecOutput> {
+        let run = self.exec_run(id, command, limit, watch)?;
         let killed = match run.cut {
             None => false,
             // Cut off (its time ran out, or `watch` stopped it): the process
             // may still run, so it is killed, and what it printed is kept.
             Some(e) => {
-                self.exec_signal(id, &mark, "KILL").map_err(|k| EngineError::Server(format!("{e}; then {k}")))?;
+                self.exec_signal(id, &run.mark, "KILL").map_err(|k| EngineError::Server(format!("{e}; then {k}")))?;
                 true
             }
         };
@@ -696,22 +689,9 @@ impl Engine for Docker {
     /// Created with the console size it starts with, and started on a
     /// connection of our own that the engine hijacks (`Upgrade: tcp`).
     fn exec_session(&self, id: &str, spec: &ExecSpec) -> Result<ExecSession> {
-        let mark = crate::ids::random_hex(16);
-        let mut env = spec.env.clone();
-        env.push(format!("{EXEC_MARK}={mark}"));
         let size = [spec.size.0, spec.size.1];
-        let mut create = json!({"AttachStdin": true, "AttachStdout": true, "AttachStderr": true,
-            "Tty": spec.tty, "Cmd": spec.cmd, "Env": env, "ConsoleSize": size});
-        if let Some(dir) = &spec.workdir {
-            create["WorkingDir"] = json!(dir);
-        }
-        if let Some(user) = &spec.user {
-            create["User"] = json!(user);
-        }
-        let path = format!("/containers/{}/exec", container(id)?);
-        let created = self.call_json(Method::POST, &path, Some(&create))?;
-        let exec_id = created["Id"].as_str().ok_or_else(|| EngineError::Server("exec create returned no Id".into()))?;
-        let path = format!("/v{}/exec/{}/start", self.api_version()?, segment(exec_id)?);
+        let (exec_id, mark) = self.exec_create(id, &spec.command, Some((spec.tty, size)))?;
+        let path = format!("/v{}/exec/{}/start", self.api_version()?, segment(&exec_id)?);
         let body = json!({"Detach": false, "Tty": spec.tty, "ConsoleSize": size}).to_string();
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: dcd/{}\r\nContent-Type: application/json\r\n\
@@ -729,7 +709,7 @@ impl Engine for Docker {
         let sock = Arc::new(sock);
         let (closer, half) = (sock.clone(), sock.clone());
         Ok(ExecSession {
-            exec_id: exec_id.to_string(),
+            exec_id,
             mark,
             output: Box::new(Hijacked { early, sock: sock.clone() }),
             input: Box::new(HijackedInput(sock)),
@@ -755,8 +735,8 @@ impl Engine for Docker {
         let script = format!(
             "for p in /proc/[0-9]*; do grep -qs {EXEC_MARK}={mark} $p/environ && kill -{signal} ${{p#/proc/}}; done; true"
         );
-        let cmd = ["sh".to_string(), "-c".to_string(), script];
-        let run = self.exec_run(id, &cmd, &[], None, EXEC_KILL_TIMEOUT, &())?;
+        let command = ExecCommand { cmd: vec!["sh".into(), "-c".into(), script], ..ExecCommand::default() };
+        let run = self.exec_run(id, &command, EXEC_KILL_TIMEOUT, &())?;
         match (run.cut, self.exec_exit_code(&run.exec_id)?) {
             (None, 0) => Ok(()),
             (Some(e), _) => Err(EngineError::Server(format!("could not signal the process: {e}"))),

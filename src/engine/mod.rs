@@ -65,14 +65,20 @@ pub struct ExecOutput {
     pub killed: bool,
 }
 
-/// What an interactive exec runs, and how (`Engine::exec_session`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExecSpec {
+/// What an exec runs in a container, one-shot (`Engine::exec`) or interactive.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecCommand {
     pub cmd: Vec<String>,
     /// `K=V` entries.
     pub env: Vec<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
+}
+
+/// An interactive exec: its command, and the terminal it starts with (`Engine::exec_session`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecSpec {
+    pub command: ExecCommand,
     pub tty: bool,
     /// The console size it starts with (rows, cols), so no resize races it.
     pub size: (u16, u16),
@@ -167,22 +173,10 @@ pub trait Engine: Send + Sync {
     fn rename_container(&self, id: &str, name: &str) -> Result<()>;
     /// The raw log stream: multiplexed frames unless `tty`, in which case raw bytes.
     fn logs(&self, id: &str, opts: &LogOptions) -> Result<Stream>;
-    /// Run `cmd` once (no TTY) and collect its output and exit code.
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput>;
-    /// `exec`, killed at `limit` or when `watch` stops it, returning what it
-    /// printed so far. An engine that cannot kill runs `exec` as it is.
-    fn exec_watched(
-        &self,
-        id: &str,
-        cmd: &[String],
-        env: &[String],
-        workdir: Option<&str>,
-        limit: Duration,
-        watch: &dyn Watch,
-    ) -> Result<ExecOutput> {
-        let _ = (limit, watch);
-        self.exec(id, cmd, env, workdir)
-    }
+    /// Run `command` once (no TTY) and collect its output and exit code. It
+    /// is killed at `limit` or when `watch` stops it; the output is then what
+    /// it printed until that moment.
+    fn exec(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> Result<ExecOutput>;
     /// Create and start an interactive exec in container `id` (stdin attached).
     fn exec_session(&self, id: &str, spec: &ExecSpec) -> Result<ExecSession> {
         let _ = (id, spec);

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use crate::sync::lock;
 
 use super::{
-    Canceller, Credentials, Engine, EngineError, ExecOutput, ExecSession, ExecSpec, LogOptions, Object, PullProgress,
-    Result, Stream, Watch,
+    Canceller, Credentials, Engine, EngineError, ExecCommand, ExecOutput, ExecSession, ExecSpec, LogOptions, Object,
+    PullProgress, Result, Stream, Watch,
 };
 
 /// The one account the simulated registry knows (username, password). Pulls
@@ -369,20 +369,9 @@ impl Engine for Sim {
         Ok(stream)
     }
 
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
-        self.exec_watched(id, cmd, env, workdir, Duration::MAX, &())
-    }
-
     /// Echoes the command; `sleep N` sleeps, until `limit` or a stop.
-    fn exec_watched(
-        &self,
-        id: &str,
-        cmd: &[String],
-        _env: &[String],
-        _workdir: Option<&str>,
-        limit: Duration,
-        watch: &dyn Watch,
-    ) -> Result<ExecOutput> {
+    fn exec(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> Result<ExecOutput> {
+        let cmd = command.cmd.as_slice();
         {
             let w = self.world();
             let id = w.find(id)?;
@@ -702,8 +691,8 @@ pub(crate) mod scripted {
         fn rename_container(&self, id: &str, name: &str) -> Result<()> {
             self.sim.rename_container(id, name)
         }
-        fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<ExecOutput> {
-            self.sim.exec(id, cmd, env, workdir)
+        fn exec(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> Result<ExecOutput> {
+            self.sim.exec(id, command, limit, watch)
         }
         fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> Result<Vec<String>> {
             self.sim.pull_image(image, auth)

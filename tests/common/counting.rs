@@ -2,10 +2,13 @@
 //! whether (and how often) the engine was asked.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use dcd::engine::{sim::Sim, Credentials, Engine, ExecOutput, LogOptions, Object, Result as EngineResult, Stream};
+use dcd::engine::{
+    sim::Sim, Credentials, Engine, ExecCommand, ExecOutput, LogOptions, Object, Result as EngineResult, Stream, Watch,
+};
 
 /// The simulator, counting the calls that would create something on the host, and every call.
 pub struct Counting {
@@ -73,9 +76,9 @@ impl Engine for Counting {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.sim.logs(id, opts)
     }
-    fn exec(&self, id: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> EngineResult<ExecOutput> {
+    fn exec(&self, id: &str, command: &ExecCommand, limit: Duration, watch: &dyn Watch) -> EngineResult<ExecOutput> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.sim.exec(id, cmd, env, workdir)
+        self.sim.exec(id, command, limit, watch)
     }
     fn pull_image(&self, image: &str, auth: Option<&Credentials>) -> EngineResult<Vec<String>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
