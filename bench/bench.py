@@ -603,29 +603,31 @@ async def lat_nats(nc, d: Daemon, method, params, n, conc=1, limit=120.0):
     return lats, time.perf_counter() - t0
 
 
-def lat_zenoh(session, d: Daemon, method, params, n, conc=1, limit=120.0):
-    payload = req(method, params)
-    lats = []
+def threaded_calls(n, conc, limit, open_caller):
+    """n calls spread over `conc` threads, until `limit` s; `open_caller()` gives each thread its
+    (call, close). Returns (latencies ns, wall s); the first error ends its thread and is raised."""
+    lats, err = [], []
     lock = threading.Lock()
     left = [n]
     deadline = time.perf_counter() + limit
-    err = []
 
     def caller():
-        while time.perf_counter() < deadline:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            t0 = time.perf_counter_ns()
-            try:
-                data = zrpc_raw(session, d.zkey, payload, 30)
-            except Exception as e:  # noqa: BLE001
-                err.append(e)
-                return
-            dt = time.perf_counter_ns() - t0
-            with lock:
-                lats.append(dt)
+        call, close = open_caller()
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if left[0] <= 0:
+                        return
+                    left[0] -= 1
+                t0 = time.perf_counter_ns()
+                call()
+                dt = time.perf_counter_ns() - t0
+                with lock:
+                    lats.append(dt)
+        except Exception as e:  # noqa: BLE001 - raised below, in the caller's thread
+            err.append(e)
+        finally:
+            close()
 
     t0 = time.perf_counter()
     ths = [threading.Thread(target=caller) for _ in range(conc)]
@@ -638,36 +640,17 @@ def lat_zenoh(session, d: Daemon, method, params, n, conc=1, limit=120.0):
     return lats, time.perf_counter() - t0
 
 
+def lat_zenoh(session, d: Daemon, method, params, n, conc=1, limit=120.0):
+    payload = req(method, params)
+    return threaded_calls(n, conc, limit, lambda: (lambda: zrpc_raw(session, d.zkey, payload, 30), lambda: None))
+
+
 def lat_engine(sock_path, urls_fn, n, conc=1, limit=120.0):
     """The floor: the same engine calls made directly; urls_fn(engine) does one logical call."""
-    lats = []
-    lock = threading.Lock()
-    left = [n]
-    deadline = time.perf_counter() + limit
-
-    def caller():
+    def open_caller():
         e = Engine(sock_path)
-        try:
-            while time.perf_counter() < deadline:
-                with lock:
-                    if left[0] <= 0:
-                        return
-                    left[0] -= 1
-                t0 = time.perf_counter_ns()
-                urls_fn(e)
-                dt = time.perf_counter_ns() - t0
-                with lock:
-                    lats.append(dt)
-        finally:
-            e.close()
-
-    t0 = time.perf_counter()
-    ths = [threading.Thread(target=caller) for _ in range(conc)]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
-    return lats, time.perf_counter() - t0
+        return (lambda: urls_fn(e)), e.close
+    return threaded_calls(n, conc, limit, open_caller)
 
 
 def floor_list(e: Engine):
