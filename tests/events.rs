@@ -238,8 +238,10 @@ fn mesh_fast_flips_arrive_in_order() {
     let _c = Cleanup(names.to_vec());
     create(&mesh.image, flip, &["sh", "-c", "exit 0"]);
     for _ in 0..5 {
-        // -a waits for the exit, so each start is a new run.
-        docker_ok(&["start", "-a", flip]);
+        // Waiting for the exit makes each start a new run. Not `start -a`: Podman's attach
+        // sometimes fails with a 500 when the process ends before the attach is set up.
+        docker_ok(&["start", flip]);
+        docker_ok(&["wait", flip]);
     }
     // Back to back: a start may find the last run still going, as the engine will record.
     create(&mesh.image, burst, &["sh", "-c", "exit 0"]);
