@@ -15,6 +15,11 @@ over the three hub members and the leaf (infra mode: plus tests/py/registry.py o
 - storm: all three hub members killed and started again; the messages the servers receive and
   deliver (/varz in_msgs, out_msgs, over all four) every half second until quiet, peak and total.
 
+The servers take max_payload from DCD_FLEET_MAX_PAYLOAD, 8MB by default as in the reference
+deployment (device-connect-server's security_infra/setup_deployment.sh): in infra mode the agent
+tools ask the registry for pages of 100 devices, and a page of dcd registrations (about 24 KB each)
+is over nats-server's own default of 1 MB.
+
 Prints a table per mode and the growth exponent of each cost over N (log-log slope, first to last
 size). Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 """
@@ -36,6 +41,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(os.environ.get("DCD_PYVENV", os.path.expanduser("~/.cache/dcd-pyvenv")), "bin/python")
+MAX_PAYLOAD = os.environ.get("DCD_FLEET_MAX_PAYLOAD", "8MB")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 procs: list[subprocess.Popen] = []
@@ -81,7 +87,7 @@ class Server:
         self.log = os.path.join(d, f"{name}.log")
         with open(self.conf, "w") as f:
             f.write(f"server_name: {name}\nlisten: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor}\n"
-                    f"max_connections: 100000\n{body}")
+                    f"max_connections: 100000\nmax_payload: {MAX_PAYLOAD}\n{body}")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

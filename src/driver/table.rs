@@ -77,15 +77,15 @@ impl Driver {
         (f.run)(self, f, params, reply)
     }
 
-    /// `capabilities` of presence and registration (spec §3.2).
+    /// `capabilities` of presence and registration (spec §3.2). A function's
+    /// `labels` (null) and `tags` ([]) are left out: device-connect-edge's
+    /// `FunctionDef` and `EventDef` default to exactly these, the agent tools
+    /// read them with `.get`, and this goes to every client, often (issue 16).
     pub fn capabilities(&self) -> Value {
         let functions: Vec<Value> = FUNCTIONS
             .iter()
             .filter(|f| self.policy.serves(f.kind))
-            .map(|f| {
-                json!({"name": f.name, "description": f.description,
-                       "parameters": f.parameters(), "labels": null, "tags": []})
-            })
+            .map(|f| json!({"name": f.name, "description": f.description, "parameters": f.parameters()}))
             .collect();
         json!({
             "description": DESCRIPTION,
