@@ -13,7 +13,8 @@ over the three hub members and the leaf (infra mode: plus tests/py/registry.py o
 - idle, over --idle seconds: per device RSS and CPU, and messages a second it sends and receives
   (the servers' /connz), the servers' memory (/varz) and subscriptions (/subsz) per device;
 - storm: all three hub members killed and started again; the messages the servers receive and
-  deliver (/varz in_msgs, out_msgs, over all four) every half second until quiet, peak and total.
+  deliver (/varz in_msgs, out_msgs, out_bytes, over all four) every half second until quiet, peak
+  and total.
 
 The servers take max_payload from DCD_FLEET_MAX_PAYLOAD, 8MB by default as in the reference
 deployment (device-connect-server's security_infra/setup_deployment.sh): in infra mode the agent
@@ -226,13 +227,14 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
     time.sleep(1)
     for m in hub.members:
         m.start()
-    last, peak, total_in, total_out, quiet, t_storm = hub.totals(), 0, 0, 0, 0.0, time.monotonic()
+    peak, total_in, total_out, out_bytes, quiet, t_storm = 0, 0, 0, 0, 0.0, time.monotonic()
     prev = {s.name: s.page("/varz") for s in hub.all}
     while time.monotonic() - t_storm < 60:
         time.sleep(0.5)
         cur = {s.name: s.page("/varz") for s in hub.all}
         din = sum(max(0, cur[k].get("in_msgs", 0) - prev[k].get("in_msgs", 0)) for k in cur)
         dout = sum(max(0, cur[k].get("out_msgs", 0) - prev[k].get("out_msgs", 0)) for k in cur)
+        out_bytes += sum(max(0, cur[k].get("out_bytes", 0) - prev[k].get("out_bytes", 0)) for k in cur)
         prev = cur
         total_in += din
         total_out += dout
@@ -241,6 +243,7 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
         if quiet >= 4:
             break
     r.update({"storm_peak_out_s": peak, "storm_in": total_in, "storm_out": total_out,
+              "storm_out_mb": round(out_bytes / 2**20, 1),
               "storm_s": round(time.monotonic() - t_storm, 1)})
     hub.wait_linked()
     for p in devices:
@@ -252,8 +255,9 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
 
 COLS = ["n", "connect_s", "discovered", "discover_s", "answers", "broadcast_s", "rss_kb", "cpu_pct", "dev_sent_s",
         "dev_recv_s", "dev_recv_kb_s", "fleet_out_s", "broker_kb_per_dev", "subs_per_dev", "storm_peak_out_s",
-        "storm_out", "storm_s"]
-GROWTH = ["discover_s", "broadcast_s", "cpu_pct", "dev_recv_s", "fleet_out_s", "broker_mem_mb", "storm_out"]
+        "storm_out", "storm_out_mb", "storm_s"]
+GROWTH = ["discover_s", "broadcast_s", "cpu_pct", "dev_recv_s", "fleet_out_s", "broker_mem_mb", "storm_out",
+          "storm_out_mb"]
 
 
 def table(rows: list[dict]) -> str:

@@ -124,8 +124,10 @@ impl Events {
 }
 
 /// The events of presence and registration (spec §3.2), with their payload
-/// schemas. A field gets a description only where its name and type leave
-/// something to say: every byte here goes to every client, often (issue 16).
+/// schemas, without `labels` (null) and `tags` ([]), which device-connect-edge's
+/// `EventDef` defaults to. A field gets a description only where its name and
+/// type leave something to say: every byte here goes to every client, often
+/// (issue 16).
 pub fn advertised(engine_events: bool) -> Value {
     let string = |d: &str| json!({"type": "string", "description": d});
     let plain = json!({"type": "string"});

@@ -356,6 +356,14 @@ impl Function {
         }
     }
 
+    /// The function's entry in `capabilities.functions` (spec §3.2). Its
+    /// `labels` (null) and `tags` ([]) are left out: device-connect-edge's
+    /// `FunctionDef` defaults to exactly these, the agent tools read them with
+    /// `.get`, and this goes to every client, often (issue 16).
+    pub(super) fn advertised(&self) -> Value {
+        json!({"name": self.name, "description": self.description, "parameters": self.parameters()})
+    }
+
     /// The advertised parameter schema.
     pub fn parameters(&self) -> Value {
         let mut schema = (self.schema)();

@@ -77,16 +77,10 @@ impl Driver {
         (f.run)(self, f, params, reply)
     }
 
-    /// `capabilities` of presence and registration (spec §3.2). A function's
-    /// `labels` (null) and `tags` ([]) are left out: device-connect-edge's
-    /// `FunctionDef` and `EventDef` default to exactly these, the agent tools
-    /// read them with `.get`, and this goes to every client, often (issue 16).
+    /// `capabilities` of presence and registration (spec §3.2).
     pub fn capabilities(&self) -> Value {
-        let functions: Vec<Value> = FUNCTIONS
-            .iter()
-            .filter(|f| self.policy.serves(f.kind))
-            .map(|f| json!({"name": f.name, "description": f.description, "parameters": f.parameters()}))
-            .collect();
+        let functions: Vec<Value> =
+            FUNCTIONS.iter().filter(|f| self.policy.serves(f.kind)).map(|f| f.advertised()).collect();
         json!({
             "description": DESCRIPTION,
             "functions": functions,
@@ -156,6 +150,17 @@ mod tests {
             m.insert("no_such_param".into(), json!(1));
             assert!(parse(&m).is_err(), "{}: an unknown param is accepted", f.name);
         }
+    }
+
+    /// Every presence and registration carries all of this, to every client,
+    /// and a registry page carries 100 of them (issue 16): a budget, so that
+    /// growing it is a decision: 24,517 bytes, engine_event included, when it
+    /// was set (about 29,500 before issue 16).
+    #[test]
+    fn functions_and_events_stay_within_budget() {
+        let functions: Vec<Value> = FUNCTIONS.iter().map(|f| f.advertised()).collect();
+        let bytes = serde_json::to_vec(&json!([functions, crate::events::advertised(true)])).unwrap().len();
+        assert!(bytes <= 25_000, "{bytes} bytes");
     }
 
     #[test]
