@@ -124,10 +124,8 @@ impl Events {
 }
 
 /// The events of presence and registration (spec §3.2), with their payload
-/// schemas, without `labels` (null) and `tags` ([]), which device-connect-edge's
-/// `EventDef` defaults to. A field gets a description only where its name and
-/// type leave something to say: every byte here goes to every client, often
-/// (issue 16).
+/// schemas. A field gets a description only where its name and type leave
+/// something to say: every byte here goes to every client, often (issue 16).
 pub fn advertised(engine_events: bool) -> Value {
     let string = |d: &str| json!({"type": "string", "description": d});
     let plain = json!({"type": "string"});
@@ -205,6 +203,11 @@ pub fn advertised(engine_events: bool) -> Value {
                                 "description": "Labels, image, name, exitCode, ..."},
                  "time_nano": {"type": "integer", "description": "Unix nanoseconds."}},
                "required": ["type", "action", "id", "name", "attributes"]}}));
+    }
+    // Spec §3.2: every EventDef carries `labels` and `tags`, even empty.
+    for event in events.as_array_mut().expect("a list") {
+        event["labels"] = Value::Null;
+        event["tags"] = json!([]);
     }
     events
 }

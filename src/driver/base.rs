@@ -356,12 +356,11 @@ impl Function {
         }
     }
 
-    /// The function's entry in `capabilities.functions` (spec §3.2). Its
-    /// `labels` (null) and `tags` ([]) are left out: device-connect-edge's
-    /// `FunctionDef` defaults to exactly these, the agent tools read them with
-    /// `.get`, and this goes to every client, often (issue 16).
+    /// The function's entry in `capabilities.functions`: all five keys, as
+    /// spec §3.2 says they always are.
     pub(super) fn advertised(&self) -> Value {
-        json!({"name": self.name, "description": self.description, "parameters": self.parameters()})
+        json!({"name": self.name, "description": self.description, "parameters": self.parameters(),
+               "labels": null, "tags": []})
     }
 
     /// The advertised parameter schema.

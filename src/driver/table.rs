@@ -154,13 +154,13 @@ mod tests {
 
     /// Every presence and registration carries all of this, to every client,
     /// and a registry page carries 100 of them (issue 16): a budget, so that
-    /// growing it is a decision: 24,517 bytes, engine_event included, when it
-    /// was set (about 29,500 before issue 16).
+    /// growing it is a decision: 25,645 bytes, engine_event included, when it
+    /// was set (about 30,600 before issue 16).
     #[test]
     fn functions_and_events_stay_within_budget() {
         let functions: Vec<Value> = FUNCTIONS.iter().map(|f| f.advertised()).collect();
         let bytes = serde_json::to_vec(&json!([functions, crate::events::advertised(true)])).unwrap().len();
-        assert!(bytes <= 25_000, "{bytes} bytes");
+        assert!(bytes <= 26_000, "{bytes} bytes");
     }
 
     #[test]
