@@ -10,10 +10,16 @@ over the three hub members and the leaf (infra mode: plus tests/py/registry.py o
 
 - discovery: tests/py/fleet.py (the unmodified agent tools) on hub-0, time until it lists all N,
   then one broadcast of get_status, its time and how many answered;
-- idle, over --idle seconds: per device RSS and CPU, and messages a second it sends and receives
+- idle, over --idle seconds: per device RSS and CPU, and messages (and bytes) a second it sends and receives
   (the servers' /connz), the servers' memory (/varz) and subscriptions (/subsz) per device;
 - storm: all three hub members killed and started again; the messages the servers receive and
-  deliver (/varz in_msgs, out_msgs, over all four) every half second until quiet, peak and total.
+  deliver (/varz in_msgs, out_msgs, in_bytes, out_bytes, over all four) every half second until quiet, peak
+  and total.
+
+The servers take max_payload from DCD_FLEET_MAX_PAYLOAD, 8MB by default as in the reference
+deployment (device-connect-server's security_infra/setup_deployment.sh): in infra mode the agent
+tools ask the registry for pages of 100 devices, and a page of dcd registrations (about 24 KB each)
+is over nats-server's own default of 1 MB.
 
 Prints a table per mode and the growth exponent of each cost over N (log-log slope, first to last
 size). Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -36,6 +42,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(os.environ.get("DCD_PYVENV", os.path.expanduser("~/.cache/dcd-pyvenv")), "bin/python")
+MAX_PAYLOAD = os.environ.get("DCD_FLEET_MAX_PAYLOAD", "8MB")
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 procs: list[subprocess.Popen] = []
@@ -81,7 +88,7 @@ class Server:
         self.log = os.path.join(d, f"{name}.log")
         with open(self.conf, "w") as f:
             f.write(f"server_name: {name}\nlisten: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor}\n"
-                    f"max_connections: 100000\n{body}")
+                    f"max_connections: 100000\nmax_payload: {MAX_PAYLOAD}\n{body}")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -177,7 +184,9 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
     r["connect_s"] = round(time.monotonic() - t0, 1)
 
     cenv = {"MESSAGING_BACKEND": "nats", "NATS_URL": hub.members[0].url, "TENANT": tenant,
-            **({"DEVICE_CONNECT_DISCOVERY_MODE": "d2d"} if mode == "d2d" else {})}
+            **({"DEVICE_CONNECT_DISCOVERY_MODE": "d2d"} if mode == "d2d" else {}),
+            # The agent tools' registry page (100 devices by default), when the caller sets it.
+            **{k: os.environ[k] for k in ("DEVICE_CONNECT_LIST_PAGE_SIZE",) if k in os.environ}}
     out = subprocess.run([PY, f"{ROOT}/tests/py/fleet.py", str(n), "--discover-timeout", "60"],
                          env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), **cenv},
                          capture_output=True, text=True, timeout=240)
@@ -202,12 +211,14 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
     sent = sum(b["in_msgs"] - a["in_msgs"] for a, b in both) / idle / max(len(both), 1)
     recv = sum(b["out_msgs"] - a["out_msgs"] for a, b in both) / idle / max(len(both), 1)
     recv_kb = sum(b["out_bytes"] - a["out_bytes"] for a, b in both) / idle / max(len(both), 1) / 1024
+    sent_kb = sum(b["in_bytes"] - a["in_bytes"] for a, b in both) / idle / max(len(both), 1) / 1024
     mem = sum(s.page("/varz").get("mem", 0) for s in hub.all)
     subs = sum(s.page("/subsz").get("num_subscriptions", 0) for s in hub.all)
     r.update({
         "rss_kb": round(sum(v[1] for v in stats.values()) / max(len(stats), 1)),
         "cpu_pct": round(100 * sum(stats[p][0] - cpu0[p] for p in stats) / idle / max(len(stats), 1), 3),
-        "dev_sent_s": round(sent, 2), "dev_recv_s": round(recv, 2), "dev_recv_kb_s": round(recv_kb, 1),
+        "dev_sent_s": round(sent, 2), "dev_sent_kb_s": round(sent_kb, 2), "dev_recv_s": round(recv, 2),
+        "dev_recv_kb_s": round(recv_kb, 1),
         "fleet_in_s": round((v1[0] - v0[0]) / idle), "fleet_out_s": round((v1[1] - v0[1]) / idle),
         "broker_mem_mb": round(mem / 2**20, 1), "broker_kb_per_dev": round(mem / 1024 / n, 1),
         "subs_per_dev": round(subs / n, 1),
@@ -220,13 +231,15 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
     time.sleep(1)
     for m in hub.members:
         m.start()
-    last, peak, total_in, total_out, quiet, t_storm = hub.totals(), 0, 0, 0, 0.0, time.monotonic()
+    peak, total_in, total_out, in_bytes, out_bytes, quiet, t_storm = 0, 0, 0, 0, 0, 0.0, time.monotonic()
     prev = {s.name: s.page("/varz") for s in hub.all}
     while time.monotonic() - t_storm < 60:
         time.sleep(0.5)
         cur = {s.name: s.page("/varz") for s in hub.all}
         din = sum(max(0, cur[k].get("in_msgs", 0) - prev[k].get("in_msgs", 0)) for k in cur)
         dout = sum(max(0, cur[k].get("out_msgs", 0) - prev[k].get("out_msgs", 0)) for k in cur)
+        in_bytes += sum(max(0, cur[k].get("in_bytes", 0) - prev[k].get("in_bytes", 0)) for k in cur)
+        out_bytes += sum(max(0, cur[k].get("out_bytes", 0) - prev[k].get("out_bytes", 0)) for k in cur)
         prev = cur
         total_in += din
         total_out += dout
@@ -235,6 +248,7 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
         if quiet >= 4:
             break
     r.update({"storm_peak_out_s": peak, "storm_in": total_in, "storm_out": total_out,
+              "storm_in_mb": round(in_bytes / 2**20, 2), "storm_out_mb": round(out_bytes / 2**20, 2),
               "storm_s": round(time.monotonic() - t_storm, 1)})
     hub.wait_linked()
     for p in devices:
@@ -245,9 +259,10 @@ def run_one(hub: Hub, d: str, binary: str, mode: str, n: int, idle: float) -> di
 
 
 COLS = ["n", "connect_s", "discovered", "discover_s", "answers", "broadcast_s", "rss_kb", "cpu_pct", "dev_sent_s",
-        "dev_recv_s", "dev_recv_kb_s", "fleet_out_s", "broker_kb_per_dev", "subs_per_dev", "storm_peak_out_s",
-        "storm_out", "storm_s"]
-GROWTH = ["discover_s", "broadcast_s", "cpu_pct", "dev_recv_s", "fleet_out_s", "broker_mem_mb", "storm_out"]
+        "dev_sent_kb_s", "dev_recv_s", "dev_recv_kb_s", "fleet_out_s", "broker_kb_per_dev", "subs_per_dev", "storm_peak_out_s",
+        "storm_out", "storm_in_mb", "storm_out_mb", "storm_s"]
+GROWTH = ["discover_s", "broadcast_s", "cpu_pct", "dev_recv_s", "fleet_out_s", "broker_mem_mb", "storm_out",
+          "storm_in_mb", "storm_out_mb"]
 
 
 def table(rows: list[dict]) -> str:

@@ -9,7 +9,10 @@
 #   DCD_FLEET_BEFORE=none bash bench/fleet.sh   # "after" only
 #
 # Other environment: DCD_FLEET_MODES (d2d,infra), DCD_FLEET_IDLE (seconds measured idle, 15),
-# DCD_PYVENV (tests/setup.sh's venv). Runs niced; results also in target/bench/fleet.json.
+# DCD_FLEET_MAX_PAYLOAD (the servers' max_payload, 8MB as in the reference deployment; 1MB is
+# nats-server's default, under which a registry page of 100 dcd devices does not fit),
+# DEVICE_CONNECT_LIST_PAGE_SIZE (passed to the agent tools), DCD_PYVENV (tests/setup.sh's venv).
+# Runs niced; results also in target/bench/fleet.json.
 # Needs nats-server and the venv (tests/setup.sh). Loopback only.
 set -euo pipefail
 

@@ -123,91 +123,91 @@ impl Events {
     }
 }
 
-/// The events of presence and registration (spec §3.2), with their payload schemas.
+/// The events of presence and registration (spec §3.2), with their payload
+/// schemas. A field gets a description only where its name and type leave
+/// something to say: every byte here goes to every client, often (issue 16).
 pub fn advertised(engine_events: bool) -> Value {
     let string = |d: &str| json!({"type": "string", "description": d});
+    let plain = json!({"type": "string"});
     let mut events = json!([
         {"name": STATE_CHANGED, "description": "Emitted when a container transitions state.",
          "payload_schema": {"type": "object", "properties": {
-             "container_id": string("12-character container id."),
-             "name": string("Container name."),
-             "previous_state": {"type": ["string", "null"],
-                                "description": "State before the transition; null for a new container."},
-             "state": string("New state; \"removed\" when the container is gone."),
-             "image": string("Image the container was created from.")},
-           "required": ["container_id", "name", "previous_state", "state", "image"]},
-         "labels": null, "tags": []},
+             "container_id": string("12-character id."),
+             "name": plain,
+             "previous_state": {"type": ["string", "null"], "description": "null for a new container."},
+             "state": string("New state; \"removed\" when gone."),
+             "image": plain},
+           "required": ["container_id", "name", "previous_state", "state", "image"]}},
         {"name": LOG_LINE,
          "description": "Emitted for each log line when ``container_logs`` is called with ``follow=true``.",
          "payload_schema": {"type": "object", "properties": {
-             "container_id": string("Container id or name as passed to container_logs."),
-             "line": string("One log line without its newline."),
+             "container_id": string("As passed to container_logs."),
+             "line": string("Without its newline."),
              "stream": {"type": "string", "default": "stdout",
-                        "description": "\"stdout\" or \"stderr\"; \"dcd\" for a notice that lines were dropped."},
-             "ts_engine": string("The engine's RFC3339Nano time of the line, when the follow asked for timestamps.")},
-           "required": ["container_id", "line"]},
-         "labels": null, "tags": []},
+                        "description": "stdout, stderr, or dcd: a notice that lines were dropped."},
+             "ts_engine": string("The engine's RFC3339Nano time, when the follow asked for timestamps.")},
+           "required": ["container_id", "line"]}},
         {"name": JOB_PROGRESS,
          "description": "How far a job (a long call answered with status \"pending\") got; at most twice a second \
                          per job, and always when its phase changes.",
          "payload_schema": {"type": "object", "properties": {
-             "job_id": string("The job's id, as in the pending reply."),
-             "function": string("The function that started it, e.g. pull_image."),
-             "target": string("What it works on: an image reference, a container, a project."),
+             "job_id": plain,
+             "function": plain,
+             "target": string("An image, a container or a project."),
              "phase": string("queued, pulling, creating, starting, running, stopping, ..."),
-             "bytes_done": {"type": "integer", "description": "Bytes downloaded so far (pulls; else 0)."},
-             "bytes_total": {"type": "integer", "description": "Bytes to download, as far as known yet."},
-             "layers_done": {"type": "integer", "description": "Image layers complete."},
-             "layers_total": {"type": "integer", "description": "Image layers seen so far."},
-             "percent": {"type": ["number", "null"], "description": "bytes_done of bytes_total; null when unknown."},
-             "message": {"type": ["string", "null"], "description": "The engine's latest status, e.g. Downloading."}},
+             "bytes_done": {"type": "integer", "description": "Pulls; else 0."},
+             "bytes_total": {"type": "integer", "description": "As far as known yet."},
+             "layers_done": {"type": "integer"},
+             "layers_total": {"type": "integer", "description": "Seen so far."},
+             "percent": {"type": ["number", "null"], "description": "null when unknown."},
+             "message": {"type": ["string", "null"], "description": "The engine's latest status."}},
            "required": ["job_id", "function", "target", "phase", "bytes_done", "bytes_total", "layers_done",
-                        "layers_total", "percent", "message"]},
-         "labels": null, "tags": []},
+                        "layers_total", "percent", "message"]}},
         {"name": JOB_FINISHED,
          "description": "A job ended: its result as the call would have returned it, or its error.",
          "payload_schema": {"type": "object", "properties": {
-             "job_id": string("The job's id."),
-             "function": string("The function that started it."),
-             "target": string("What it worked on."),
-             "status": string("\"success\", \"error\" or \"cancelled\"."),
-             "result": {"type": "object", "description": "The function's result (status success)."},
+             "job_id": plain,
+             "function": plain,
+             "target": plain,
+             "status": string("success, error or cancelled."),
+             "result": {"type": "object"},
              "error": string("What went wrong, or what a cancelled job left done.")},
-           "required": ["job_id", "function", "target", "status"]},
-         "labels": null, "tags": []},
+           "required": ["job_id", "function", "target", "status"]}},
         {"name": EXEC_OUTPUT,
          "description": "Output of an exec session (exec_open), in chunks of at most 16 KiB numbered from 1; \
                          a gap is read again with exec_read.",
          "payload_schema": {"type": "object", "properties": {
-             "session_id": string("The session's id, as exec_open returned it."),
-             "seq": {"type": "integer", "description": "The chunk's number, one more than the last."},
-             "stream": string("\"stdout\" or \"stderr\"; always \"stdout\" with a TTY."),
-             "data": string("The output, when it is UTF-8 text."),
-             "data_b64": string("The output in base64, when it is not.")},
-           "required": ["session_id", "seq", "stream"]},
-         "labels": null, "tags": []},
+             "session_id": plain,
+             "seq": {"type": "integer"},
+             "stream": string("stdout or stderr; stdout with a TTY."),
+             "data": string("UTF-8 text."),
+             "data_b64": string("Base64, when not UTF-8.")},
+           "required": ["session_id", "seq", "stream"]}},
         {"name": EXEC_EXIT, "description": "An exec session ended.",
          "payload_schema": {"type": "object", "properties": {
-             "session_id": string("The session's id."),
-             "exit_code": {"type": ["integer", "null"], "description": "The process's exit code, when known."},
+             "session_id": plain,
+             "exit_code": {"type": ["integer", "null"], "description": "When known."},
              "reason": string("exited, closed, idle, container_gone or shutdown.")},
-           "required": ["session_id", "exit_code", "reason"]},
-         "labels": null, "tags": []}
+           "required": ["session_id", "exit_code", "reason"]}}
     ]);
     if engine_events {
         events.as_array_mut().expect("a list").push(json!(
             {"name": ENGINE_EVENT,
              "description": "The Docker Engine's container events as they come (create, start, die, exec_start, ...).",
              "payload_schema": {"type": "object", "properties": {
-                 "type": string("Engine object type: \"container\"."),
-                 "action": string("Engine action, e.g. \"start\", \"die\", \"health_status: healthy\"."),
+                 "type": string("\"container\"."),
+                 "action": string("E.g. start, die, \"health_status: healthy\"."),
                  "id": string("Full container id."),
-                 "name": string("Container name."),
+                 "name": plain,
                  "attributes": {"type": "object", "additionalProperties": {"type": "string"},
-                                "description": "The engine's attributes: labels, image, name, exitCode, ..."},
-                 "time_nano": {"type": "integer", "description": "The engine's event time, Unix nanoseconds."}},
-               "required": ["type", "action", "id", "name", "attributes"]},
-             "labels": null, "tags": []}));
+                                "description": "Labels, image, name, exitCode, ..."},
+                 "time_nano": {"type": "integer", "description": "Unix nanoseconds."}},
+               "required": ["type", "action", "id", "name", "attributes"]}}));
+    }
+    // Spec §3.2: every EventDef carries `labels` and `tags`, even empty.
+    for event in events.as_array_mut().expect("a list") {
+        event["labels"] = Value::Null;
+        event["tags"] = json!([]);
     }
     events
 }

@@ -531,48 +531,54 @@ fn duration_ns(field: &str, v: &IntOrStr) -> Result<i64> {
 
 pub fn schema() -> Value {
     let str_or_list = json!({"type": ["string", "array", "null"], "items": {"type": "string"}, "default": null});
-    let opt_str = |d: &str| json!({"type": ["string", "null"], "default": null, "description": d});
-    let strings = |d: &str| json!({"type": "array", "items": {"type": "string"}, "default": [], "description": d});
+    // Described only where the name leaves something to say (issue 16: presence size).
+    let opt_str = json!({"type": ["string", "null"], "default": null});
+    let strings = json!({"type": "array", "items": {"type": "string"}, "default": []});
+    let described = |v: &Value, d: &str| {
+        let mut v = v.clone();
+        v["description"] = d.into();
+        v
+    };
     let string_map = json!({"type": "object", "additionalProperties": {"type": "string"}, "default": {}});
     let flag = |d: &str| json!({"type": "boolean", "default": false, "description": d});
     json!({"type": "object",
-      "description": "Fields matching ContainerProvisionSpec (image, name, ports, \u{2026}).",
+      "description": "ContainerProvisionSpec fields.",
       "properties": {
-        "image": {"type": "string", "description": "Image reference."},
-        "name": opt_str("Container name."),
-        "replace": flag("Remove an existing container with this name first."),
+        "image": {"type": "string"},
+        "name": opt_str,
+        "replace": flag("Remove an existing container of this name first."),
         "pull": {"type": "string", "enum": ["missing", "always", "never"], "default": "missing",
-                 "description": "Pull the image when the host lacks it (missing), always, or never (then a \
-                                 missing image fails). A pull that outlives the call's wait makes it a job."},
+                 "description": "missing: when the host lacks it; never: a missing image fails. A pull \
+                                 longer than wait makes a job."},
         "command": str_or_list, "entrypoint": str_or_list,
         "environment": string_map, "labels": string_map,
         "ports": {"type": "array", "default": [],
-                  "description": "Published ports: objects, or docker strings such as \"8080:80/tcp\" or \"127.0.0.1:8080:80\".",
+                  "description": "Objects, or strings like \"8080:80/tcp\", \"127.0.0.1:8080:80\".",
                   "items": {"type": ["object", "string"], "properties": {
                       "container_port": {"type": ["integer", "string"]},
                       "host_port": {"type": ["integer", "string", "null"], "default": null},
                       "host_ip": {"type": ["string", "null"], "default": null},
                       "protocol": {"type": "string", "default": "tcp"}}, "required": ["container_port"]}},
         "volumes": {"type": "array", "default": [], "items": {"type": "object", "properties": {
-            "source": {"type": "string", "description": "Named volume, or host path (subject to policy)."},
+            "source": {"type": "string", "description": "Volume name, or host path (subject to policy)."},
             "target": {"type": "string"},
             "read_only": {"type": "boolean", "default": false}}, "required": ["source", "target"]}},
-        "network": opt_str("Network to attach to."),
+        "network": opt_str,
         "detach": {"type": "boolean", "default": true},
-        "auto_remove": flag("Remove the container when it exits."),
+        "auto_remove": flag("Remove it when it exits."),
         "restart_policy": {"type": ["string", "null"], "enum": ["no", "always", "unless-stopped", "on-failure", null], "default": null},
         "mem_limit": {"type": ["string", "integer", "null"], "default": null, "description": "512m, 1g, 2048k or bytes."},
         "cpu_quota": {"type": ["integer", "null"], "default": null},
-        "cpus": {"type": ["number", "null"], "default": null, "description": "CPUs, e.g. 0.5."},
+        "cpus": {"type": ["number", "null"], "default": null, "description": "e.g. 0.5."},
         "device_connect_labels": {"type": "boolean", "default": true},
-        "user": opt_str("User (name or uid[:gid])."),
-        "working_dir": opt_str("Working directory."),
-        "hostname": opt_str("Hostname."),
-        "privileged": flag("Privileged mode (subject to policy)."),
-        "cap_add": strings("Capabilities to add (subject to policy)."),
-        "cap_drop": strings("Capabilities to drop."),
-        "security_opt": strings("Security options (subject to policy)."),
-        "dns": strings("DNS servers."),
+        "user": described(&opt_str, "name or uid[:gid]."),
+        "working_dir": opt_str,
+        "hostname": opt_str,
+        "privileged": flag("Subject to policy."),
+        "cap_add": described(&strings, "Subject to policy."),
+        "cap_drop": strings,
+        "security_opt": described(&strings, "Subject to policy."),
+        "dns": strings,
         "extra_hosts": {"type": ["object", "array", "null"], "default": null, "description": "{\"host\": \"ip\"} or [\"host:ip\"]."},
         "ulimits": {"type": ["object", "array", "null"], "default": null, "description": "{\"nofile\": 1024} or [{\"name\", \"soft\", \"hard\"}]."},
         "log_config": {"type": ["object", "null"], "default": null, "description": "{\"type\": \"json-file\", \"config\": {\"max-size\": \"10m\"}}."},
@@ -580,7 +586,7 @@ pub fn schema() -> Value {
         "shm_size": {"type": ["string", "integer", "null"], "default": null},
         "read_only": flag("Read-only root filesystem."),
         "tmpfs": {"type": ["object", "array", "null"], "default": null, "description": "{\"/tmp\": \"size=64m\"} or [\"/run\"]."},
-        "devices": {"type": "array", "default": [], "items": {"type": ["string", "object"]}, "description": "Host devices, \"/dev/i2c-1[:/dev/i2c-1[:rwm]]\" (subject to policy)."},
+        "devices": {"type": "array", "default": [], "items": {"type": ["string", "object"]}, "description": "\"/dev/i2c-1[:/dev/i2c-1[:rwm]]\" (subject to policy)."},
         "pids_limit": {"type": ["integer", "null"], "default": null}},
       "required": ["image"]})
 }

@@ -59,25 +59,26 @@ fn default_wait() -> u64 {
 }
 
 pub fn spec_schema() -> Value {
+    // Described only where the name leaves something to say (issue 16: presence size).
     let opt_str = |d: &str| json!({"type": ["string", "null"], "default": null, "description": d});
     let flag = |d: bool, desc: &str| json!({"type": "boolean", "default": d, "description": desc});
     json!({"type": "object",
-      "description": "Fields matching ComposeProvisionSpec; compose_yaml or project_dir is required.",
+      "description": "ComposeProvisionSpec fields; compose_yaml or project_dir is required.",
       "properties": {
-        "project_dir": opt_str("Project directory on the host (one the policy's compose_dirs allows)."),
-        "compose_file": opt_str("Compose file relative to project_dir."),
-        "compose_yaml": opt_str("Inline compose file."),
+        "project_dir": opt_str("On the host, one the policy's compose_dirs allow."),
+        "compose_file": opt_str("Relative to project_dir."),
+        "compose_yaml": opt_str("The file's text."),
         "services": {"type": ["array", "null"], "items": {"type": "string"}, "default": null,
-                     "description": "Only these services and what they depend on."},
-        "detach": flag(true, "false: wait until the services exit and return their exit codes."),
-        "pull": flag(false, "Pull every image first."),
-        "build": flag(false, "Not supported: images are used as they are."),
-        "remove_orphans": flag(false, "Remove containers of services no longer in the file."),
-        "project": opt_str("Project name (else the file's name, else the directory's)."),
+                     "description": "And what they depend on."},
+        "detach": flag(true, "false: wait for the services to exit; return their exit codes."),
+        "pull": {"type": "boolean", "default": false},
+        "build": flag(false, "Not supported."),
+        "remove_orphans": flag(false, "Of services no longer in the file."),
+        "project": opt_str("Else the file's name, else the directory's."),
         "environment": {"type": "object", "additionalProperties": {"type": "string"}, "default": {},
-                        "description": "Variables for ${VAR} in the file; the daemon's own are never used."},
-        "profiles": {"type": "array", "items": {"type": "string"}, "default": [], "description": "Active profiles."},
+                        "description": "For ${VAR} in the file; never the daemon's own."},
+        "profiles": {"type": "array", "items": {"type": "string"}, "default": []},
         "wait_timeout_s": {"type": "integer", "default": 120,
-                           "description": "Longest wait for service_healthy / service_completed_successfully, in all."}},
+                           "description": "For service_healthy / service_completed_successfully, in all."}},
       "required": []})
 }

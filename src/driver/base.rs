@@ -356,16 +356,21 @@ impl Function {
         }
     }
 
+    /// The function's entry in `capabilities.functions`: all five keys, as
+    /// spec §3.2 says they always are.
+    pub(super) fn advertised(&self) -> Value {
+        json!({"name": self.name, "description": self.description, "parameters": self.parameters(),
+               "labels": null, "tags": []})
+    }
+
     /// The advertised parameter schema.
     pub fn parameters(&self) -> Value {
         let mut schema = (self.schema)();
         if self.long {
             schema["properties"]["wait"] = json!({"type": "number", "default": DEFAULT_WAIT_S, "minimum": 0,
                 "maximum": MAX_WAIT_S,
-                "description": format!("Seconds to wait for the result; at most {MAX_WAIT_S} (the daemon's cap). \
-                    Work that ends within it answers as usual; else the reply is {{\"status\": \"pending\", \
-                    \"job_id\", \"function\", \"progress\"}} and the job goes on, with job_progress and \
-                    job_finished events. 0 answers pending at once.")});
+                "description": "Seconds to wait for the result; longer work answers {\"status\": \"pending\", \
+                    \"job_id\"} and goes on as a job (get_job, job_finished)."});
         }
         schema
     }

@@ -57,8 +57,8 @@ impl Long for ComposeUp {
 fn project_props() -> Value {
     json!({
         "project_dir": {"type": ["string", "null"], "default": null,
-                        "description": "Directory given to (or returned by) compose_up."},
-        "project": {"type": ["string", "null"], "default": null, "description": "Project name, instead of project_dir."}})
+                        "description": "As given to compose_up."},
+        "project": {"type": ["string", "null"], "default": null, "description": "Instead of project_dir."}})
 }
 
 pub const COMPOSE_DOWN: Function = Function::new::<ComposeDown>(
@@ -69,9 +69,8 @@ pub const COMPOSE_DOWN: Function = Function::new::<ComposeDown>(
     || {
         let mut props = project_props();
         props["compose_file"] = json!({"type": ["string", "null"], "default": null,
-            "description": "Accepted for compatibility; the project is found by its labels."});
-        props["remove_volumes"] =
-            json!({"type": "boolean", "default": false, "description": "Also remove named volumes."});
+            "description": "Ignored: the project is found by its labels."});
+        props["remove_volumes"] = json!({"type": "boolean", "default": false, "description": "Also named volumes."});
         props["volumes"] = json!({"type": "boolean", "default": false, "description": "Same as remove_volumes."});
         json!({"type": "object", "properties": props, "required": []})
     },
@@ -136,11 +135,10 @@ pub const COMPOSE_LOGS: Function = Function::new::<ComposeLogs>(
     "Fetch a compose project's logs, or follow them via ``container_log_line`` events.",
     || {
         let mut props = project_props();
-        props["services"] = json!({"type": ["array", "null"], "items": {"type": "string"}, "default": null,
-                                   "description": "Only these services."});
+        props["services"] = json!({"type": ["array", "null"], "items": {"type": "string"}, "default": null});
         props["tail"] = json!({"type": "integer", "default": 100, "description": "Lines per container."});
         props["follow"] = json!({"type": "boolean", "default": false,
-            "description": "Emit ``container_log_line`` events (container_id = the container's name) until ``stop_container_logs``."});
+            "description": "container_log_line events (container_id: its name) until stop_container_logs."});
         json!({"type": "object", "properties": props, "required": []})
     },
 );

@@ -52,11 +52,11 @@ pub const LIST_CONTAINERS: Function = Function::replying::<ListContainers>(
     || {
         json!({"type": "object", "properties": {
             "all_containers": {"type": "boolean", "default": false,
-                               "description": "Include stopped containers when true."},
+                               "description": "Also stopped ones."},
             "label": {"type": ["string", "null"], "default": null,
-                      "description": "Only containers with this label, \"key\" or \"key=value\"."},
+                      "description": "\"key\" or \"key=value\"."},
             "state": {"type": ["string", "null"], "default": null,
-                      "description": "Only containers in this state (running, exited, ...)."}},
+                      "description": "running, exited, ..."}},
           "required": []})
     },
 );
@@ -182,7 +182,7 @@ fn started(r: &Reach, id: &str) -> Result<Value> {
 fn id_and_timeout_schema() -> Value {
     json!({"type": "object", "properties": {
         "container_id": container_id_schema(),
-        "timeout_s": {"type": "integer", "default": 10, "description": "Seconds to wait before killing."}},
+        "timeout_s": {"type": "integer", "default": 10, "description": "Before it is killed."}},
       "required": ["container_id"]})
 }
 
@@ -295,7 +295,7 @@ pub const REMOVE_CONTAINER: Function = Function::new::<RemoveContainer>(
         json!({"type": "object", "properties": {
             "container_id": container_id_schema(),
             "force": {"type": "boolean", "default": false,
-                      "description": "Kill a running container before removing it."}},
+                      "description": "Kill it if running."}},
           "required": ["container_id"]})
     },
 );
@@ -365,7 +365,7 @@ pub const DEPROVISION_MANAGED: Function = Function::new::<DeprovisionManaged>(
     || {
         object_schema(
             json!({"label": {"type": ["string", "null"], "default": null,
-                             "description": "Only containers with this label, \"key=value\"."}}),
+                             "description": "\"key=value\"."}}),
             &[],
         )
     },
@@ -407,11 +407,11 @@ pub const REDEPLOY_CONTAINER: Function = Function::job::<RedeployContainer>(
     "Recreate a container with a new image and/or environment, keeping its name, network, ports, volumes and labels.",
     || {
         object_schema(
-            json!({"container_id": {"type": "string", "description": "Container ID or name."},
-                   "image": {"type": ["string", "null"], "default": null, "description": "New image; default the current one."},
+            json!({"container_id": container_id_schema(),
+                   "image": {"type": ["string", "null"], "default": null, "description": "null: the current one."},
                    "environment": {"type": "object", "additionalProperties": {"type": "string"}, "default": {},
-                                   "description": "Variables to set or override."},
-                   "pull": {"type": "boolean", "default": false, "description": "Pull the image first."}}),
+                                   "description": "Set or override."},
+                   "pull": {"type": "boolean", "default": false}}),
             &["container_id"],
         )
     },

@@ -32,14 +32,12 @@ pub const EXEC_IN_CONTAINER: Function = Function::job::<ExecInContainer>(
         json!({"type": "object", "properties": {
             "container_id": container_id_schema(),
             "command": {"type": "array", "items": {"type": "string"},
-                        "description": "Program and arguments, e.g. [\"ls\", \"-l\"]."},
+                        "description": "e.g. [\"ls\", \"-l\"]."},
             "environment": {"type": ["object", "null"], "additionalProperties": {"type": "string"},
-                            "default": null, "description": "Extra environment variables."},
-            "workdir": {"type": ["string", "null"], "default": null,
-                        "description": "Working directory inside the container."},
+                            "default": null},
+            "workdir": {"type": ["string", "null"], "default": null},
             "timeout_s": {"type": "integer", "default": DEFAULT_TIMEOUT_S, "minimum": 1, "maximum": MAX_TIMEOUT_S,
-                          "description": format!("Kill the process (and those it started) after this many seconds \
-                              (at most {MAX_TIMEOUT_S}); the reply then says killed, with the output so far.")}},
+                          "description": "Then the process (and those it started) is killed; the reply says so, with the output so far."}},
           "required": ["container_id", "command"]})
     },
 );
@@ -131,29 +129,28 @@ fn default_signal() -> String {
 }
 
 fn session_id_schema() -> Value {
-    json!({"type": "string", "description": "The session's id, as exec_open returned it."})
+    json!({"type": "string", "description": "From exec_open."})
 }
 
 pub const EXEC_OPEN: Function = Function::new::<ExecOpen>(
     "exec_open",
     Kind::Exec,
     Target::Container,
-    "Open an interactive session (a shell, by default) in a running container, with a TTY by default. \
-     Send input with exec_write, read output with exec_read (or follow exec_output events), end it with exec_close.",
+    "Open an interactive session (a shell on a TTY, by default) in a running container. Send input with \
+     exec_write, read output with exec_read (or exec_output events), end it with exec_close.",
     || {
         json!({"type": "object", "properties": {
             "container_id": container_id_schema(),
             "cmd": {"type": ["array", "string"], "items": {"type": "string"}, "default": default_shell(),
-                    "description": "Program and arguments; a string is split at whitespace."},
+                    "description": "A string is split at whitespace."},
             "tty": {"type": "boolean", "default": true,
-                    "description": "Run on a terminal (raw output, one stream); false keeps stdout and stderr apart."},
+                    "description": "false: no terminal, stdout and stderr apart."},
             "rows": {"type": "integer", "default": default_rows(), "minimum": 1, "maximum": 65535},
             "cols": {"type": "integer", "default": default_cols(), "minimum": 1, "maximum": 65535},
             "env": {"type": ["object", "array", "null"], "default": null,
-                    "description": "Extra environment: {\"K\": \"V\"} or [\"K=V\"]."},
-            "user": {"type": ["string", "null"], "default": null, "description": "User (and group) to run as."},
-            "working_dir": {"type": ["string", "null"], "default": null,
-                            "description": "Working directory inside the container."}},
+                    "description": "{\"K\": \"V\"} or [\"K=V\"]."},
+            "user": {"type": ["string", "null"], "default": null, "description": "user[:group]"},
+            "working_dir": {"type": ["string", "null"], "default": null}},
           "required": ["container_id"]})
     },
 );
@@ -231,9 +228,9 @@ pub const EXEC_WRITE: Function = Function::new::<ExecWrite>(
     || {
         json!({"type": "object", "properties": {
             "session_id": session_id_schema(),
-            "data": {"type": ["string", "null"], "default": null, "description": "Input as UTF-8 text."},
-            "data_b64": {"type": ["string", "null"], "default": null, "description": "Input bytes in base64."},
-            "eof": {"type": "boolean", "default": false, "description": "Then end the input."}},
+            "data": {"type": ["string", "null"], "default": null},
+            "data_b64": {"type": ["string", "null"], "default": null},
+            "eof": {"type": "boolean", "default": false}},
           "required": ["session_id"]})
     },
 );
@@ -297,17 +294,15 @@ pub const EXEC_READ: Function = Function::replying::<ExecRead>(
     Kind::Exec,
     Target::Host,
     "Read an exec session's output after chunk after_seq, waiting up to wait_ms for some. Returns {chunks: \
-     [{seq, stream, data | data_b64}], next_seq, exit_code}: pass next_seq as after_seq next time; exit_code \
-     is set once the process has exited and its output is all read. Passing after_seq also acknowledges the \
-     output up to it: a session holds 256 KiB of unacknowledged output, then its process waits.",
+     [{seq, stream, data | data_b64}], next_seq, exit_code}: next_seq is the next after_seq, which also \
+     acknowledges (at 256 KiB unacknowledged the process waits); exit_code is set once all is read.",
     || {
         json!({"type": "object", "properties": {
             "session_id": session_id_schema(),
             "after_seq": {"type": "integer", "default": 0, "minimum": 0,
-                          "description": "The last chunk already had; 0 for the start."},
+                          "description": "Last chunk had; 0: from the start."},
             "wait_ms": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_WAIT_MS,
-                        "description": format!("Wait this long for output when there is none yet \
-                            (at most {MAX_WAIT_MS}).")}},
+                        "description": "When there is no output yet."}},
           "required": ["session_id"]})
     },
 );
@@ -337,7 +332,7 @@ pub const EXEC_CLOSE: Function = Function::new::<ExecClose>(
     || {
         json!({"type": "object", "properties": {
             "session_id": session_id_schema(),
-            "signal": {"type": "string", "default": default_signal(), "description": "Signal name: HUP, TERM, KILL, ..."}},
+            "signal": {"type": "string", "default": default_signal(), "description": "HUP, TERM, KILL, ..."}},
           "required": ["session_id"]})
     },
 );

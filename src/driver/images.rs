@@ -13,10 +13,9 @@ use crate::policy::Kind;
 pub const PULL_IMAGE: Function =
     Function::job::<PullImage>("pull_image", Kind::Mutate, Target::Host, "Pull an image from a registry.", || {
         json!({"type": "object", "properties": {
-            "image": {"type": "string", "description": "Image reference, e.g. alpine:3.20."},
+            "image": {"type": "string", "description": "e.g. alpine:3.20."},
             "auth": {"type": ["object", "null"], "default": null,
-                     "description": "Registry credentials for this pull, instead of those the host's \
-                                     docker config.json holds for the image's registry. Never logged.",
+                     "description": "Instead of the host's docker config.json. Never logged.",
                      "properties": {"username": {"type": "string"}, "password": {"type": "string"},
                                     "serveraddress": {"type": "string"}},
                      "required": ["username", "password"], "additionalProperties": false}},
@@ -102,7 +101,7 @@ impl Call for ListImages {
 pub const REMOVE_IMAGE: Function =
     Function::new::<RemoveImage>("remove_image", Kind::Mutate, Target::Host, "Remove an image.", || {
         object_schema(
-            json!({"image": {"type": "string", "description": "Image reference or id."},
+            json!({"image": {"type": "string", "description": "Reference or id."},
                    "force": {"type": "boolean", "default": false}}),
             &["image"],
         )
@@ -131,9 +130,9 @@ pub const PRUNE_IMAGES: Function = Function::new::<PruneImages>(
     "Remove dangling images, or with all=true every unused image, optionally only those older than `until`.",
     || {
         object_schema(
-            json!({"all": {"type": "boolean", "default": false, "description": "Also unused tagged images."},
+            json!({"all": {"type": "boolean", "default": false, "description": "Also unused tagged ones."},
                    "until": {"type": ["string", "null"], "default": null,
-                             "description": "Only images created before this age, e.g. 24h, or an RFC3339 time."}}),
+                             "description": "Older than this, e.g. 24h, or an RFC3339 time."}}),
             &[],
         )
     },

@@ -10,7 +10,7 @@ use crate::jobs::{Reply, State, MAX_FINISHED, MAX_LIVE};
 use crate::policy::Kind;
 
 fn job_id_schema() -> Value {
-    object_schema(json!({"job_id": {"type": "string", "description": "The job_id of a pending reply."}}), &["job_id"])
+    object_schema(json!({"job_id": {"type": "string", "description": "From a pending reply."}}), &["job_id"])
 }
 
 pub const GET_JOB: Function = Function::new::<GetJob>(
@@ -48,8 +48,7 @@ pub const LIST_JOBS: Function = Function::new::<ListJobs>(
         object_schema(
             json!({"state": {"type": ["string", "null"], "default": null,
                              "enum": ["running", "success", "error", "cancelled", null],
-                             "description": format!("Only jobs in this state. At most {MAX_LIVE} run, \
-                                                     and the last {MAX_FINISHED} ended are kept.")}}),
+                             "description": format!("At most {MAX_LIVE} run; the last {MAX_FINISHED} ended are kept.")}}),
             &[],
         )
     },

@@ -17,13 +17,13 @@ pub const CONTAINER_LOGS: Function = Function::new::<ContainerLogs>(
         json!({"type": "object", "properties": {
             "container_id": container_id_schema(),
             "tail": {"type": "integer", "default": 100,
-                     "description": "Number of lines to return or seed a follow stream."},
+                     "description": "Lines to return, or to seed a follow with."},
             "since": {"type": ["string", "null"], "default": null,
-                      "description": "Optional RFC3339 timestamp for log start."},
+                      "description": "RFC3339 time of the first line."},
             "follow": {"type": "boolean", "default": false,
-                       "description": "When true, emit ``container_log_line`` events until ``stop_container_logs`` is called."},
+                       "description": "Emit container_log_line events until stop_container_logs."},
             "timestamps": {"type": ["boolean", "null"], "default": null,
-                           "description": "Engine timestamps: a prefix on each returned line (default true, as before), or ``ts_engine`` on each follow event (default false)."}},
+                           "description": "Engine times: a prefix on returned lines (null: yes), ts_engine on follow events (null: no)."}},
           "required": ["container_id"]})
     },
 );

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::base::{no_params, object_schema, Call, Driver, Function, Target};
+use super::base::{container_id_schema, no_params, object_schema, Call, Driver, Function, Target};
 use crate::engine::Object;
 use crate::error::{Error, Result};
 use crate::ids::{name_error, valid_name};
@@ -13,21 +13,21 @@ use crate::policy::Kind;
 
 fn labels_schema() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}, "default": {},
-           "description": "Extra labels; the managed labels are added."})
+           "description": "Besides the managed labels."})
 }
 
-fn create_schema(what: &str) -> Value {
+fn create_schema() -> Value {
     object_schema(
-        json!({"name": {"type": "string", "description": format!("{what} name.")},
+        json!({"name": {"type": "string"},
                "driver": {"type": ["string", "null"], "default": null},
                "labels": labels_schema()}),
         &["name"],
     )
 }
 
-fn remove_schema(what: &str) -> Value {
+fn remove_schema() -> Value {
     object_schema(
-        json!({"name": {"type": "string", "description": format!("{what} name or id.")},
+        json!({"name": {"type": "string", "description": "Or id."},
                "force": {"type": "boolean", "default": false}}),
         &["name"],
     )
@@ -103,7 +103,7 @@ pub const CREATE_NETWORK: Function = Function::new::<CreateNetwork>(
     Kind::Mutate,
     Target::Host,
     "Create a network (labelled as managed by dcd).",
-    || create_schema("Network"),
+    create_schema,
 );
 
 #[derive(Deserialize, Debug)]
@@ -119,7 +119,7 @@ impl Call for CreateNetwork {
 
 pub const REMOVE_NETWORK: Function =
     Function::new::<RemoveNetwork>("remove_network", Kind::Mutate, Target::Host, "Remove a network.", || {
-        remove_schema("Network")
+        remove_schema()
     });
 
 #[derive(Deserialize, Debug)]
@@ -140,8 +140,7 @@ pub const CONNECT_NETWORK: Function = Function::new::<ConnectNetwork>(
     "Attach a container to a network.",
     || {
         object_schema(
-            json!({"network": {"type": "string", "description": "Network name or id."},
-                   "container_id": {"type": "string", "description": "Container ID or name."}}),
+            json!({"network": {"type": "string", "description": "Name or id."}, "container_id": container_id_schema()}),
             &["network", "container_id"],
         )
     },
@@ -188,7 +187,7 @@ pub const CREATE_VOLUME: Function = Function::new::<CreateVolume>(
     Kind::Mutate,
     Target::Host,
     "Create a named volume (labelled as managed by dcd).",
-    || create_schema("Volume"),
+    create_schema,
 );
 
 #[derive(Deserialize, Debug)]
@@ -204,7 +203,7 @@ impl Call for CreateVolume {
 
 pub const REMOVE_VOLUME: Function =
     Function::new::<RemoveVolume>("remove_volume", Kind::Mutate, Target::Host, "Remove a named volume.", || {
-        remove_schema("Volume")
+        remove_schema()
     });
 
 #[derive(Deserialize, Debug)]

@@ -79,14 +79,8 @@ impl Driver {
 
     /// `capabilities` of presence and registration (spec §3.2).
     pub fn capabilities(&self) -> Value {
-        let functions: Vec<Value> = FUNCTIONS
-            .iter()
-            .filter(|f| self.policy.serves(f.kind))
-            .map(|f| {
-                json!({"name": f.name, "description": f.description,
-                       "parameters": f.parameters(), "labels": null, "tags": []})
-            })
-            .collect();
+        let functions: Vec<Value> =
+            FUNCTIONS.iter().filter(|f| self.policy.serves(f.kind)).map(|f| f.advertised()).collect();
         json!({
             "description": DESCRIPTION,
             "functions": functions,
@@ -156,6 +150,17 @@ mod tests {
             m.insert("no_such_param".into(), json!(1));
             assert!(parse(&m).is_err(), "{}: an unknown param is accepted", f.name);
         }
+    }
+
+    /// Every presence and registration carries all of this, to every client,
+    /// and a registry page carries 100 of them (issue 16): a budget, so that
+    /// growing it is a decision: 25,645 bytes, engine_event included, when it
+    /// was set (about 30,600 before issue 16).
+    #[test]
+    fn functions_and_events_stay_within_budget() {
+        let functions: Vec<Value> = FUNCTIONS.iter().map(|f| f.advertised()).collect();
+        let bytes = serde_json::to_vec(&json!([functions, crate::events::advertised(true)])).unwrap().len();
+        assert!(bytes <= 26_000, "{bytes} bytes");
     }
 
     #[test]

@@ -21,6 +21,8 @@ import time
 
 import nats
 from nats.errors import TimeoutError as NatsTimeout
+from device_connect_edge.types import DeviceCapabilities
+from pydantic import ValidationError
 
 from interop import FUNCTIONS, failures, report
 
@@ -84,6 +86,14 @@ async def main(url: str, tenant: str, dev: str) -> int:
     names = {f.get("name") for f in (res.get("capabilities") or {}).get("functions", [])}
     report("request_registration", res.get("device_id") == dev and res.get("device_ttl") == 15
            and set(FUNCTIONS) <= names and isinstance((res.get("status") or {}).get("ts"), str), result_keys=sorted(res))
+    # The capabilities leave out what the models default (labels, tags): the models the
+    # registry validates them with still take them.
+    try:
+        DeviceCapabilities.model_validate(res.get("capabilities"))
+        invalid = None
+    except ValidationError as e:
+        invalid = str(e)[:300]
+    report("capabilities_validate", invalid is None, error=invalid)
 
     # Event envelope, from a provision.
     r = await request(rpc("provision_container", {"spec": {"image": "dcd-test/busybox:latest", "name": "wire-1"}}))
