@@ -68,12 +68,22 @@ impl World {
         if key.is_empty() {
             return Err(EngineError::NotFound("container name or id is empty".into()));
         }
+        // As the engine resolves: a full id, then a name, then an id prefix
+        // that names one container. Names first, or a short name ("a") finds
+        // whichever container's random id happens to begin with it.
+        if self.containers.contains_key(key) {
+            return Ok(key.to_string());
+        }
         let name = format!("/{key}");
-        self.containers
-            .iter()
-            .find(|(id, c)| id.starts_with(key) || c["Name"] == name.as_str())
-            .map(|(id, _)| id.clone())
-            .ok_or_else(|| EngineError::NotFound(format!("No such container: {key}")))
+        if let Some((id, _)) = self.containers.iter().find(|(_, c)| c["Name"] == name.as_str()) {
+            return Ok(id.clone());
+        }
+        let mut prefixed = self.containers.keys().filter(|id| id.starts_with(key));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(id), None) => Ok(id.clone()),
+            (Some(_), Some(_)) => Err(EngineError::NotFound(format!("multiple IDs found with provided prefix: {key}"))),
+            (None, _) => Err(EngineError::NotFound(format!("No such container: {key}"))),
+        }
     }
 
     fn set_state(&mut self, id: &str, state: &str, action: &str) {
