@@ -143,6 +143,11 @@ pub struct Docker {
     /// The negotiated API version and what else the engine said of itself;
     /// `None` until the engine answers and again after it became unreachable.
     facts: Mutex<Option<Facts>>,
+    /// Held while negotiating, so the calls of a start-up (or of a return)
+    /// that all find no facts wait for one negotiation instead of each
+    /// starting its own: Podman gathers its host's facts for `/version` and
+    /// `/libpod/info` alike, a second's work each on a small board.
+    negotiating: Mutex<()>,
 }
 
 /// What an engine says of itself at negotiation, for what depends on it.
@@ -229,10 +234,15 @@ impl Docker {
             target,
             config_dir: opts.config_dir.clone(),
             facts: Mutex::new(None),
+            negotiating: Mutex::new(()),
         })
     }
 
     fn facts(&self) -> Result<Facts> {
+        if let Some(f) = lock(&self.facts).clone() {
+            return Ok(f);
+        }
+        let _one = lock(&self.negotiating);
         if let Some(f) = lock(&self.facts).clone() {
             return Ok(f);
         }
@@ -761,6 +771,17 @@ impl Engine for Docker {
         Err(EngineError::Server(format!("exec {exec_id} finished its output but reports no exit code")))
     }
 
+    fn run_healthcheck(&self, id: &str) -> Result<()> {
+        if !self.facts()?.podman {
+            return Ok(());
+        }
+        // Podman's own API (`podman healthcheck run`), versioned by it; the
+        // check's result lands in the container's health, as a timer's would.
+        let path = format!("/v4.0.0/libpod/containers/{}/healthcheck", container(id)?);
+        let resp = self.send_to(&self.agent, Method::GET, &path, None, None, Some(CALL_TIMEOUT))?;
+        self.read_json(resp).map(drop)
+    }
+
     fn pull_image(&self, image: &str, given: Option<&Credentials>) -> Result<Vec<String>> {
         self.pull_watched(image, given, &())
     }
@@ -1189,6 +1210,12 @@ fn explain(message: String) -> String {
     if message.contains("/dev/net/tun") {
         return format!(
             "{message} (rootless Podman's network, slirp4netns, needs /dev/net/tun readable and writable by its user)"
+        );
+    }
+    if message.contains("container-init binary not found") {
+        return format!(
+            "{message} (`init: true` needs Podman's init binary: install catatonit, which podman only recommends, \
+             or name another in init_path in containers.conf)"
         );
     }
     message
@@ -1679,6 +1706,10 @@ mod tests {
         assert!(explain("error setting rlimit type 6: x".into()).contains("nproc ulimit"));
         let e = explain(r#"slirp4netns failed: "open(\"/dev/net/tun\"): Permission denied""#.into());
         assert!(e.contains("needs /dev/net/tun"), "{e}");
+        let e = explain("container create: container-init binary not found on the host: stat \
+                         /usr/libexec/podman/catatonit: no such file or directory"
+            .into());
+        assert!(e.contains("install catatonit"), "{e}");
         assert_eq!(explain("no such container".into()), "no such container");
         let podman = json!({"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}], "Version": "4.3.1"});
         assert_eq!(podman_version(&podman), Some("4.3.1"));
