@@ -270,10 +270,15 @@ default_ulimits = []
 EOF
 cat >"$PODMAN_CONF/registries.conf" <<EOF
 # Written by dcd tests/setup.sh (CONTAINERS_REGISTRIES_CONF of the Podman tests): no search
-# registries, so short names resolve to local images only; the loopback registry speaks HTTP.
+# registries, so short names resolve to local images only; the loopback registry speaks HTTP, and
+# so do the tests' proxies in front of it on other loopback ports (a location without a port
+# matches every port of the host).
 unqualified-search-registries = []
 [[registry]]
 location = "$REGISTRY"
+insecure = true
+[[registry]]
+location = "${REGISTRY%%:*}"
 insecure = true
 EOF
 chmod 0644 "$PODMAN_CONF/containers.conf" "$PODMAN_CONF/registries.conf"
