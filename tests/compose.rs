@@ -279,7 +279,8 @@ fn a_new_image_under_the_same_tag_recreates_the_service() {
     // Podman's compatible API refuses the docker CLI's commit).
     let maker = format!("{project}-maker");
     docker_ok(&["run", "--name", &maker, &image, "touch", "/new"]);
-    let moved = format!("set -e; docker export {maker} | docker import - {tag} >/dev/null; docker rm -f {maker} >/dev/null");
+    let moved =
+        format!("set -e; docker export {maker} | docker import - {tag} >/dev/null; docker rm -f {maker} >/dev/null");
     let out = common::engine_cli("sh", &["-c", &moved]).output().expect("sh");
     assert!(out.status.success(), "a new image under {tag}: {}", String::from_utf8_lossy(&out.stderr));
     let second = rig.ok("compose_up", spec);

@@ -440,7 +440,7 @@ fn run_sleeper(image: &str, name: &str) {
 /// is reported once the engine is back, later transitions are reported again, and containers
 /// are listed only while the stream is down. With `replay` the engine's record of the outage
 /// is replayed in order (with the fallback poll off, so nothing else reports it first);
-/// without, `since` is ignored as by an engine restarted meanwhile, the fallback poll runs,
+/// without, nothing is replayed, as by an engine restarted meanwhile, the fallback poll runs,
 /// and a list reports the net change.
 /// Wait until `relay` has seen no list for 1.5 s (at most 20 s); the count then.
 fn quiet_lists(relay: &Relay) -> usize {
