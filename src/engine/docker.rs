@@ -978,9 +978,9 @@ impl Engine for Docker {
         // Podman sends no headers until an event, and subscribes by reading
         // its event log from where it is once it gets to the request, so what
         // happens in between would be lost: the stream asks for the events
-        // from now on. And it follows its log by polling it, so an event comes
-        // up to a quarter second after it happened (40 to 220 ms measured),
-        // a replay too: later than the reconcile that waits for the replay to
+        // from now on. And its stream follows its event log file and trails
+        // it (an event came 40 to 220 ms after its time stamp, measured), a
+        // replay too: later than the reconcile that waits for the replay to
         // go quiet. So what happened since `since` comes first, whole, from a
         // query that ends where the log ends (`stream=false`); the stream
         // starts before that query, and the follower drops what both bring.
