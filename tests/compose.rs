@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{docker, free_port, MeshRig};
+use common::{docker, docker_ok, free_port, MeshRig};
 
 /// The 17 functions of the Python dcd's contract test.
 const PYTHON_FUNCTIONS: &[&str] = &[
@@ -275,11 +275,14 @@ fn a_new_image_under_the_same_tag_recreates_the_service() {
     );
     let spec = json!({"spec": {"compose_yaml": yaml, "project": project}});
     let first = ids(&rig.ok("compose_up", spec.clone()));
-    // Another image under the same tag, as a pull of a moved tag brings.
+    // Another image under the same tag, as a pull of a moved tag brings (exported and imported:
+    // Podman's compatible API refuses the docker CLI's commit).
     let maker = format!("{project}-maker");
-    docker(&["run", "--name", &maker, &image, "touch", "/new"]);
-    docker(&["commit", &maker, &tag]);
-    docker(&["rm", "-f", &maker]);
+    docker_ok(&["run", "--name", &maker, &image, "touch", "/new"]);
+    let moved =
+        format!("set -e; docker export {maker} | docker import - {tag} >/dev/null; docker rm -f {maker} >/dev/null");
+    let out = common::engine_cli("sh", &["-c", &moved]).output().expect("sh");
+    assert!(out.status.success(), "a new image under {tag}: {}", String::from_utf8_lossy(&out.stderr));
     let second = rig.ok("compose_up", spec);
     for ((s, old, _), (_, new, action)) in first.iter().zip(ids(&second)) {
         match s.as_str() {

@@ -137,6 +137,21 @@ fn exec_exit(nats: &mut Nats, session: &str, within: Duration) -> Value {
     panic!("no exec_exit of {session} within {within:?}");
 }
 
+/// Wait for the state event that says container `name` runs.
+fn running(nats: &mut Nats, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Some(m) = nats.next(deadline).unwrap() {
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        if m.subject.ends_with(".event.container_state_changed")
+            && body["params"]["name"] == name
+            && body["params"]["state"] == "running"
+        {
+            return;
+        }
+    }
+    panic!("no state event said {name} runs");
+}
+
 fn start_container(image: &str, name: &str) {
     docker_ok(&["run", "-d", "--name", name, "--label", "dcd-test=1", image, "sleep", "600"]);
 }
@@ -149,11 +164,15 @@ fn an_agent_drives_a_shell_and_every_end_cleans_up() {
     let Some((py, image)) = common::mesh_parts() else { return };
     let (c, other) = (unique("exs-a"), unique("exs-b"));
     let _cleanup = Cleanup(vec![c.clone(), other.clone()]);
-    start_container(&image, &c);
-    start_container(&image, &other);
     let mut rig = MeshRig::start(&py, &["--exec-idle-timeout", "4"], &[]);
     let mut nats = Nats::connect(rig.port).unwrap();
     nats.sub(&subject(&rig.tenant, &rig.id, "event.>")).unwrap();
+    // Started once the daemon follows the engine's events: with the first of them its event
+    // stream is fully open (on Podman, the thread that waits for the stream's headers ends).
+    rig.ok("exec_sessions", json!({}));
+    start_container(&image, &c);
+    start_container(&image, &other);
+    running(&mut nats, &other);
     // A first call, so that the threads that serve calls are all there.
     rig.ok("exec_sessions", json!({}));
     let (threads, _) = threads_and_rss(rig.dcd.pid());

@@ -97,7 +97,7 @@ impl Drop for Forget {
 }
 
 fn present(image: &str) -> bool {
-    Command::new("docker").args(["image", "inspect", image]).output().is_ok_and(|o| o.status.success())
+    common::docker_cli(&["image", "inspect", image]).output().is_ok_and(|o| o.status.success())
 }
 
 /// The daemon's events as they go out on NATS: (name, params, when received). Subscribed before

@@ -59,20 +59,20 @@ if [ -n "${CI:-}" ] && [ -s "$SKIPS" ]; then
     exit 1
 fi
 
-# The real-engine suite again on Podman (tests/common `podman_host` starts its API service as a
-# board does). Compose (tests/compose.rs) is not run on Podman yet. The two outage tests are left
-# out on Podman: without replay no poll reaches its broken relay yet; with replay, Podman delivers
-# an event later than a list shows its container, so the reconcile after the reconnect can report
-# a start before the create it has not yet seen (issue 19's note).
+# The real-engine suites again on Podman (tests/common `podman_host` starts its API service as a
+# board does): all of them on rootful Podman, and on rootless a set that provisions, starts,
+# stops, follows logs, execs (once and in a session), pulls as a job with progress, brings a
+# compose project up and down, and hears state events.
 step "cargo test on rootful Podman"
-DCD_TEST_ENGINE=podman cargo test --test engine_real --test driver --test events --test fleet -- \
-    --test-threads=2 --skip outage_without_replay_is_reconciled \
-    --skip outage_is_replayed_then_reconciled
+DCD_TEST_ENGINE=podman cargo test --test engine_real --test driver --test events --test fleet \
+    --test compose --test exec_session --test jobs -- --test-threads=2
 
 step "cargo test on rootless Podman"
-DCD_TEST_ENGINE=podman-rootless cargo test --test engine_real --test driver -- --test-threads=2 \
+DCD_TEST_ENGINE=podman-rootless cargo test --test engine_real --test driver --test compose \
+    --test exec_session --test jobs -- --test-threads=2 \
     create_with_options start_stop_restart_remove exec_collects follow_logs events_show_a_start \
-    real_lifecycle_logs_exec_and_listing real_follow_emits_lines_and_stops real_provision_maps_every_spec_field
+    real_lifecycle_logs_exec_and_listing real_follow_emits_lines_and_stops real_provision_maps_every_spec_field \
+    three_services_up_update_and_down an_agent_drives_a_shell slow_pull_is_pending_reports_progress
 
 step "deploy checks"
 bash tests/deploy.sh

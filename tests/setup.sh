@@ -14,7 +14,9 @@
 #   * the image dcd-test/busybox:latest (Debian's static busybox + applet links, `docker import`);
 #   * a registry on 127.0.0.1:5000 (Debian's docker-registry, own loopback-only config) holding
 #     127.0.0.1:5000/dcd-test/busybox:latest, with no local tag of that name left behind;
-#   * Podman (Debian's podman, uidmap, slirp4netns, fuse-overlayfs) beside Docker: a test
+#   * Podman (Debian's podman, uidmap, slirp4netns, fuse-overlayfs; catatonit for `init: true`, which
+#     apt would bring as a recommendation; the CNI dnsname plugin, without which containers on a
+#     Podman network do not find each other by name or alias) beside Docker: a test
 #     containers.conf and registries.conf in /etc/dcd-test/podman, the user dcd-podman with
 #     subuid/subgid ranges and /run/user/<uid> for rootless use, and the test image imported
 #     into both the rootful and that user's rootless storage;
@@ -92,7 +94,8 @@ for p in ca-certificates file busybox-static docker-compose nats-server docker-r
          qemu-user-static gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross \
          iproute2 musl-tools \
          socat apache2-utils openssl \
-         podman uidmap slirp4netns fuse-overlayfs; do
+         podman uidmap slirp4netns fuse-overlayfs catatonit \
+         golang-github-containernetworking-plugin-dnsname; do
     pkg_installed "$p" || missing+=("$p")
 done
 command -v systemd-analyze >/dev/null || missing+=(systemd)
@@ -267,10 +270,15 @@ default_ulimits = []
 EOF
 cat >"$PODMAN_CONF/registries.conf" <<EOF
 # Written by dcd tests/setup.sh (CONTAINERS_REGISTRIES_CONF of the Podman tests): no search
-# registries, so short names resolve to local images only; the loopback registry speaks HTTP.
+# registries, so short names resolve to local images only; the loopback registry speaks HTTP, and
+# so do the tests' proxies in front of it on other loopback ports (a location without a port
+# matches every port of the host).
 unqualified-search-registries = []
 [[registry]]
 location = "$REGISTRY"
+insecure = true
+[[registry]]
+location = "${REGISTRY%%:*}"
 insecure = true
 EOF
 chmod 0644 "$PODMAN_CONF/containers.conf" "$PODMAN_CONF/registries.conf"

@@ -28,6 +28,8 @@ const STOP_TIMEOUT_S: i64 = 10;
 /// How long `detach: false` waits for the services to exit.
 const ATTACHED_LIMIT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(200);
+/// A healthcheck's interval when it names none (the Engine API's default).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(30);
 
 struct Loaded {
     project: Project,
@@ -592,6 +594,7 @@ fn wait_for(
         return Ok(());
     }
     for id in ids {
+        let mut check_at = None;
         loop {
             let i = engine.inspect_container(id)?;
             let state = &i["State"];
@@ -603,7 +606,21 @@ fn wait_for(
                     _ if state["Status"] == "exited" || state["Status"] == "dead" => {
                         return Err(Error::Compose(format!("service {service} exited before it was healthy")))
                     }
-                    _ => {}
+                    _ => {
+                        // The engine may not run the check by itself (Podman without
+                        // systemd): run it at the check's own interval while waiting.
+                        let interval = i["Config"]["Healthcheck"]["Interval"]
+                            .as_u64()
+                            .filter(|n| *n > 0)
+                            .map_or(HEALTH_INTERVAL, Duration::from_nanos);
+                        let at = *check_at.get_or_insert_with(|| Instant::now() + interval);
+                        if Instant::now() >= at {
+                            if let Err(e) = engine.run_healthcheck(id) {
+                                log::debug!("compose: healthcheck of {service}: {e}");
+                            }
+                            check_at = Some(Instant::now() + interval);
+                        }
+                    }
                 },
                 _ => {
                     if state["Status"] == "exited" || state["Status"] == "dead" {

@@ -143,7 +143,19 @@ pub struct Docker {
     /// The negotiated API version and what else the engine said of itself;
     /// `None` until the engine answers and again after it became unreachable.
     facts: Mutex<Option<Facts>>,
+    /// Held while negotiating, so the calls of a start-up (or of a return)
+    /// that all find no facts wait for one negotiation instead of each
+    /// starting its own: Podman gathers its host's facts for `/version` and
+    /// `/libpod/info` alike, a second's work each on a small board.
+    negotiating: Mutex<()>,
+    /// The versions the engine's ping named at the last negotiation, and the
+    /// facts it brought: kept when the engine goes away (`facts` is not).
+    last: Mutex<Option<(PingVersions, Facts)>>,
 }
+
+/// What an engine's `/_ping` says of its versions, in its headers: the API
+/// version, and Podman's own (Docker sends none).
+type PingVersions = (Option<String>, Option<String>);
 
 /// What an engine says of itself at negotiation, for what depends on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +241,8 @@ impl Docker {
             target,
             config_dir: opts.config_dir.clone(),
             facts: Mutex::new(None),
+            negotiating: Mutex::new(()),
+            last: Mutex::new(None),
         })
     }
 
@@ -236,7 +250,45 @@ impl Docker {
         if let Some(f) = lock(&self.facts).clone() {
             return Ok(f);
         }
-        Ok(self.negotiate()?.0)
+        let _one = lock(&self.negotiating);
+        if let Some(f) = lock(&self.facts).clone() {
+            return Ok(f);
+        }
+        // An engine that answers again after an outage is the one we knew when
+        // its ping names the same versions: its facts stand. The ping costs the
+        // engine nothing, while a negotiation costs Podman seconds under load,
+        // and an engine that breaks every call (each forgets the facts) would
+        // otherwise be negotiated with before each. A ping that fails for want
+        // of the engine fails the call; an engine without one (none we know of)
+        // is negotiated with.
+        let pinged = match self.ping_versions() {
+            Err(e @ (EngineError::Unreachable(_) | EngineError::Timeout(_))) => return Err(e),
+            pinged => pinged.ok(),
+        };
+        // Only a ping that names the API version tells engines apart.
+        let pinged = pinged.filter(|(api, _)| api.is_some());
+        let last = lock(&self.last).clone();
+        if let (Some(now), Some((then, facts))) = (&pinged, last) {
+            if *now == then {
+                *lock(&self.facts) = Some(facts.clone());
+                return Ok(facts);
+            }
+        }
+        let facts = self.negotiate()?.0;
+        if let Some(now) = pinged {
+            *lock(&self.last) = Some((now, facts.clone()));
+        }
+        Ok(facts)
+    }
+
+    /// `GET /_ping` (unversioned), and the versions its headers name.
+    fn ping_versions(&self) -> Result<PingVersions> {
+        let resp = self.send_to(&self.agent, Method::GET, "/_ping", None, None, Some(INFO_TIMEOUT))?;
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+        let versions = (header("api-version"), header("libpod-api-version"));
+        // Read to the end ("OK"), so the connection goes back to the pool.
+        resp.into_body().into_with_config().limit(1024).read_to_vec().map_err(|e| self.fail(e))?;
+        Ok(versions)
     }
 
     fn api_version(&self) -> Result<String> {
@@ -578,9 +630,7 @@ impl Engine for Docker {
     fn ping(&self) -> Result<()> {
         // Unversioned, so it needs no negotiation and works whatever the
         // engine came back as.
-        let resp = self.send_to(&self.agent, Method::GET, "/_ping", None, None, Some(INFO_TIMEOUT))?;
-        // Read to the end ("OK"), so the connection goes back to the pool.
-        resp.into_body().into_with_config().limit(1024).read_to_vec().map(drop).map_err(|e| self.fail(e))
+        self.ping_versions().map(drop)
     }
 
     fn list_containers(&self, all: bool) -> Result<Vec<Value>> {
@@ -761,6 +811,17 @@ impl Engine for Docker {
         Err(EngineError::Server(format!("exec {exec_id} finished its output but reports no exit code")))
     }
 
+    fn run_healthcheck(&self, id: &str) -> Result<()> {
+        if !self.facts()?.podman {
+            return Ok(());
+        }
+        // Podman's own API (`podman healthcheck run`), versioned by it; the
+        // check's result lands in the container's health, as a timer's would.
+        let path = format!("/v4.0.0/libpod/containers/{}/healthcheck", container(id)?);
+        let resp = self.send_to(&self.agent, Method::GET, &path, None, None, Some(CALL_TIMEOUT))?;
+        self.read_json(resp).map(drop)
+    }
+
     fn pull_image(&self, image: &str, given: Option<&Credentials>) -> Result<Vec<String>> {
         self.pull_watched(image, given, &())
     }
@@ -905,18 +966,35 @@ impl Engine for Docker {
     }
 
     fn events(&self, since: Option<f64>) -> Result<Stream> {
-        // Docker has subscribed the stream when it sends the headers; Podman
-        // sends none until an event, and subscribes by reading its event log
-        // from where it is once it gets to the request, so what happens in
-        // between would be lost: ask it for the events from now on instead.
-        let podman = self.facts()?.podman;
-        let since = since.or_else(|| podman.then(crate::time::now_epoch)).map(unix_time);
         // Network events say which container joined or left a network.
-        let mut q = vec![("filters", r#"{"type":["container","network"]}"#)];
-        if let Some(s) = &since {
-            q.push(("since", s));
+        let filters = ("filters", r#"{"type":["container","network"]}"#);
+        let since = since.map(unix_time);
+        if !self.facts()?.podman {
+            // Docker has subscribed the stream when it sends the headers, and
+            // sends what it replays from `since` at once.
+            let q: Vec<_> = [Some(filters), since.as_deref().map(|s| ("since", s))].into_iter().flatten().collect();
+            return self.stream(&format!("/events{}", query(&q)), None);
         }
-        self.stream(&format!("/events{}", query(&q)), None)
+        // Podman sends no headers until an event, and subscribes by reading
+        // its event log from where it is once it gets to the request, so what
+        // happens in between would be lost: the stream asks for the events
+        // from now on. And its stream follows its event log file and trails
+        // it (an event came 40 to 220 ms after its time stamp, measured), a
+        // replay too: later than the reconcile that waits for the replay to
+        // go quiet. So what happened since `since` comes first, whole, from a
+        // query that ends where the log ends (`stream=false`); the stream
+        // starts before that query, and the follower drops what both bring.
+        let from = unix_time(crate::time::now_epoch());
+        let replayed = match &since {
+            Some(s) => {
+                let q = query(&[filters, ("since", s), ("stream", "false")]);
+                let resp = self.send(Method::GET, &format!("/events{q}"), None, CALL_TIMEOUT)?;
+                resp.into_body().into_with_config().limit(MAX_JSON_BODY).read_to_vec().map_err(|e| self.fail(e))?
+            }
+            None => Vec::new(),
+        };
+        let live = self.stream(&format!("/events{}", query(&[filters, ("since", &from)])), None)?;
+        Ok(Stream { body: Box::new(io::Cursor::new(replayed).chain(live.body)), cancel: live.cancel })
     }
 
     fn host(&self) -> Option<String> {
@@ -972,6 +1050,9 @@ fn refusal(status: u16, text: &str, path: &str) -> EngineError {
         // running one, exec in a stopped one) and a name in use with 500, not
         // Docker's 409.
         500 if PODMAN_CONFLICTS.iter().any(|c| message.ends_with(c)) => EngineError::Conflict(message),
+        // And a container removed while it looked it up (its storage's
+        // `ErrNoSuchCtr`) with 500 too, not 404.
+        500 if message.ends_with(": no such container") => EngineError::NotFound(message),
         // And what it finds invalid (a bad name) with 500 too, not 400.
         500 if message.ends_with(": invalid argument") => EngineError::BadRequest(message),
         400..=499 => EngineError::BadRequest(message),
@@ -1189,6 +1270,12 @@ fn explain(message: String) -> String {
     if message.contains("/dev/net/tun") {
         return format!(
             "{message} (rootless Podman's network, slirp4netns, needs /dev/net/tun readable and writable by its user)"
+        );
+    }
+    if message.contains("container-init binary not found") {
+        return format!(
+            "{message} (`init: true` needs Podman's init binary: install catatonit, which podman only recommends, \
+             or name another in init_path in containers.conf)"
         );
     }
     message
@@ -1679,10 +1766,26 @@ mod tests {
         assert!(explain("error setting rlimit type 6: x".into()).contains("nproc ulimit"));
         let e = explain(r#"slirp4netns failed: "open(\"/dev/net/tun\"): Permission denied""#.into());
         assert!(e.contains("needs /dev/net/tun"), "{e}");
+        let e = explain(
+            "container create: container-init binary not found on the host: stat \
+                         /usr/libexec/podman/catatonit: no such file or directory"
+                .into(),
+        );
+        assert!(e.contains("install catatonit"), "{e}");
         assert_eq!(explain("no such container".into()), "no such container");
         let podman = json!({"Components": [{"Name": "Podman Engine", "Version": "4.3.1"}], "Version": "4.3.1"});
         assert_eq!(podman_version(&podman), Some("4.3.1"));
         assert_eq!(podman_version(&json!({"Components": [{"Name": "Engine", "Version": "28.0"}]})), None);
+    }
+
+    #[test]
+    fn podman_500s_map_to_what_they_mean() {
+        let podman = |m: &str| refusal(500, &json!({"message": m}).to_string(), "/containers/x/json");
+        let gone = podman("container 9381f6 does not exist in database: no such container");
+        assert!(matches!(gone, EngineError::NotFound(_)), "{gone:?}");
+        let busy = podman("cannot remove container x as it is running - running or paused containers cannot be removed without force: container state improper");
+        assert!(matches!(busy, EngineError::Conflict(_)), "{busy:?}");
+        assert!(matches!(podman("boom"), EngineError::Server(_)));
     }
 
     #[test]
@@ -1761,7 +1864,8 @@ mod tests {
         let fake = fake::FakeEngine::start(sock.clone(), version("1.43"));
         d.list_containers(true).unwrap();
         d.list_images().unwrap();
-        assert_eq!(fake.take(), ["/version", "/v1.43/containers/json?all=1", "/v1.43/images/json"]);
+        // A ping first: this one names no versions, so the facts come from `/version`.
+        assert_eq!(fake.take(), ["/_ping", "/version", "/v1.43/containers/json?all=1", "/v1.43/images/json"]);
         drop(fake);
 
         let err = d.list_images().unwrap_err();
@@ -1774,7 +1878,7 @@ mod tests {
 
         let fake = fake::FakeEngine::start(sock.clone(), version("1.52"));
         d.list_images().unwrap();
-        assert_eq!(fake.take(), ["/version", "/v1.45/images/json"], "a newer engine is spoken to in ours");
+        assert_eq!(fake.take(), ["/_ping", "/version", "/v1.45/images/json"], "a newer engine is spoken to in ours");
         d.list_images().unwrap();
         assert_eq!(fake.take(), ["/v1.45/images/json"], "negotiated once");
         drop(fake);

@@ -198,6 +198,14 @@ pub trait Engine: Send + Sync {
         let _ = exec_id;
         Err(EngineError::NotFound("no such exec".into()))
     }
+    /// Run container `id`'s healthcheck once now, for whoever waits for its
+    /// health. Docker runs healthchecks itself: nothing to do. Podman runs them
+    /// from systemd timers, so on a host without systemd they never run and
+    /// the container stays `starting`.
+    fn run_healthcheck(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
     /// Pull `image` (a reference with optional tag or digest), with `auth`
     /// when given, else the credentials the host holds for its registry.
     /// Returns the status strings of the progress stream, in order.

@@ -243,7 +243,8 @@ pub fn docker_compose_cli(args: &[&str]) -> Command {
     engine_cli("docker-compose", args)
 }
 
-fn engine_cli(program: &str, args: &[&str]) -> Command {
+/// `program` with the real engine as its DOCKER_HOST (a shell pipes docker CLIs with it).
+pub fn engine_cli(program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(program);
     if let (true, Some(host)) = (engine_kind().podman(), engine_host()) {
         cmd.env("DOCKER_HOST", host);

@@ -16,11 +16,11 @@ fn engine_socket() -> String {
 }
 
 /// Down until `restore` (or `break_engine`). Restored, it passes every connection through to
-/// the engine; broken, it acts as an engine that is up but broken: it answers `GET /version`
+/// the engine; broken, it acts as an engine that is up but broken: it answers its version check
 /// and closes every other connection unanswered after reading its request. Cut, every
 /// connection is closed and the socket is gone. It counts the container list requests it sees
-/// and the event streams the engine started, and without `replay` it strips `since` from
-/// `/events` requests, as an engine restarted during an outage has nothing to replay.
+/// and the event streams the engine started, and without `replay` it sets the `since` of
+/// `/events` requests to now, as an engine restarted during an outage has nothing to replay.
 pub struct Relay {
     path: PathBuf,
     tap: Arc<Tap>,
@@ -142,7 +142,8 @@ impl Tap {
     fn look(&self, chunk: &[u8], tail: &mut Vec<u8>) -> Vec<u8> {
         let mut chunk = chunk.to_vec();
         if !self.replay && chunk.windows(Self::EVENTS.len()).any(|w| w == Self::EVENTS) {
-            strip_query(&mut chunk, b"&since=");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            set_query(&mut chunk, b"&since=", format!("{}.{:06}", now.as_secs(), now.subsec_micros()).as_bytes());
         }
         let seen = [&tail[..], &chunk[..]].concat();
         let new = seen
@@ -190,15 +191,15 @@ fn pipe(client: UnixStream, tap: &Arc<Tap>, open: &Mutex<Vec<UnixStream>>) {
     open.lock().unwrap().extend([client, engine]);
 }
 
-/// Answer the version check (`GET /version`, and Podman's `/libpod/info`), or every call would
-/// stop there, and drop the rest.
+/// Answer the version check (`GET /_ping`, `GET /version`, and Podman's `/libpod/info`), or
+/// every call would stop there, and drop the rest.
 fn broken(mut client: UnixStream, tap: &Tap) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(1)));
     let mut buf = vec![0u8; 64 * 1024];
     if let Ok(n) = client.read(&mut buf) {
         let request = tap.look(&buf[..n], &mut Vec::new());
         let info = request.windows(13).any(|w| w == b"/libpod/info ");
-        if request.starts_with(b"GET /version ") || info {
+        if request.starts_with(b"GET /version ") || request.starts_with(b"GET /_ping ") || info {
             version_once(&request, &mut client);
         }
     }
@@ -219,11 +220,12 @@ fn version_once(request: &[u8], client: &mut UnixStream) {
     }
 }
 
-/// Remove `key` (`&name=`) and its value from the first request line in `chunk`.
-fn strip_query(chunk: &mut Vec<u8>, key: &[u8]) {
+/// Set the value of `key` (`&name=`) in the first request line in `chunk`, if it has one.
+fn set_query(chunk: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     let Some(at) = chunk.windows(key.len()).position(|w| w == key) else {
         return;
     };
-    let len = chunk[at + 1..].iter().position(|&b| b == b'&' || b == b' ').map_or(0, |n| n + 1);
-    chunk.drain(at..at + len);
+    let from = at + key.len();
+    let len = chunk[from..].iter().position(|&b| b == b'&' || b == b' ').unwrap_or(0);
+    chunk.splice(from..from + len, value.iter().copied());
 }
