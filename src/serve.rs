@@ -5,11 +5,12 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
+use serde_json::Value;
 
 use crate::driver::Driver;
 use crate::mesh::{Describe, Inbound, Publish};
@@ -213,26 +214,39 @@ fn schedule(later: &Receiver<(Instant, Broadcast)>, due: &Sender<Broadcast>) {
 /// briefly; the engine is asked while the mesh connects.
 /// `asked` is set once the engine has answered, or been found offline, for the first time.
 pub fn describer(driver: Arc<Driver>, id: String, asked: Arc<AtomicBool>) -> Result<Describe, String> {
-    // Capabilities and identity never change while the daemon runs: built once. Only the status
-    // is refreshed, and the whole body is put together only when the transport sends it.
-    let base = rpc::registration_pending(&driver, &id);
     let (first_tx, first_rx) = bounded(1);
-    let status = Arc::new(Mutex::new(base["status"].clone()));
+    let status = Arc::new(Mutex::new(rpc::status_pending()));
     let latest = status.clone();
-    spawn("describe", move || loop {
-        let fresh = driver.status();
-        *lock(&latest) = fresh;
-        asked.store(true, Ordering::Relaxed);
-        let _ = first_tx.try_send(());
-        std::thread::sleep(DESCRIBE_EVERY);
+    let asking = driver.clone();
+    spawn("describe", move || {
+        let refresh = || {
+            let fresh = asking.status();
+            *lock(&latest) = fresh;
+            asked.store(true, Ordering::Relaxed);
+            let _ = first_tx.try_send(());
+        };
+        refresh();
+        // What get_status reports takes the engine's two slowest calls: asked now, while the
+        // mesh connects, the first caller finds it ready, or in flight.
+        asking.prefetch_info();
+        loop {
+            std::thread::sleep(DESCRIBE_EVERY);
+            refresh();
+        }
     })?;
+    // Capabilities and identity never change while the daemon runs: built once, and only for
+    // the first announcement, in the transport thread once it is connected, so that building
+    // them does not delay the transport's start. Only the status is refreshed.
+    let base = OnceLock::new();
     let first = AtomicBool::new(true);
     Ok(Arc::new(move || {
         if first.swap(false, Ordering::Relaxed) {
             let _ = first_rx.recv_timeout(DESCRIBE_EVERY);
         }
+        let status = lock(&status).clone();
+        let base = base.get_or_init(|| rpc::with_status(&driver, &id, Value::Null));
         let mut body = base.clone();
-        body["status"] = lock(&status).clone();
+        body["status"] = status;
         body
     }))
 }
