@@ -456,3 +456,29 @@ pub(super) fn id_only_schema() -> Value {
 pub(super) fn object_schema(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_that_comes_while_another_asks_takes_that_answer() {
+        let cached = Cached::default();
+        let (asking_tx, asking_rx) = crossbeam_channel::bounded(0);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                cached.get(false, || {
+                    asking_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(200));
+                    1
+                })
+            });
+            asking_rx.recv().unwrap();
+            assert_eq!(cached.get(false, || 2), 1, "asked again instead of waiting for the answer in flight");
+            assert_eq!(first.join().unwrap(), 1);
+        });
+        assert_eq!(cached.get(false, || 3), 1, "fresh: not asked");
+        assert_eq!(cached.get(true, || 4), 4, "a refresh asks");
+        assert_eq!(cached.get(false, || 5), 4);
+    }
+}

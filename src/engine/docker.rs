@@ -1823,6 +1823,26 @@ mod tests {
     }
 
     #[test]
+    fn info_asks_the_version_and_the_info_together() {
+        let sock = fake::FakeEngine::socket_path();
+        let d = Docker::connect(Some(&format!("unix://{}", sock.display()))).unwrap();
+        let fake = fake::FakeEngine::start(sock, |p| match p {
+            "/version" => (200, json!({"ApiVersion": "1.43", "Version": "fake"}).to_string()),
+            _ => (200, json!({"Containers": 2, "Images": 1, "ServerVersion": "fake"}).to_string()),
+        });
+        let asked = || {
+            let mut paths = fake.take();
+            paths.sort();
+            paths
+        };
+        let info = d.info().unwrap();
+        assert_eq!((&info["api_version"], &info["containers"]), (&json!("1.43"), &json!(2)), "{info}");
+        assert_eq!(asked(), ["/v1.40/info", "/version"], "not negotiated yet: at our oldest version");
+        d.info().unwrap();
+        assert_eq!(asked(), ["/v1.43/info", "/version"], "at the version last negotiated");
+    }
+
+    #[test]
     fn values_cannot_escape_their_segment() {
         assert_eq!(encode("a/../b?c=d&e#f %"), "a%2F..%2Fb%3Fc%3Dd%26e%23f%20%25");
         assert_eq!(container("/web-1").unwrap(), "web-1");
