@@ -8,6 +8,8 @@
 #   bash bench/run.sh --quick      # under 60 s: start-up, RSS/threads, get_status p50, 10 s idle CPU;
 #                                  # exits 1 only on a > 2x regression against bench/baseline.json
 #   bash bench/run.sh --no-build   # full run, sizes of whatever binaries already exist
+#   bash bench/run.sh --quick --musl  # the quick figures of the static musl build (the deployed
+#                                  # form; built into target/bench-all if missing) instead of gnu
 #
 # Other options are passed to bench/bench.py (--rounds N, --json-out FILE, --bin PATH,
 # --only exec for the exec session figures alone).
@@ -25,11 +27,13 @@ cd "$ROOT"
 
 QUICK=0
 BUILD=1
+MUSL=0
 PASS=()
 for a in "$@"; do
     case "$a" in
         --quick) QUICK=1; PASS+=("$a") ;;
         --no-build) BUILD=0 ;;
+        --musl) MUSL=1 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) PASS+=("$a") ;;
     esac
@@ -43,7 +47,8 @@ skip() {
 
 PYVENV=${DCD_PYVENV:-$HOME/.cache/dcd-pyvenv}
 PY=$PYVENV/bin/python
-BIN=${DCD_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd}
+MUSL_BIN=$ROOT/target/bench-all/x86_64-unknown-linux-musl/release/dcd
+if [ "$MUSL" = 1 ]; then BIN=${DCD_BENCH_BIN:-$MUSL_BIN}; else BIN=${DCD_BENCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/dcd}; fi
 LOGROOT=$ROOT/target/bench/logs
 mkdir -p "$LOGROOT"
 
@@ -120,7 +125,9 @@ build_musl() {  # build_musl TARGET_DIR cargo-args...
         || { tail -n 20 "$LOGDIR/build-$(basename "$tdir").log" >&2; log "musl build in $tdir failed (size left out)"; }
 }
 
-if [ -z "${DCD_BENCH_BIN:-}" ]; then
+if [ -z "${DCD_BENCH_BIN:-}" ] && [ "$MUSL" = 1 ]; then
+    if [ ! -x "$BIN" ] || { [ "$QUICK" = 0 ] && [ "$BUILD" = 1 ]; }; then build_musl "$ROOT/target/bench-all"; fi
+elif [ -z "${DCD_BENCH_BIN:-}" ]; then
     if [ ! -x "$BIN" ] || { [ "$QUICK" = 0 ] && [ "$BUILD" = 1 ]; }; then
         log "cargo build --release"
         cargo build --release >"$LOGDIR/build-release.log" 2>&1 \

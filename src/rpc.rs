@@ -23,14 +23,14 @@ pub fn registration(driver: &Driver, device_id: &str) -> Value {
     with_status(driver, device_id, driver.status())
 }
 
-/// The registration before the engine has answered (`registration` asks it, and may wait).
-pub fn registration_pending(driver: &Driver, device_id: &str) -> Value {
-    let status = json!({"ts": crate::time::now_rfc3339(), "availability": "offline", "busy_score": 0.0,
-                        "online": true, "error_state": "the engine has not answered yet"});
-    with_status(driver, device_id, status)
+/// The registration's `status` before the engine has answered (`registration` asks it, and may wait).
+pub fn status_pending() -> Value {
+    json!({"ts": crate::time::now_rfc3339(), "availability": "offline", "busy_score": 0.0,
+           "online": true, "error_state": "the engine has not answered yet"})
 }
 
-fn with_status(driver: &Driver, device_id: &str, status: Value) -> Value {
+/// The registration params with the given `status`.
+pub fn with_status(driver: &Driver, device_id: &str, status: Value) -> Value {
     json!({
         "device_id": device_id,
         "device_ttl": 15,

@@ -25,25 +25,40 @@ use crate::view::summary;
 /// answers at all (presence), is reused before the engine is asked again.
 const INFO_TTL: Duration = Duration::from_secs(5);
 
-/// An answer of the engine, reused for `INFO_TTL`. The lock is not held
-/// while the engine is asked, so a hung engine stalls only the caller asking.
-pub(super) struct Cached<T>(Mutex<Option<(Instant, T)>>);
+/// An answer of the engine, reused for `INFO_TTL`. The answer's lock is not held while the
+/// engine is asked. One caller asks at a time: one that comes while another asks waits for that
+/// answer rather than asking again (so the first `get_status` takes the start-up prefetch's).
+/// With a hung engine, each caller still waits at most the one call in flight and its own.
+pub(super) struct Cached<T> {
+    answer: Mutex<Option<(Instant, T)>>,
+    asking: Mutex<()>,
+}
 
 impl<T> Default for Cached<T> {
     fn default() -> Self {
-        Cached(Mutex::new(None))
+        Cached { answer: Mutex::new(None), asking: Mutex::new(()) }
     }
 }
 
 impl<T: Clone> Cached<T> {
+    /// The cached answer unless it is stale or `refresh`; else a new one.
     pub(super) fn get(&self, refresh: bool, ask: impl FnOnce() -> T) -> T {
-        if let Some((at, v)) = lock(&self.0).as_ref() {
-            if !refresh && at.elapsed() < INFO_TTL {
-                return v.clone();
+        let called = Instant::now();
+        let answer = |fresh: &dyn Fn(Instant) -> bool| {
+            lock(&self.answer).as_ref().filter(|(at, _)| fresh(*at)).map(|(_, v)| v.clone())
+        };
+        if !refresh {
+            if let Some(v) = answer(&|at| at.elapsed() < INFO_TTL) {
+                return v;
             }
         }
+        let _asking = lock(&self.asking);
+        // An answer that came while this caller waited its turn is as fresh as its own would be.
+        if let Some(v) = answer(&|at| at >= called) {
+            return v;
+        }
         let v = ask();
-        *lock(&self.0) = Some((Instant::now(), v.clone()));
+        *lock(&self.answer) = Some((Instant::now(), v.clone()));
         v
     }
 }
@@ -445,4 +460,30 @@ pub(super) fn id_only_schema() -> Value {
 
 pub(super) fn object_schema(props: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": props, "required": required})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_that_comes_while_another_asks_takes_that_answer() {
+        let cached = Cached::default();
+        let (asking_tx, asking_rx) = crossbeam_channel::bounded(0);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                cached.get(false, || {
+                    asking_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(200));
+                    1
+                })
+            });
+            asking_rx.recv().unwrap();
+            assert_eq!(cached.get(false, || 2), 1, "asked again instead of waiting for the answer in flight");
+            assert_eq!(first.join().unwrap(), 1);
+        });
+        assert_eq!(cached.get(false, || 3), 1, "fresh: not asked");
+        assert_eq!(cached.get(true, || 4), 4, "a refresh asks");
+        assert_eq!(cached.get(false, || 5), 4);
+    }
 }

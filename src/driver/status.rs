@@ -49,6 +49,12 @@ impl Driver {
         }
     }
 
+    /// Ask the engine now for what `get_status` reports (at start-up, so that the first caller
+    /// does not wait for the engine's slowest calls; one that comes meanwhile waits for this).
+    pub fn prefetch_info(&self) {
+        let _ = self.cached_info(false);
+    }
+
     fn cached_info(&self, refresh: bool) -> std::result::Result<Value, EngineError> {
         self.info.get(refresh, || {
             self.engine.info().map(|mut v| {
