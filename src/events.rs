@@ -255,7 +255,8 @@ mod tests {
         let stop = AtomicBool::new(true);
         let t = Instant::now();
         assert!(!events.emit_line(json!({"line": "4"}), &stop));
-        assert!(t.elapsed() < Duration::from_millis(100), "a stopped follow does not wait");
+        // One slice at most, not LOG_WAIT; the margin is for a loaded machine.
+        assert!(t.elapsed() < LOG_WAIT / 2, "a stopped follow does not wait for room");
         assert_eq!(events.dropped.load(Ordering::Relaxed), 2);
     }
 }
