@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use crate::driver::Driver;
+use crate::heap;
 use crate::mesh::{Describe, Inbound, Publish};
 use crate::rpc::{self, Broadcast};
 use crate::sync::lock;
 
 /// How often what the transport announces is brought up to date.
 const DESCRIBE_EVERY: Duration = Duration::from_secs(1);
+/// A worker that served calls and then none for this long gives free memory back.
+const QUIET: Duration = Duration::from_secs(2);
 /// Broadcasts held for a later `fire_at` at once; more are not answered.
 const SCHEDULED_MAX: usize = 1024;
 
@@ -118,6 +121,8 @@ struct Worker {
 
 impl Worker {
     fn run(&self) {
+        // Whether this worker served anything since it last gave memory back.
+        let mut served = false;
         loop {
             select! {
                 recv(self.inbound) -> msg => {
@@ -127,11 +132,17 @@ impl Worker {
                     if !more {
                         return;
                     }
+                    served = true;
                 }
                 recv(self.due) -> b => if let Ok(b) = b {
                     self.busy.set(self.index, true);
                     self.fire(b);
                     self.busy.set(self.index, false);
+                    served = true;
+                },
+                // A burst of calls leaves free memory that the allocator would keep (src/heap.rs).
+                default(QUIET) => if std::mem::take(&mut served) {
+                    heap::give_back();
                 },
             }
         }
