@@ -478,7 +478,10 @@ fn soak_request(n: u64, caller: usize, step: u64, mix: &Mix) -> (&'static str, V
         15 => ("list_images", json!({})),
         16 => (
             "compose_up",
-            json!({"spec": {"compose_yaml": format!("services: {{app: {{image: {image}, command: [sleep, '3600']}}}}"), "project": project}}),
+            // `init`: sleep, not PID 1, dies at the SIGTERM of compose_down. As PID 1 it ignored it and
+            // each down waited the 10 s stop timeout: the callers' 8 final downs on 4 workers then
+            // outlasted their 15 s timeout (a late reply, seen as lost).
+            json!({"spec": {"compose_yaml": format!("services: {{app: {{image: {image}, init: true, command: [sleep, '3600']}}}}"), "project": project}}),
         ),
         17 => ("list_managed_containers", json!({})),
         18 => ("compose_down", json!({"project": project})),
