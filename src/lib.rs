@@ -3,7 +3,7 @@
 //! The binary (`main.rs`) wires threads together; everything it wires lives
 //! here, one module per concern, in one-way layers (README, "Design"):
 //!
-//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`, `signals`: import nothing of ours;
+//! 1. `time`, `ids`, `labels`, `encoding`, `sync`, `error`, `notify`, `signals`, `heap`: import nothing of ours;
 //! 2. `engine`, `policy`, `events`;
 //! 3. `spec`, `compose`, `logs`, `view`, `sessions`, `state`, `jobs`;
 //! 4. `driver`: the function table;
@@ -21,6 +21,7 @@ pub mod encoding;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod heap;
 pub mod ids;
 pub mod jobs;
 pub mod labels;

@@ -77,7 +77,8 @@ fn init_logging() {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
-    // First: no other thread may exist yet (see `mesh::prepare`).
+    // First: no other thread may exist yet (see `mesh::prepare` and `heap::limit_arenas`).
+    dcd::heap::limit_arenas();
     let transport = mesh::prepare(cfg.mesh.clone()).map_err(|e| e.to_string())?;
     let signals = signals::block(&[libc::SIGTERM, libc::SIGINT]);
     let engine: Arc<dyn Engine> = if cfg.simulate {

@@ -13,12 +13,15 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::Value;
 
 use crate::driver::Driver;
+use crate::heap;
 use crate::mesh::{Describe, Inbound, Publish};
 use crate::rpc::{self, Broadcast};
 use crate::sync::lock;
 
 /// How often what the transport announces is brought up to date.
 const DESCRIBE_EVERY: Duration = Duration::from_secs(1);
+/// A worker that served calls and then none for this long gives free memory back.
+const QUIET: Duration = Duration::from_secs(2);
 /// Broadcasts held for a later `fire_at` at once; more are not answered. The two channels
 /// carry them boxed: a channel writes all its slots when it is made, so each is resident at
 /// `SCHEDULED_MAX` times its item (112 and 96 KiB with a `Broadcast` inline, 32 and 16 boxed).
@@ -121,6 +124,8 @@ struct Worker {
 
 impl Worker {
     fn run(&self) {
+        // Whether this worker served anything since it last gave memory back.
+        let mut served = false;
         loop {
             select! {
                 recv(self.inbound) -> msg => {
@@ -130,11 +135,17 @@ impl Worker {
                     if !more {
                         return;
                     }
+                    served = true;
                 }
                 recv(self.due) -> b => if let Ok(b) = b {
                     self.busy.set(self.index, true);
                     self.fire(*b);
                     self.busy.set(self.index, false);
+                    served = true;
+                },
+                // A burst of calls leaves free memory that the allocator would keep (src/heap.rs).
+                default(QUIET) => if std::mem::take(&mut served) {
+                    heap::give_back();
                 },
             }
         }

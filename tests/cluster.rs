@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::client::{Client, WAIT};
-use common::{dcd, free_port, nats_server, script, Cleanup, Proc, READY};
+use common::{dcd, free_port, nats_server, rpc_request, script, subject, threads_and_rss, Cleanup, Nats, Proc, READY};
 
 /// How long a device may take to be back on another server (issue #16).
 const FAILOVER: Duration = Duration::from_secs(5);
@@ -200,6 +200,56 @@ fn nats_device_fails_over_to_another_member() {
     client.heartbeat(&id);
     common::docker(&["start", &sleeper]);
     client.transition(&cid, "exited", "running");
+}
+
+/// Bench, not CI (bash bench/soak.sh; issue 20): the member a device is on is killed ten times,
+/// and started again after each kill. The device lists all three members; a caller on another
+/// member times how long until it answers again.
+#[test]
+#[ignore = "bench: bash bench/soak.sh"]
+fn nats_member_killed_ten_times() {
+    if !common::nats_installed() {
+        return;
+    }
+    const KILLS: usize = 10;
+    let mut hub = Hub::start("kills");
+    let (tenant, id) = (common::unique("kills"), "dcd-kills".to_string());
+    let device = dcd(None, &id, &tenant, &["--sim"], &nats_env(&hub.urls(), &tenant));
+    device.expect_line(READY, WAIT);
+    let cmd = subject(&tenant, &id, "cmd");
+    let (mut took, mut first) = (Vec::new(), None);
+    for kill in 1..=KILLS {
+        let on = hub.serving_dcd();
+        let via = (on + 1) % 3;
+        let mut caller = Nats::connect(hub.members[via].port).expect("connect to a surviving member");
+        let down = Instant::now();
+        hub.members[on].kill();
+        loop {
+            assert!(down.elapsed() < WAIT, "kill {kill}: no answer through hub-{via} within {WAIT:?}");
+            let (rid, payload) = rpc_request("get_status", json!({}));
+            let reply = caller.request(&cmd, &payload, Duration::from_millis(100)).expect("the caller's member");
+            let answered = reply.and_then(|r| serde_json::from_slice::<Value>(&r).ok());
+            if answered.is_some_and(|v| v["id"] == rid.as_str() && v.get("result").is_some()) {
+                break;
+            }
+        }
+        took.push(down.elapsed());
+        eprintln!("KILL {kill}: hub-{on} killed, answering through hub-{via} after {:?}", took[kill - 1]);
+        hub.members[on].start();
+        hub.wait_linked();
+        if kill == 1 {
+            first = Some(threads_and_rss(device.pid()));
+        }
+    }
+    let ((threads0, rss0), (threads, rss)) = (first.unwrap(), threads_and_rss(device.pid()));
+    let mean = took.iter().sum::<Duration>() / KILLS as u32;
+    eprintln!(
+        "KILL {KILLS} member kills: answering again after {mean:?} on average, {:?} at best, {:?} at worst; \
+         threads {threads0} -> {threads}, RSS {rss0} -> {rss} KiB",
+        took.iter().min().unwrap(),
+        took.iter().max().unwrap()
+    );
+    assert!(threads <= threads0 + 2, "threads grew from {threads0} to {threads}");
 }
 
 /// A device behind the leaf node is reached from a client on the hub, before and after the leaf
