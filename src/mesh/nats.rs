@@ -31,6 +31,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(8);
 
 /// How long the farewell and queued messages get to reach the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the echo that says the subscriptions are in place may take ("mesh ready").
+const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client PINGs the server after this long without hearing from it, and
 /// drops the connection at the third PING unanswered: a link that died without
 /// a FIN (a radio gone, a NAT entry expired) is noticed within 3 × this, not
@@ -332,10 +334,9 @@ async fn serve(
             Some(Msg::Up) => {
                 last_note.clear();
                 core.connected(now);
-                // Subscriptions were sent before this flush, so its PONG means they are in place.
                 let (client, tx) = (client.clone(), tx.clone());
                 tokio::spawn(async move {
-                    if client.flush().await.is_ok() {
+                    if echoed(&client).await {
                         let _ = tx.send(Msg::Ready);
                     }
                 });
@@ -444,6 +445,22 @@ impl Unconfirmed {
         self.done += self.events.len() as u64;
         std::mem::take(&mut self.events).into_iter()
     }
+}
+
+/// Whether the server has taken every subscription made so far: it takes a connection's
+/// commands in order, so a message to an inbox of our own, sent after them, comes back only
+/// after they are in place. (async-nats' `flush` only writes them to the socket: a request from
+/// another connection could still reach the server first and find no subscriber.)
+async fn echoed(client: &Client) -> bool {
+    let inbox = Subject::from(client.new_inbox());
+    let Ok(mut echo) = client.subscribe(inbox.clone()).await else { return false };
+    if client.publish(inbox, Vec::new().into()).await.is_err() {
+        return false;
+    }
+    let back = poll_fn(|cx| Pin::new(&mut echo).poll_next(cx));
+    let came = matches!(tokio::time::timeout(ECHO_TIMEOUT, back).await, Ok(Some(_)));
+    let _ = echo.unsubscribe().await;
+    came
 }
 
 async fn send(client: &Client, tx: &UnboundedSender<Msg>, out: Out) {
