@@ -159,9 +159,16 @@ fn slow_pull_is_pending_reports_progress_and_is_joined() {
     let t = Instant::now();
     let id = pending_id(&rig.ok("pull_image", json!({"image": image, "wait": WAIT})));
     assert!(t.elapsed() < Duration::from_secs(26), "pending took {:?}", t.elapsed());
-    let advertised = rig.discover(&format!("device({})", rig.id));
-    for name in ["job_progress", "job_finished", "get_job", "list_jobs", "cancel_job"] {
-        assert!(advertised.to_string().contains(name), "{name} is not advertised: {advertised}");
+    // Through the agent tools' own selectors: a function, then an event, of this device.
+    for (scope, name) in [
+        ("function", "get_job"),
+        ("function", "list_jobs"),
+        ("function", "cancel_job"),
+        ("event", "job_progress"),
+        ("event", "job_finished"),
+    ] {
+        let found = rig.discover(&format!("device({}).{scope}({name})", rig.id));
+        assert_eq!(found["results"][0]["name"], name, "{scope} {name} is not advertised: {found}");
     }
     let again = rig.ok("pull_image", json!({"image": image, "wait": 0}));
     assert_eq!(pending_id(&again), id, "a second pull of the same reference joins the first");
