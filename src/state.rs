@@ -6,6 +6,10 @@
 //! lists all containers only while the event stream is down and once after
 //! every reconnect, so nothing changes silently.
 //!
+//! Each container's state carries the time of the news that told it, and older
+//! news never overrides newer: a list taken while the stream is up first waits
+//! for the stream to pass it, so the events it raced come first, in order.
+//!
 //! It also keeps the `View` the reads answer from: an inspect of a container
 //! whenever an event concerns it (network `connect` and `disconnect` too),
 //! and a full list and inspect after every reconnect, before it is served.
@@ -43,6 +47,12 @@ const OVERLAP_NANOS: i64 = 1_000_000_000;
 /// replayed event is never older than the list it follows.
 const SETTLE: Duration = Duration::from_millis(100);
 const SETTLE_MAX: Duration = Duration::from_secs(1);
+/// How long a list taken while the stream is up waits for the stream to pass
+/// it before its differences are reported. Podman's stream trails its event
+/// log (by 40 to 220 ms, measured), so a list can show a container running
+/// whose `create` and `start` have not arrived yet; reported at once, the list
+/// would say "running" first and the late events would then undo it.
+const TRAIL: Duration = Duration::from_secs(1);
 /// How long `State::baseline` waits for the baseline list. An engine that is
 /// down fails at once; only a hung one makes startup wait this long.
 const BASELINE_WAIT: Duration = Duration::from_secs(3);
@@ -89,6 +99,18 @@ struct Known {
     name: String,
     image: String,
     state: String,
+    /// When what told us `state` happened (Unix nanoseconds): an event's time,
+    /// or the start of the list that showed it. Older news never overrides it.
+    at: i64,
+}
+
+/// A list taken while the stream is up, held until the stream has passed it.
+struct Listed {
+    /// When the list was asked for (Unix nanoseconds).
+    taken: i64,
+    /// When it is reported even if no event has passed it.
+    due: Instant,
+    containers: Vec<(String, Known)>,
 }
 
 /// Which engine events go out as `engine_event`.
@@ -218,6 +240,8 @@ struct Owner {
     seeded: bool,
     /// When the reconcile after a replaying reconnect is due, and its latest time.
     settle: Option<(Instant, Instant)>,
+    /// The last list, while it waits for the stream to pass it.
+    pending: Option<Listed>,
     /// When the last successful list started (Unix nanoseconds): what happened
     /// before it needs no replay.
     reconciled: Arc<AtomicI64>,
@@ -241,6 +265,7 @@ impl Owner {
             stream_up: false,
             seeded: false,
             settle: None,
+            pending: None,
             reconciled,
         }
     }
@@ -250,7 +275,10 @@ impl Owner {
         loop {
             // Poll only while the event stream cannot be trusted to tell us.
             let polling = poll.filter(|_| !self.stream_up || !self.seeded);
-            let due = [polling.map(|_| next_poll), self.settle.map(|(at, _)| at)].into_iter().flatten().min();
+            let due = [polling.map(|_| next_poll), self.settle.map(|(at, _)| at), self.pending.as_ref().map(|l| l.due)]
+                .into_iter()
+                .flatten()
+                .min();
             let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
             select! {
                 recv(rx) -> m => match m {
@@ -283,12 +311,17 @@ impl Owner {
                     Ok(Msg::Disconnected) => {
                         self.stream_up = false;
                         self.view.set_current(false);
+                        // The stream will not pass it now.
+                        self.report_pending();
                     }
                     Err(_) => return,
                 },
                 recv(stop) -> _ => return,
                 default(wait) => {
                     let now = Instant::now();
+                    if self.pending.as_ref().is_some_and(|l| l.due <= now) {
+                        self.report_pending();
+                    }
                     // A rebuild due after a failed inspect waits for the stream
                     // to come back if it broke meanwhile (the reconnect rebuilds).
                     if self.settle.is_some_and(|(at, _)| at <= now) {
@@ -306,16 +339,22 @@ impl Owner {
         }
     }
 
-    /// Record `state` for `id` and emit the transition, if it is one.
-    fn set(&mut self, id: &str, name: &str, image: &str, state: &str) {
+    /// Record `state` for `id`, as of `at`, and emit the transition, if it is
+    /// one. News older than what we hold of `id` is dropped: the newer news
+    /// already counted it.
+    fn set(&mut self, id: &str, name: &str, image: &str, state: &str, at: i64) {
         let id = short_id(id).to_string();
         if self.gone.contains(&id) {
             return;
         }
-        let previous = self.known.get(&id).map(|k| k.state.clone());
-        if previous.as_deref() == Some(state) {
-            return;
-        }
+        let previous = match self.known.get_mut(&id) {
+            Some(k) if at < k.at => return,
+            Some(k) if k.state == state => {
+                k.at = at;
+                return;
+            }
+            k => k.map(|k| k.state.clone()),
+        };
         if state == REMOVED {
             if previous.is_none() {
                 return;
@@ -323,7 +362,7 @@ impl Owner {
             self.known.remove(&id);
             self.gone.insert(id.clone());
         } else {
-            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into() });
+            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into(), at });
         }
         self.events.emit(
             STATE_CHANGED,
@@ -334,11 +373,15 @@ impl Owner {
 
     fn observed(&mut self, s: &Seen) {
         if !s.id.is_empty() {
-            self.set(&s.id, &s.name, &s.image, &s.state);
+            self.set(&s.id, &s.name, &s.image, &s.state, now_nanos());
         }
     }
 
     fn engine_event(&mut self, e: &Value) {
+        // An event from after the pending list: the stream has passed it.
+        if self.pending.as_ref().is_some_and(|l| event_time(e) >= l.taken) {
+            self.report_pending();
+        }
         let action = e["Action"].as_str().or(e["status"].as_str()).unwrap_or_default();
         if e["Type"] == "network" {
             // A container joined or left a network: its addresses changed.
@@ -380,7 +423,7 @@ impl Owner {
             attrs[key].as_str().map(String::from).or_else(|| known.map(|k| of(k).clone())).unwrap_or_default()
         };
         let (name, image) = (pick("name", |k| &k.name), pick("image", |k| &k.image));
-        self.set(&short, &name, &image, state);
+        self.set(&short, &name, &image, state, event_time(e));
     }
 
     /// Pass an engine event on as it came (without waiting: a flood of them
@@ -435,25 +478,26 @@ impl Owner {
             }
         };
         self.reconciled.store(started, Ordering::Relaxed);
-        let first = !self.seeded;
-        self.seeded = true;
-        let mut seen = HashSet::new();
-        for c in &list {
-            let id = short_id(c["Id"].as_str().unwrap_or_default()).to_string();
-            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
-            let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
-            seen.insert(id.clone());
-            if first {
-                // What exists at start-up is the baseline, not news.
-                self.known.insert(id, Known { name, image, state });
-            } else {
-                self.set(&id, &name, &image, &state);
-            }
-        }
-        let vanished: Vec<(String, Known)> =
-            self.known.iter().filter(|(id, _)| !seen.contains(*id)).map(|(i, k)| (i.clone(), k.clone())).collect();
-        for (id, k) in vanished {
-            self.set(&id, &k.name, &k.image, REMOVED);
+        let containers: Vec<(String, Known)> = list
+            .iter()
+            .map(|c| {
+                let id = short_id(c["Id"].as_str().unwrap_or_default()).to_string();
+                let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
+                let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
+                (id, Known { name, image, state, at: started })
+            })
+            .collect();
+        let seen: HashSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
+        let listed = Listed { taken: started, due: Instant::now() + TRAIL, containers };
+        if !self.seeded {
+            // What exists at start-up is the baseline, not news.
+            self.seeded = true;
+            self.known = listed.containers.into_iter().collect();
+        } else if self.stream_up {
+            // A newer list stands for an older one still waiting.
+            self.pending = Some(listed);
+        } else {
+            self.report(listed);
         }
         if self.stream_up {
             for c in &list {
@@ -465,6 +509,31 @@ impl Owner {
             self.view.set_current(true);
         }
     }
+
+    fn report_pending(&mut self) {
+        if let Some(listed) = self.pending.take() {
+            self.report(listed);
+        }
+    }
+
+    /// Emit whatever `listed` shows that differs from what we know, unless
+    /// newer news of it came meanwhile.
+    fn report(&mut self, listed: Listed) {
+        let seen: HashSet<&String> = listed.containers.iter().map(|(id, _)| id).collect();
+        let vanished: Vec<(String, Known)> =
+            self.known.iter().filter(|(id, _)| !seen.contains(id)).map(|(i, k)| (i.clone(), k.clone())).collect();
+        for (id, k) in &listed.containers {
+            self.set(id, &k.name, &k.image, &k.state, listed.taken);
+        }
+        for (id, k) in vanished {
+            self.set(&id, &k.name, &k.image, REMOVED, listed.taken);
+        }
+    }
+}
+
+/// An engine event's time (Unix nanoseconds), or now for one that has none.
+fn event_time(e: &Value) -> i64 {
+    e["timeNano"].as_i64().unwrap_or_else(now_nanos)
 }
 
 fn str_of(v: &Value) -> String {
@@ -738,6 +807,40 @@ mod tests {
         );
         owner.reconcile();
         assert_eq!(changes(&rx), Vec::<String>::new(), "reported once");
+    }
+
+    /// A list taken while the stream trails the engine (as Podman's does) waits for the stream:
+    /// the events from before it come first, in order, and what it shows is only reported when
+    /// no newer news came. Stale events after it change nothing.
+    #[test]
+    fn a_list_waits_for_the_stream_it_raced() {
+        let sim = Arc::new(Sim::new());
+        run(&*sim, "old");
+        let (mut owner, rx) = owner(sim.clone());
+        owner.reconcile();
+        owner.stream_up = true;
+        let before = now_nanos();
+        let id = run(&*sim, "new");
+        sim.stop_container("old", 0).unwrap();
+        owner.reconcile();
+        assert_eq!(changes(&rx), Vec::<String>::new(), "the list waits");
+        owner.engine_event(&event(&id, "create", "new", before + 1));
+        owner.engine_event(&event(&id, "start", "new", before + 2));
+        assert_eq!(changes(&rx), ["new:null>created", "new:created>running"]);
+        // An event from after the list: the stream has passed it, and "old" was stopped unseen.
+        let after = now_nanos() + 1;
+        owner.engine_event(&event("cccccccccccc", "create", "later", after));
+        assert_eq!(changes(&rx), ["old:running>exited", "later:null>created"]);
+        owner.engine_event(&event(&id, "die", "new", before + 3));
+        assert_eq!(changes(&rx), Vec::<String>::new(), "older than the list that showed it running");
+
+        // Without an event to pass it, the list is reported when the stream breaks, or when due.
+        sim.stop_container(&id, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        owner.reconcile();
+        owner.report_pending();
+        assert_eq!(changes(&rx), ["new:running>exited", "later:created>removed"]);
+        assert!(owner.pending.is_none());
     }
 
     /// The next state change within 5 s.

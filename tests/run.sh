@@ -63,14 +63,9 @@ fi
 # board does): all of them on rootful Podman, and on rootless a set that provisions, starts,
 # stops, follows logs, execs (once and in a session), pulls as a job with progress, brings a
 # compose project up and down, and hears state events.
-# Left out, an open bug (issue 19's note): on Podman the first event stream connects later than
-# the first answered call, and Podman's stream trails its log, so a container made right after
-# start-up is first seen by the reconcile and its older create/start events then arrive after it
-# ("null>running", then "running>created"). These two tests make containers at once and see it.
 step "cargo test on rootful Podman"
 DCD_TEST_ENGINE=podman cargo test --test engine_real --test driver --test events --test fleet \
-    --test compose --test exec_session --test jobs -- --test-threads=2 \
-    --skip mesh_engine_side_changes_arrive --skip mesh_fast_flips_arrive_in_order
+    --test compose --test exec_session --test jobs -- --test-threads=2
 
 step "cargo test on rootless Podman"
 DCD_TEST_ENGINE=podman-rootless cargo test --test engine_real --test driver --test compose \

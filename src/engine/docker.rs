@@ -614,7 +614,12 @@ impl Engine for Docker {
                 self.send_to(&self.agent, Method::GET, &path, None, None, Some(INFO_TIMEOUT))
                     .and_then(|resp| self.read_json(resp))
             });
-            let negotiated = self.negotiate();
+            // Under the lock: the calls that find no facts meanwhile (the state thread's first
+            // list, at start-up) take these rather than ask the engine a second time.
+            let negotiated = {
+                let _one = lock(&self.negotiating);
+                self.negotiate()
+            };
             (negotiated, info.join())
         });
         let (facts, version) = negotiated?;
@@ -1036,8 +1041,6 @@ fn run(
     agent.run(req)
 }
 
-/// `podman`: a stream's headers may wait for its first data, so only a call
-/// with a `timeout` waits for them with a deadline of its own.
 /// A response with a non-success status as the error it stands for. 304
 /// counts as success: it is start/stop's "already started/stopped".
 fn checked(mut resp: Response<Body>, path: &str) -> Result<Response<Body>> {
@@ -1107,6 +1110,8 @@ impl Read for Headerless {
     }
 }
 
+/// `podman`: a stream's headers may wait for its first data, so only a call
+/// with a `timeout` waits for them with a deadline of its own.
 fn new_agent(target: &Target, timeout: Option<Duration>, podman: bool) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
