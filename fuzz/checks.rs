@@ -292,15 +292,7 @@ pub fn compose(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let vars = HashMap::from([("FUZZ".to_string(), "v".to_string())]);
     let Ok(doc) = file::parse_yaml(text, &vars, Origin::Inline) else { return };
-    let cx = Context {
-        origin: Origin::Inline,
-        dir: None,
-        variables: &vars,
-        profiles: &[],
-        project: None,
-        default_name: "fuzz",
-    };
-    let Ok(p) = file::project(doc, &cx) else { return };
+    let Ok(p) = file::project(doc, &Context::inline(&vars, "fuzz")) else { return };
     let all: Vec<String> = p.services.keys().cloned().collect();
     if let Ok(order) = file::order(&p, &all) {
         assert_eq!(order.len(), all.len(), "each service once: {order:?} of {all:?}");

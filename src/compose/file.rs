@@ -454,6 +454,13 @@ pub struct Context<'a> {
     pub default_name: &'a str,
 }
 
+impl<'a> Context<'a> {
+    /// A file given inline, with no profiles and no project name asked for.
+    pub fn inline(variables: &'a HashMap<String, String>, default_name: &'a str) -> Context<'a> {
+        Context { origin: Origin::Inline, dir: None, variables, profiles: &[], project: None, default_name }
+    }
+}
+
 /// Parse YAML text into a JSON value within our budgets (see `yaml`),
 /// interpolating `${VAR}` forms from `variables` only.
 pub fn parse_yaml(text: &str, variables: &HashMap<String, String>, origin: Origin) -> Result<Value> {
@@ -920,16 +927,7 @@ mod tests {
     }
 
     fn load(yaml: &str, v: &HashMap<String, String>) -> Result<Project> {
-        let doc = parse_yaml(yaml, v, Origin::Inline)?;
-        let cx = Context {
-            origin: Origin::Inline,
-            dir: None,
-            variables: v,
-            profiles: &[],
-            project: None,
-            default_name: "p",
-        };
-        project(doc, &cx)
+        project(parse_yaml(yaml, v, Origin::Inline)?, &Context::inline(v, "p"))
     }
 
     #[test]
@@ -959,15 +957,8 @@ mod tests {
         assert_eq!(p.services.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(p.services["a"].restart.as_deref(), Some("always"));
         let doc = parse_yaml(yaml, &HashMap::new(), Origin::Inline).unwrap();
-        let debug = ["debug".to_string()];
-        let cx = Context {
-            origin: Origin::Inline,
-            dir: None,
-            variables: &HashMap::new(),
-            profiles: &debug,
-            project: None,
-            default_name: "p",
-        };
+        let (debug, vars) = (["debug".to_string()], HashMap::new());
+        let cx = Context { profiles: &debug, ..Context::inline(&vars, "p") };
         assert_eq!(project(doc, &cx).unwrap().services.len(), 2);
     }
 
@@ -1018,14 +1009,8 @@ mod tests {
         let e = parse_yaml("a: 1\nsecret: 1\nsecret: 2\n", &HashMap::new(), Origin::Host).unwrap_err();
         assert_eq!(e, "compose file: duplicate key \"…\" at line 3 column 1");
         let doc = parse_yaml("\"root:$6$secret::\"\n", &HashMap::new(), Origin::Host).unwrap();
-        let cx = Context {
-            origin: Origin::Host,
-            dir: None,
-            variables: &HashMap::new(),
-            profiles: &[],
-            project: None,
-            default_name: "p",
-        };
+        let vars = HashMap::new();
+        let cx = Context { origin: Origin::Host, ..Context::inline(&vars, "p") };
         let e = project(doc, &cx).unwrap_err();
         assert!(!e.contains("secret"), "{e}");
         let doc =

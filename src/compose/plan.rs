@@ -430,16 +430,7 @@ mod tests {
 
     fn planned(yaml: &str) -> Result<Plan> {
         let vars = HashMap::new();
-        let doc = parse_yaml(yaml, &vars, Origin::Inline)?;
-        let cx = Context {
-            origin: Origin::Inline,
-            dir: None,
-            variables: &vars,
-            profiles: &[],
-            project: None,
-            default_name: "proj",
-        };
-        let p = project(doc, &cx)?;
+        let p = project(parse_yaml(yaml, &vars, Origin::Inline)?, &Context::inline(&vars, "proj"))?;
         plan(&p, &Where { dir: None, working_dir: "/dcd/compose/proj", config_files: "compose.yaml" })
     }
 

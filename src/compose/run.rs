@@ -44,12 +44,9 @@ fn load(policy: &Policy, spec: &ComposeSpec) -> Result<Loaded> {
         let doc = file::parse_yaml(yaml, &spec.environment, Origin::Inline).map_err(compose)?;
         let default_name = format!("dcd-{}", &plan::fnv_hex(yaml)[..12]);
         let cx = Context {
-            origin: Origin::Inline,
-            dir: None,
-            variables: &spec.environment,
             profiles: &spec.profiles,
             project: spec.project.as_deref(),
-            default_name: &default_name,
+            ..Context::inline(&spec.environment, &default_name)
         };
         let project = file::project(doc, &cx).map_err(compose)?;
         let working_dir = format!("{INLINE_DIR}/{}", project.name);
