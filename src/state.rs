@@ -6,9 +6,9 @@
 //! lists all containers only while the event stream is down and once after
 //! every reconnect, so nothing changes silently.
 //!
-//! Each container's state carries the time of the news that told it, and older
-//! news never overrides newer: a list taken while the stream is up first waits
-//! for the stream to pass it, so the events it raced come first, in order.
+//! While the stream is up it is the one source for every container it speaks
+//! of: a list taken then waits for the stream to pass it, so the events it
+//! raced come first, in order, and it reports only what the stream left out.
 //!
 //! It also keeps the `View` the reads answer from: an inspect of a container
 //! whenever an event concerns it (network `connect` and `disconnect` too),
@@ -99,9 +99,6 @@ struct Known {
     name: String,
     image: String,
     state: String,
-    /// When what told us `state` happened (Unix nanoseconds): an event's time,
-    /// or the start of the list that showed it. Older news never overrides it.
-    at: i64,
 }
 
 /// A list taken while the stream is up, held until the stream has passed it.
@@ -111,6 +108,9 @@ struct Listed {
     /// When it is reported even if no event has passed it.
     due: Instant,
     containers: Vec<(String, Known)>,
+    /// The containers the stream spoke of meanwhile: what it said is newer
+    /// than the list, or will be followed by what is.
+    heard: HashSet<String>,
 }
 
 /// Which engine events go out as `engine_event`.
@@ -339,22 +339,16 @@ impl Owner {
         }
     }
 
-    /// Record `state` for `id`, as of `at`, and emit the transition, if it is
-    /// one. News older than what we hold of `id` is dropped: the newer news
-    /// already counted it.
-    fn set(&mut self, id: &str, name: &str, image: &str, state: &str, at: i64) {
+    /// Record `state` for `id` and emit the transition, if it is one.
+    fn set(&mut self, id: &str, name: &str, image: &str, state: &str) {
         let id = short_id(id).to_string();
         if self.gone.contains(&id) {
             return;
         }
-        let previous = match self.known.get_mut(&id) {
-            Some(k) if at < k.at => return,
-            Some(k) if k.state == state => {
-                k.at = at;
-                return;
-            }
-            k => k.map(|k| k.state.clone()),
-        };
+        let previous = self.known.get(&id).map(|k| k.state.clone());
+        if previous.as_deref() == Some(state) {
+            return;
+        }
         if state == REMOVED {
             if previous.is_none() {
                 return;
@@ -362,7 +356,7 @@ impl Owner {
             self.known.remove(&id);
             self.gone.insert(id.clone());
         } else {
-            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into(), at });
+            self.known.insert(id.clone(), Known { name: name.into(), image: image.into(), state: state.into() });
         }
         self.events.emit(
             STATE_CHANGED,
@@ -373,7 +367,7 @@ impl Owner {
 
     fn observed(&mut self, s: &Seen) {
         if !s.id.is_empty() {
-            self.set(&s.id, &s.name, &s.image, &s.state, now_nanos());
+            self.set(&s.id, &s.name, &s.image, &s.state);
         }
     }
 
@@ -417,13 +411,16 @@ impl Owner {
             _ => return,
         };
         let short = short_id(id).to_string();
+        if let Some(listed) = &mut self.pending {
+            listed.heard.insert(short.clone());
+        }
         let known = self.known.get(&short);
         let attrs = &e["Actor"]["Attributes"];
         let pick = |key: &str, of: fn(&Known) -> &String| {
             attrs[key].as_str().map(String::from).or_else(|| known.map(|k| of(k).clone())).unwrap_or_default()
         };
         let (name, image) = (pick("name", |k| &k.name), pick("image", |k| &k.image));
-        self.set(&short, &name, &image, state, event_time(e));
+        self.set(&short, &name, &image, state);
     }
 
     /// Pass an engine event on as it came (without waiting: a flood of them
@@ -484,11 +481,11 @@ impl Owner {
                 let id = short_id(c["Id"].as_str().unwrap_or_default()).to_string();
                 let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
                 let (image, state) = (str_of(&c["Image"]), str_of(&c["State"]));
-                (id, Known { name, image, state, at: started })
+                (id, Known { name, image, state })
             })
             .collect();
         let seen: HashSet<String> = containers.iter().map(|(id, _)| id.clone()).collect();
-        let listed = Listed { taken: started, due: Instant::now() + TRAIL, containers };
+        let listed = Listed { taken: started, due: Instant::now() + TRAIL, containers, heard: HashSet::new() };
         if !self.seeded {
             // What exists at start-up is the baseline, not news.
             self.seeded = true;
@@ -516,22 +513,27 @@ impl Owner {
         }
     }
 
-    /// Emit whatever `listed` shows that differs from what we know, unless
-    /// newer news of it came meanwhile.
+    /// Emit whatever `listed` shows that differs from what we know, but of
+    /// the containers the stream spoke of since.
     fn report(&mut self, listed: Listed) {
         let seen: HashSet<&String> = listed.containers.iter().map(|(id, _)| id).collect();
-        let vanished: Vec<(String, Known)> =
-            self.known.iter().filter(|(id, _)| !seen.contains(id)).map(|(i, k)| (i.clone(), k.clone())).collect();
-        for (id, k) in &listed.containers {
-            self.set(id, &k.name, &k.image, &k.state, listed.taken);
+        let vanished: Vec<(String, Known)> = (self.known.iter())
+            .filter(|(id, _)| !seen.contains(id) && !listed.heard.contains(*id))
+            .map(|(i, k)| (i.clone(), k.clone()))
+            .collect();
+        for (id, k) in listed.containers.iter().filter(|(id, _)| !listed.heard.contains(id)) {
+            self.set(id, &k.name, &k.image, &k.state);
         }
         for (id, k) in vanished {
-            self.set(&id, &k.name, &k.image, REMOVED, listed.taken);
+            self.set(&id, &k.name, &k.image, REMOVED);
         }
     }
 }
 
 /// An engine event's time (Unix nanoseconds), or now for one that has none.
+/// Compared with our own clock only to tell whether the stream has passed a
+/// list: an engine whose clock is behind makes the list wait its `TRAIL`, one
+/// ahead makes it report at once, as it did before it waited.
 fn event_time(e: &Value) -> i64 {
     e["timeNano"].as_i64().unwrap_or_else(now_nanos)
 }
@@ -810,8 +812,8 @@ mod tests {
     }
 
     /// A list taken while the stream trails the engine (as Podman's does) waits for the stream:
-    /// the events from before it come first, in order, and what it shows is only reported when
-    /// no newer news came. Stale events after it change nothing.
+    /// the events from before it come first, in order, and it reports only what the stream did
+    /// not speak of meanwhile.
     #[test]
     fn a_list_waits_for_the_stream_it_raced() {
         let sim = Arc::new(Sim::new());
@@ -828,19 +830,20 @@ mod tests {
         owner.engine_event(&event(&id, "start", "new", before + 2));
         assert_eq!(changes(&rx), ["new:null>created", "new:created>running"]);
         // An event from after the list: the stream has passed it, and "old" was stopped unseen.
-        let after = now_nanos() + 1;
-        owner.engine_event(&event("cccccccccccc", "create", "later", after));
+        owner.engine_event(&event("cccccccccccc", "create", "later", now_nanos() + 1));
         assert_eq!(changes(&rx), ["old:running>exited", "later:null>created"]);
-        owner.engine_event(&event(&id, "die", "new", before + 3));
-        assert_eq!(changes(&rx), Vec::<String>::new(), "older than the list that showed it running");
-
-        // Without an event to pass it, the list is reported when the stream breaks, or when due.
-        sim.stop_container(&id, 0).unwrap();
-        std::thread::sleep(Duration::from_millis(2));
-        owner.reconcile();
-        owner.report_pending();
-        assert_eq!(changes(&rx), ["new:running>exited", "later:created>removed"]);
         assert!(owner.pending.is_none());
+
+        // Without an event to pass it, the list is reported when due (or when the stream breaks).
+        // The stream's news of "new" came after the list showed it exited: the list does not
+        // undo it. "later" is not in the list: removed, unheard.
+        sim.stop_container(&id, 0).unwrap();
+        owner.reconcile();
+        owner.engine_event(&event(&id, "die", "new", before + 3));
+        owner.engine_event(&event(&id, "start", "new", before + 4));
+        assert_eq!(changes(&rx), ["new:running>exited", "new:exited>running"]);
+        owner.report_pending();
+        assert_eq!(changes(&rx), ["later:created>removed"]);
     }
 
     /// The next state change within 5 s.
