@@ -614,10 +614,12 @@ impl Engine for Docker {
                 self.send_to(&self.agent, Method::GET, &path, None, None, Some(INFO_TIMEOUT))
                     .and_then(|resp| self.read_json(resp))
             });
-            // Under the lock: the calls that find no facts meanwhile (the state thread's first
-            // list, at start-up) take these rather than ask the engine a second time.
+            // Under the lock if it is free: the calls that find no facts meanwhile (the state
+            // thread's first list, at start-up) then take these rather than ask the engine a
+            // second time. Not waiting for it: this asks `/version` afresh in any case, so
+            // after another's negotiation it would only come later.
             let negotiated = {
-                let _one = lock(&self.negotiating);
+                let _one = self.negotiating.try_lock();
                 self.negotiate()
             };
             (negotiated, info.join())
