@@ -274,7 +274,17 @@ impl Docker {
                 return Ok(facts);
             }
         }
-        let facts = self.negotiate()?.0;
+        // Docker's ping names its API version, and that is all Docker's facts need: no
+        // `/version`, which dockerd answers by running runc and docker-init (its slowest call,
+        // and at start-up the describe thread's `/version` and `/info` are under way beside it).
+        let facts = match &pinged {
+            Some((Some(api), None)) => {
+                let facts = Facts { api: pick_version(api)?, podman: false, rootless: false, cgroup_v1: false };
+                *lock(&self.facts) = Some(facts.clone());
+                facts
+            }
+            _ => self.negotiate()?.0,
+        };
         if let Some(now) = pinged {
             *lock(&self.last) = Some((now, facts.clone()));
         }
@@ -1911,6 +1921,42 @@ mod tests {
         // `info` negotiates each time: it is the health check.
         let err = d.info().unwrap_err();
         assert_eq!(err, EngineError::Server("engine did not report an API version".into()));
+    }
+
+    /// Docker's ping names its API version, and that is the negotiation. A ping that names
+    /// Podman's version too leads to `/version` and `/libpod/info`; after an outage the same
+    /// ping keeps what they said.
+    #[test]
+    fn the_ping_names_the_version() {
+        let sock = fake::FakeEngine::socket_path();
+        let d = Docker::connect(Some(&format!("unix://{}", sock.display()))).unwrap();
+        let answer = |p: &str| match p {
+            "/version" => {
+                let podman = json!([{"Name": "Podman Engine", "Version": "4.3.1"}]);
+                (200, json!({"ApiVersion": "1.41", "Version": "4.3.1", "Components": podman}).to_string())
+            }
+            "/v4.0.0/libpod/info" => {
+                (200, json!({"host": {"security": {"rootless": true}, "cgroupVersion": "v2"}}).to_string())
+            }
+            _ => (200, "[]".to_string()),
+        };
+        let fake = fake::FakeEngine::pinging(sock.clone(), "Api-Version: 1.44\r\n", answer);
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/_ping", "/v1.44/images/json"], "Docker: no /version");
+        drop(fake);
+
+        let podman = "Api-Version: 1.41\r\nLibpod-Api-Version: 4.3.1\r\n";
+        d.list_images().unwrap_err();
+        let fake = fake::FakeEngine::pinging(sock.clone(), podman, answer);
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/_ping", "/version", "/v4.0.0/libpod/info", "/v1.41/images/json"]);
+        assert!(lock(&d.facts).as_ref().is_some_and(|f| f.podman && f.rootless), "{:?}", lock(&d.facts));
+        drop(fake);
+
+        d.list_images().unwrap_err();
+        let fake = fake::FakeEngine::pinging(sock, podman, answer);
+        d.list_images().unwrap();
+        assert_eq!(fake.take(), ["/_ping", "/v1.41/images/json"], "the same engine is back");
     }
 
     #[test]

@@ -32,6 +32,16 @@ impl FakeEngine {
 
     /// Listening on `path` when this returns.
     pub fn start(path: PathBuf, answer: impl Fn(&str) -> Answer + Send + 'static) -> FakeEngine {
+        FakeEngine::pinging(path, "", answer)
+    }
+
+    /// `start`, with `ping_headers` (each line ending in CRLF) in the answers to `/_ping`, as an
+    /// engine names its versions there.
+    pub fn pinging(
+        path: PathBuf,
+        ping_headers: &'static str,
+        answer: impl Fn(&str) -> Answer + Send + 'static,
+    ) -> FakeEngine {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind the fake engine's socket");
         let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
@@ -52,10 +62,11 @@ impl FakeEngine {
                     }
                     let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
                     let (status, body) = answer(&path);
+                    let extra = if path == "/_ping" { ping_headers } else { "" };
                     lock(&seen).push(path);
                     let _ = write!(
                         conn,
-                        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\n\
+                        "HTTP/1.1 {status} Fake\r\nContent-Type: application/json\r\n{extra}\
                          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
