@@ -726,19 +726,28 @@ class Bench:
         self.put("sizes_bytes", sizes)
 
     # --- start-up ----------------------------------------------------------------------------
-    async def startup(self, nc):
-        n = 5 if self.quick else 10
-        times = []
+    async def startup(self, nc, against=None, n=None):
+        """Start-up of `--bin`; with `against`, of both binaries, starts interleaved so that both
+        see the same load."""
+        n = n or (5 if self.quick else 10)
+        bins = [self.bin] + ([against] if against else [])
+        times = {b: [] for b in bins}
         for i in range(n):
-            d = Daemon(self.bin, "nats", self.tenant("s"), self.logdir, self.a.nats_url)
-            try:
-                times.append(await wait_answer_nats(nc, d) * 1000)
-            finally:
-                d.stop()
-        agg = Agg(times)
+            for b in bins:
+                d = Daemon(b, "nats", self.tenant("s"), self.logdir, self.a.nats_url)
+                try:
+                    times[b].append(await wait_answer_nats(nc, d) * 1000)
+                finally:
+                    d.stop()
+        agg = Agg(times[self.bin])
         self.put("startup_ms", agg)
         self.row("start-up", f"spawn → first get_status answer (NATS, n={n})", agg.fmt("{:.1f}", " ms"),
                  "", "", "", "≤ 20 ms", verdict(agg.med <= 20))
+        if against:
+            other = Agg(times[against])
+            self.put("startup_against_ms", other)
+            self.row("start-up", f"the same, {against}", other.fmt("{:.1f}", " ms"), "", "", "", "≤ 20 ms",
+                     verdict(other.med <= 20))
         return agg
 
     # --- memory and threads ----------------------------------------------------------------------
@@ -1425,6 +1434,9 @@ class Bench:
         # A single section: one daemon, measured alone.
         single = {"compose": ("c", self.compose_updown), "exec": ("x", self.exec_session), "reads": ("r", self.reads)}
         section = "reads" if self.a.reads else self.a.only
+        if self.a.startup_against:
+            await self.startup(nc, self.a.startup_against, n=25)
+            return {}
         if section:
             tag, measure = single[section]
             async with self.answering(nc, self.bin, "nats", tag) as (d, _):
@@ -1942,6 +1954,8 @@ def main() -> int:
                     help="only this section (compose: compose_up/down against docker-compose; exec: exec sessions)")
     ap.add_argument("--reads", action="store_true",
                     help="only list_containers beside get_status at 20 and 200 containers (about 3 minutes)")
+    ap.add_argument("--startup-against", metavar="BIN", default=None,
+                    help="only start-up, of --bin and of BIN, 25 starts each, interleaved")
     args = ap.parse_args()
     PIDFILE[0] = args.pidfile
 

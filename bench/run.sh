@@ -12,7 +12,8 @@
 #                                  # form; built into target/bench-all if missing) instead of gnu
 #
 # Other options are passed to bench/bench.py (--rounds N, --json-out FILE, --bin PATH,
-# --only exec for the exec session figures alone).
+# --only exec for the exec session figures alone, --startup-against BIN for the start-up of two
+# binaries, 25 starts each, interleaved).
 # Environment: DCD_PYVENV (the venv from tests/setup.sh, default ~/.cache/dcd-pyvenv),
 # DCD_BENCH_BIN (binary to measure, default target/release/dcd), DOCKER_HOST (unix:// only).
 #
