@@ -17,7 +17,8 @@
 //! Nothing is asked of the engine until the first call, so the daemon starts
 //! while the engine is down. The API version is negotiated on the first call
 //! that reaches the engine and again after the engine was unreachable, since
-//! it may have come back as another version.
+//! it may have come back as another version: from the ping's `Api-Version`
+//! header on Docker, from `/version` and `/libpod/info` on Podman.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
